@@ -1,0 +1,1 @@
+"""Building blocks of the SSL models: encoders, heads, Gaussian head, priors, losses."""

@@ -1,0 +1,94 @@
+"""The online linear probe trained alongside pretraining (spec: model_training.md §9).
+
+At fit start the module's probe is replaced by a fresh Linear(E -> C) with its own Adam
+(lr 1e-4, no weight decay); the main optimizer never sees it (Quirk Q14). After every
+training batch (so after the main step) the probe takes one step on the finetune view x3;
+at every validation batch it is evaluated. The features are computed outside autocast
+with the module in its current mode, so in training the encoder's BatchNorm running
+statistics are updated by these extra forwards, as in the reference (Quirk Q15a); Bayes-H
+runs its forward twice (the first pass only tells the output type), each with a fresh
+MC draw, and the probe sees the MC-mean ``repr`` of the second.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class OnlineFineTuner(pl.Callback):
+    """Linear probe on the encoder's (or Bayes-H's MC-mean) representation.
+
+    Logs ``train_online_acc``/``train_online_loss`` per step and ``val_online_acc``/
+    ``val_online_loss`` as epoch means (micro top-1 accuracy).
+    """
+
+    def __init__(self, encoder_output_dim: int, num_classes: int, learning_rate: float = 1e-4) -> None:
+        super().__init__()
+        self.encoder_output_dim = encoder_output_dim  # stored only, as in the reference
+        self.num_classes = num_classes
+        self.learning_rate = learning_rate
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._pending_state: dict[str, Any] | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl_module.init_downstream_model()
+        self.optimizer = torch.optim.Adam(pl_module.online_finetuner.parameters(), lr=self.learning_rate)
+        if self._pending_state is not None:  # resuming: the probe's weights come from the checkpoint
+            self.optimizer.load_state_dict(self._pending_state)
+            self._pending_state = None
+
+    @staticmethod
+    def features(pl_module: pl.LightningModule, x: Tensor) -> Tensor:
+        # The reference runs Bayes-H's second forward with gradients enabled, then detaches:
+        # no_grad gives the same values without building a graph.
+        with torch.no_grad():
+            out = pl_module(x)
+            if isinstance(out, tuple):
+                out = pl_module(x)[0]  # Bayes-H: second forward, fresh draw, MC-mean repr
+        return out
+
+    def shared_step(self, pl_module: pl.LightningModule, batch: Any) -> tuple[Tensor, Tensor]:
+        (_, _, x3), y = batch
+        with torch.autocast(device_type=x3.device.type, enabled=False):
+            logits = pl_module.online_finetuner(self.features(pl_module, x3).float())
+            loss = F.cross_entropy(logits, y)
+        acc = (logits.argmax(-1) == y).float().mean()
+        return loss, acc
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss, acc = self.shared_step(pl_module, batch)
+        if self.optimizer is None:
+            raise RuntimeError("OnlineFineTuner: on_fit_start did not run, so the probe has no optimizer")
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        pl_module.log("train_online_acc", acc, on_step=True, on_epoch=False)
+        pl_module.log("train_online_loss", loss.detach(), on_step=True, on_epoch=False)
+
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        with torch.no_grad():
+            loss, acc = self.shared_step(pl_module, batch)
+        n = batch[1].shape[0]
+        pl_module.log("val_online_acc", acc, on_step=False, on_epoch=True, sync_dist=True, batch_size=n)
+        pl_module.log("val_online_loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=n)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict()} if self.optimizer is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending_state = state_dict.get("optimizer")

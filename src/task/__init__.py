@@ -1,0 +1,1 @@
+"""Lightning modules: self-supervised pretraining tasks and their shared base."""

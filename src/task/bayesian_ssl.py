@@ -1,0 +1,190 @@
+"""Stochastic SSL: Bayes-H and Bayes-Z (spec: model_training.md §5.2–§5.4, §6.3).
+
+Both models put the shared :class:`~src.model.stochastic.GaussianHead` somewhere in the
+encoder → projector chain, draw M reparameterised samples [M, B, D], feed them to the MC
+contrastive loss and add β times the KL-style term:
+
+    loss = cl_loss + beta_scale * ½ (KL̂(view 1) + KL̂(view 2))
+
+Bayes-H samples the representation (head on the encoder output, projector applied to every
+MC slice with its own BatchNorm statistics); Bayes-Z samples the embedding (head on the
+projector output). Everything over M is batched; no Python loop over samples.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Normal
+
+from src.model.prior import build_prior
+from src.model.stochastic import GaussianHead, distribution, kl_term, moment_stats, sample
+from src.task.ssl import BaseSelfSupervisedLearning, Batch
+
+StochasticOutput = tuple[Tensor, Tensor, Tensor, Tensor, Normal]
+
+
+def _legacy_head_hook(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Accept reference state dicts, whose Gaussian layers are top-level ``fc_mu``/``fc_log_var``."""
+    for name in ("fc_mu", "fc_log_var"):
+        for key in [k for k in state_dict if k.startswith(f"{prefix}{name}.")]:
+            state_dict[key.replace(f"{prefix}{name}.", f"{prefix}gaussian_head.{name}.", 1)] = state_dict.pop(key)
+
+
+class BaseBayesianSelfSupervisedLearning(BaseSelfSupervisedLearning):
+    """What Bayes-H and Bayes-Z share: the Gaussian head, the prior, the KL term and statistics.
+
+    Extra args (beside those of :class:`BaseSelfSupervisedLearning`):
+        prior: the ``model.prior`` node as a dict (``standard`` or ``mog`` with ``num_components``).
+        beta_scale: β >= 0, the weight of the KL-style term.
+        mc_samples: M >= 1.
+        prior_name, sigma: metadata (``sigma`` is ignored, as in the reference, Q7).
+
+    Subclasses set ``rv_name`` and define ``stochastic_in_dim()`` (input width of the
+    Gaussian head) and ``stochastic_dim()`` (its output width D).
+    """
+
+    stochastic = True
+    #: name of the random variable in logged metrics (``h`` or ``z``)
+    rv_name: str = ""
+
+    def __init__(
+        self,
+        *,
+        prior: dict[str, Any] | None = None,
+        beta_scale: float = 1e-3,
+        mc_samples: int = 12,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
+            raise ValueError(f"train.mc_samples must be an integer >= 1, got {mc_samples!r}")
+        if not isinstance(beta_scale, (int, float)) or isinstance(beta_scale, bool) or not beta_scale >= 0:
+            raise ValueError(f"train.beta_scale must be a number >= 0, got {beta_scale!r}")
+        super().__init__(prior=prior, beta_scale=beta_scale, mc_samples=mc_samples, **kwargs)
+        self.mc_samples = mc_samples
+        self.beta_scale = float(beta_scale)
+        dim = self.stochastic_dim()
+        self.prior = build_prior(self.hparams["prior"], dim)
+        self.gaussian_head = GaussianHead(self.stochastic_in_dim(), dim)
+        self._register_load_state_dict_pre_hook(_legacy_head_hook, with_module=True)
+
+    # reference attribute names
+    @property
+    def fc_mu(self) -> nn.Linear:
+        return self.gaussian_head.fc_mu
+
+    @property
+    def fc_log_var(self) -> nn.Linear:
+        return self.gaussian_head.fc_log_var
+
+    def gaussian(self, u: Tensor) -> StochasticOutput:
+        """(repr [B, D], samples [M, B, D], mu [B, D], log_var [B, D], q) from a pre-activation u."""
+        mu, log_var = self.gaussian_head(u)
+        samples = sample(mu, log_var, self.mc_samples)
+        return samples.mean(0), samples, mu, log_var, distribution(mu, log_var)
+
+    def kl(self, samples: Tensor, mu: Tensor, log_var: Tensor) -> Tensor:
+        return kl_term(samples, mu, log_var, self.prior)
+
+    def stochastic_loss(
+        self, z1: Tensor, z2: Tensor, views: tuple[StochasticOutput, StochasticOutput]
+    ) -> dict[str, Any]:
+        """MC contrastive loss on (z1, z2) plus β · ½ (KL̂₁ + KL̂₂); the step's output dict."""
+        out: dict[str, Any] = dict(self.cl_loss(z1, z2))
+        kl = 0.5 * (self.kl(*views[0][1:4]) + self.kl(*views[1][1:4]))
+        out["kl_prior_loss"] = kl
+        out["weighted_kl_prior_loss"] = self.beta_scale * kl
+        out["loss"] = out["cl_loss"] + out["weighted_kl_prior_loss"]
+        out[f"q_{self.rv_name}1"] = views[0][4]
+        out[f"q_{self.rv_name}2"] = views[1][4]
+        return out
+
+    def log_step_outputs(self, out: dict[str, Any], phase: str, batch_size: int) -> None:
+        super().log_step_outputs(out, phase, batch_size)
+        q1, q2 = out[f"q_{self.rv_name}1"], out[f"q_{self.rv_name}2"]
+        train = phase == "train"
+        for stat, value in (("mu", torch.cat([q1.loc, q2.loc])), ("sigma", torch.cat([q1.scale, q2.scale]))):
+            mean, std = moment_stats(value.detach())
+            for suffix, v in (("mean", mean), ("std", std)):
+                self.log(
+                    f"{phase}_{stat}_{self.rv_name}_{suffix}",
+                    v,
+                    on_step=train,
+                    on_epoch=not train,
+                    sync_dist=True,
+                    batch_size=batch_size,
+                )
+
+
+class HBayesianSelfSupervisedLearning(BaseBayesianSelfSupervisedLearning):
+    """Bayes-H (``ssl_bayes_h``): a Gaussian over the representation h (width L = E).
+
+    forward(x) -> (repr [B, L], h [M, B, L], mu, log_var, q); the projector maps every MC
+    slice with its own BatchNorm statistics, giving [M, B, Z].
+    """
+
+    rv_name = "h"
+
+    def __init__(self, **kwargs: Any) -> None:
+        latent_dim = kwargs.get("latent_dim", 512)
+        super().__init__(**kwargs)
+        if int(latent_dim) != self.encoder_out_dim:
+            raise ValueError(
+                f"Bayes-H needs latent_dim == the encoder output width ({self.encoder_out_dim} for "
+                f"{self.hparams['encoder']}), got latent_dim={latent_dim}: the projector and probes "
+                "take the sampled representation (spec Quirk Q8)"
+            )
+
+    def stochastic_in_dim(self) -> int:
+        return self.encoder_out_dim
+
+    def stochastic_dim(self) -> int:
+        return int(self.hparams["latent_dim"])
+
+    def forward(self, x: Tensor) -> StochasticOutput:
+        return self.gaussian(self.encode(x))
+
+    def project(self, h: Tensor) -> Tensor:
+        """[M, B, L] -> [M, B, Z], per-slice BatchNorm statistics (as M separate calls)."""
+        return self.projection_head(h)
+
+    def shared_step(self, batch: Batch) -> dict[str, Any]:
+        (x1, x2, _), _ = batch
+        v1, v2 = self(x1), self(x2)
+        m = self.mc_samples
+        # One projector call over [2M, B, L]: slices are independent, and the closed-form
+        # running-statistics update over view-1 then view-2 slices equals the two sequential calls.
+        z = self.project(torch.cat([v1[1], v2[1]]))
+        return self.stochastic_loss(z[:m], z[m:], (v1, v2))
+
+
+class ZBayesianSelfSupervisedLearning(BaseBayesianSelfSupervisedLearning):
+    """Bayes-Z (``ssl_bayes_z``): a Gaussian over the embedding z (width Z).
+
+    forward(x) = encoder(x) [B, E] (deterministic; what downstream classifiers see);
+    project(h) -> (repr [B, Z], z [M, B, Z], mu, log_var, q).
+    """
+
+    rv_name = "z"
+
+    def stochastic_in_dim(self) -> int:
+        return int(self.hparams["z_dim"])
+
+    def stochastic_dim(self) -> int:
+        return int(self.hparams["z_dim"])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.encode(x)
+
+    def project(self, h: Tensor) -> StochasticOutput:
+        if h.dim() > 2:
+            h = h.mean(0)
+        return self.gaussian(self.projection_head(h))
+
+    def shared_step(self, batch: Batch) -> dict[str, Any]:
+        (x1, x2, _), _ = batch
+        v1 = self.project(self(x1))
+        v2 = self.project(self(x2))
+        return self.stochastic_loss(v1[1], v2[1], (v1, v2))

@@ -1,0 +1,181 @@
+"""Deterministic self-supervised learning (spec: model_training.md §4, §5.1).
+
+``BaseSelfSupervisedLearning`` holds what all three models share: the encoder, the
+projection head, the contrastive loss, the online probe and loss logging. The stochastic
+models (``src.task.bayesian_ssl``) add the Gaussian head and the prior.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from src.model.encoder import encoder_out_dim, get_encoder
+from src.model.loss import build_loss
+from src.model.projector import build_projection_head
+from src.task.base import BaseTask
+from src.utils.plain import to_plain
+
+Batch = tuple[tuple[Tensor, Tensor, Tensor], Tensor]
+
+
+def _legacy_key_hook(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Accept reference state dicts: ``encoder._orig_mod.*`` (compiled encoder, Q29)."""
+    for key in [k for k in state_dict if k.startswith(prefix + "encoder._orig_mod.")]:
+        state_dict[key.replace("encoder._orig_mod.", "encoder.", 1)] = state_dict.pop(key)
+
+
+class BaseSelfSupervisedLearning(BaseTask):
+    """Shared SSL machinery. Constructor arguments are plain values (see ``spec/README.md``).
+
+    Args:
+        model_name: ``ssl``, ``ssl_bayes_h`` or ``ssl_bayes_z`` (metadata, used for reloads).
+        batch_size: per-device batch B (``scale_lr`` uses it).
+        num_classes: C, the width of the online probe.
+        dataset: dataset name; selects the encoder stem and the projection head.
+        cl_loss: the ``model.loss`` node as a dict (``_target_`` or ``type`` plus coefficients).
+        optimizer: the ``model.optimizer`` node as a dict.
+        learning_rate: the unscaled config lr (η_min of the schedulers derives from it).
+        scheduler: ``cosine`` (default), ``cosine_warmup``, ``lambda``, ``cosine_warm_restarts``,
+            ``one_cycle`` or null.
+        encoder: ``resnet18``, ``resnet34`` or ``resnet50``.
+        latent_dim, hidden_dim, z_dim: L, H and Z of the spec.
+        compile_encoder: wrap the encoder's forward with ``torch.compile``; state-dict keys
+            stay ``encoder.*``.
+        **kwargs: further plain values stored as hyper-parameters (``seed``, ``cl_loss_name``,
+            ``optimizer_name``, ``train_iters_per_epoch``, ``use_mc_samples``, ``no_grad``,
+            ``sch_eta_min_scale``, ``warmup_epochs`` and the stochastic models' arguments).
+    """
+
+    #: whether the model produces MC samples [M, B, D] (and so needs an MC loss)
+    stochastic: bool = False
+
+    def __init__(
+        self,
+        *,
+        model_name: str,
+        batch_size: int,
+        num_classes: int,
+        dataset: str,
+        cl_loss: dict[str, Any],
+        optimizer: dict[str, Any],
+        learning_rate: float,
+        scheduler: str | None = "cosine",
+        encoder: str = "resnet18",
+        latent_dim: int = 512,
+        hidden_dim: int = 1024,
+        z_dim: int = 1024,
+        compile_encoder: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        cl_loss = to_plain(cl_loss)
+        optimizer = to_plain(optimizer)
+        self.save_plain_hparams(
+            dict(
+                model_name=model_name,
+                batch_size=batch_size,
+                num_classes=num_classes,
+                dataset=dataset,
+                cl_loss=cl_loss,
+                optimizer=optimizer,
+                learning_rate=learning_rate,
+                scheduler=scheduler,
+                encoder=encoder,
+                latent_dim=latent_dim,
+                hidden_dim=hidden_dim,
+                z_dim=z_dim,
+                compile_encoder=compile_encoder,
+                **kwargs,
+            )
+        )
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.encoder_out_dim = encoder_out_dim(encoder)
+        self.num_classes = int(num_classes)
+        self.dataset_name = dataset
+
+        self.cl_loss = build_loss(cl_loss)
+        if self.cl_loss.mc != self.stochastic:
+            want = "an MC loss (mc_barlow_twins or mc_vicreg)" if self.stochastic else "barlow_twins or vicreg"
+            raise ValueError(
+                f"model {model_name!r} ({type(self).__name__}) needs {want}, got "
+                f"{type(self.cl_loss).__name__}; set model/loss accordingly (spec Quirk Q1)"
+            )
+
+        self.encoder = get_encoder(encoder, dataset)
+        self.projection_head = build_projection_head(dataset, self.encoder_out_dim, int(hidden_dim), int(z_dim))
+        self.online_finetuner = nn.Linear(self.encoder_out_dim, self.num_classes)
+        # Not registered as a sub-module, so state-dict keys stay `encoder.*` (Q29).
+        self._encode = torch.compile(self.encoder) if compile_encoder else self.encoder
+        self._register_load_state_dict_pre_hook(_legacy_key_hook, with_module=True)
+
+    # -- pieces ---------------------------------------------------------------------------------
+    def encode(self, x: Tensor) -> Tensor:
+        """Encoder output [B, E]."""
+        return self._encode(x)
+
+    def init_downstream_model(self) -> None:
+        """A fresh online probe Linear(E -> C) on the module's device (called at fit start)."""
+        self.online_finetuner = nn.Linear(self.encoder_out_dim, self.num_classes).to(self.device)
+
+    def optimizer_parameters(self) -> Iterator[nn.Parameter]:
+        # The online probe is trained only by its own Adam in the callback (Quirk Q14).
+        return (p for n, p in self.named_parameters() if not n.startswith("online_finetuner."))
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.online_finetuner = nn.Linear(self.encoder_out_dim, self.num_classes).to(self.device)
+
+    # -- steps (subclasses define `shared_step(batch) -> dict` with "loss" and the loss terms) --
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        out = self.shared_step(batch)
+        self.log_step_outputs(out, "train", batch_size=batch[1].shape[0])
+        return out["loss"]
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        out = self.shared_step(batch)
+        self.log_step_outputs(out, "val", batch_size=batch[1].shape[0])
+        return out["loss"]
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train_epoch", float(self.current_epoch), on_step=False, on_epoch=True, sync_dist=True)
+
+    # -- logging --------------------------------------------------------------------------------
+    def log_step_outputs(self, out: dict[str, Any], phase: str, batch_size: int) -> None:
+        """Every entry whose key ends in ``loss`` as ``<phase>_<key>``: per step in training,
+        epoch mean in validation (spec §4.3). Values stay on the device."""
+        train = phase == "train"
+        for key, value in out.items():
+            if key.endswith("loss"):
+                self.log(
+                    f"{phase}_{key}", value, on_step=train, on_epoch=not train, sync_dist=True, batch_size=batch_size
+                )
+
+
+class SelfSupervisedLearning(BaseSelfSupervisedLearning):
+    """Deterministic Barlow Twins / VICReg (``ssl``): forward(x) = encoder(x) [B, E].
+
+    Each view runs through the encoder separately, so BatchNorm uses per-view statistics.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.encode(x)
+
+    def project(self, h: Tensor) -> Tensor:
+        """Projector output [B, Z]; a leading MC dimension of size 1 is squeezed away."""
+        if h.dim() == 3:
+            if h.shape[0] != 1:
+                raise ValueError(f"SelfSupervisedLearning.project got {tuple(h.shape)}; expected [B, E] or [1, B, E]")
+            h = h.squeeze(0)
+        return self.projection_head(h)
+
+    def shared_step(self, batch: Batch) -> dict[str, Any]:
+        (x1, x2, _), _ = batch
+        z1 = self.project(self(x1))
+        z2 = self.project(self(x2))
+        out: dict[str, Any] = dict(self.cl_loss(z1, z2))
+        out["loss"] = out["cl_loss"]
+        return out

@@ -1,0 +1,1 @@
+"""Small shared helpers: densities, plain-value conversion, I/O."""
