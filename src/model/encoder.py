@@ -56,8 +56,6 @@ def get_encoder(name: str, dataset: str) -> nn.Module:
     net.fc = nn.Identity()
     stem = STEMS.get(dataset)
     if stem is not None and (stem.only_for is None or name in stem.only_for):
-        net.conv1 = nn.Conv2d(
-            stem.in_channels, 64, kernel_size=stem.kernel_size, stride=1, padding=1, bias=False
-        )
+        net.conv1 = nn.Conv2d(stem.in_channels, 64, kernel_size=stem.kernel_size, stride=1, padding=1, bias=False)
         net.maxpool = nn.MaxPool2d(kernel_size=1, stride=1)
     return net

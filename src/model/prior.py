@@ -16,15 +16,13 @@ from src.utils.distribution import LOG_2PI, log_standard_normal
 
 def _check_samples(x: Tensor, latent_dim: int, name: str) -> None:
     if x.dim() != 3 or x.shape[-1] != latent_dim:
-        raise ValueError(
-            f"{name}.log_prob expects samples [mc_samples, batch, {latent_dim}], got {tuple(x.shape)}"
-        )
+        raise ValueError(f"{name}.log_prob expects samples [mc_samples, batch, {latent_dim}], got {tuple(x.shape)}")
 
 
 class StandardPrior(nn.Module):
     """N(0, I). ``log_prob(x)[b, d] = (1/M) sum_m log N(x[m, b, d]; 0, 1)``."""
 
-    def __init__(self, latent_dim: int, **kwargs: Any) -> None:
+    def __init__(self, latent_dim: int) -> None:
         super().__init__()
         self.latent_dim = int(latent_dim)
 
@@ -54,7 +52,7 @@ class MoGPrior(nn.Module):
     is exact and numerically stable, so memory is [K, B, D].
     """
 
-    def __init__(self, latent_dim: int, num_components: int = 10, **kwargs: Any) -> None:
+    def __init__(self, latent_dim: int, num_components: int = 10) -> None:
         super().__init__()
         if int(num_components) < 1:
             raise ValueError(f"MoGPrior: num_components must be >= 1, got {num_components}")
@@ -109,4 +107,7 @@ def build_prior(spec: dict[str, Any] | None, latent_dim: int) -> nn.Module:
         raise ValueError(f"model.prior.name={name!r} is not a known prior; use one of {sorted(PRIORS)}")
     spec.pop("_partial_", None)
     spec["latent_dim"] = latent_dim
-    return PRIORS[key](**spec)
+    try:
+        return PRIORS[key](**spec)
+    except TypeError as err:
+        raise TypeError(f"model.prior ({key}): {err}") from err

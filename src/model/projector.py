@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from src.utils.precision import at_least_fp32
+
 
 def batch_norm_per_slice(bn: nn.BatchNorm1d, x: Tensor) -> Tensor:
     """Apply ``bn`` to each slice ``x[m]`` of ``x`` [M, B, C] as if called M times in order.
@@ -32,12 +34,12 @@ def batch_norm_per_slice(bn: nn.BatchNorm1d, x: Tensor) -> Tensor:
     if b < 2:
         raise ValueError(f"BatchNorm in training mode needs more than 1 sample per slice, got [M={m}, B={b}, C={c}]")
 
-    xf = x.float()
+    xf = at_least_fp32(x)
     mean = xf.mean(1, keepdim=True)  # [M, 1, C]
     var = xf.var(1, unbiased=False, keepdim=True)
     y = (xf - mean) * torch.rsqrt(var + bn.eps)
     if bn.affine:
-        y = y * bn.weight.float() + bn.bias.float()
+        y = y * bn.weight.to(xf.dtype) + bn.bias.to(xf.dtype)
     y = y.to(x.dtype)
 
     if bn.training and bn.track_running_stats:
@@ -112,4 +114,3 @@ def build_projection_head(dataset: str, in_dim: int, hidden_dim: int, z_dim: int
     else:
         blocks = [(in_dim, hidden_dim, True, True), (hidden_dim, z_dim, False, False)]
     return ProjectionHead(blocks)
-

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.distributions import Normal
 
 from src.utils.distribution import log_normal_diag
+from src.utils.precision import at_least_fp32, autocast_off
 
 MIN_MU: float = -20.0
 MAX_MU: float = 20.0
@@ -48,15 +49,15 @@ def sample(mu: Tensor, log_var: Tensor, mc_samples: int) -> Tensor:
     Computed in fp32 even under fp16 autocast (the reference drew eps in fp16 and promoted
     the samples to fp32; Quirk Q30).
     """
-    mu = mu.float()
-    std = torch.exp(0.5 * log_var.float())
+    mu = at_least_fp32(mu)
+    std = torch.exp(0.5 * at_least_fp32(log_var))
     eps = torch.randn((mc_samples, *mu.shape), device=mu.device, dtype=mu.dtype)
     return mu + std * eps
 
 
 def distribution(mu: Tensor, log_var: Tensor) -> Normal:
     """q as a torch Normal, without argument validation (validation would sync the host)."""
-    return Normal(mu.float(), torch.exp(0.5 * log_var.float()), validate_args=False)
+    return Normal(at_least_fp32(mu), torch.exp(0.5 * at_least_fp32(log_var)), validate_args=False)
 
 
 def kl_term(samples: Tensor, mu: Tensor, log_var: Tensor, prior: nn.Module) -> Tensor:
@@ -68,9 +69,9 @@ def kl_term(samples: Tensor, mu: Tensor, log_var: Tensor, prior: nn.Module) -> T
 
     ``samples`` [M, B, D] are the ones fed to the contrastive loss (no extra draw).
     """
-    with torch.autocast(device_type=samples.device.type, enabled=False):
-        samples = samples.float()
-        log_q = log_normal_diag(samples, mu.float(), log_var.float(), reduction="avg", dim=0)
+    with autocast_off(samples):
+        samples = at_least_fp32(samples)
+        log_q = log_normal_diag(samples, at_least_fp32(mu), at_least_fp32(log_var), reduction="avg", dim=0)
         log_p = prior.log_prob(samples)
         return (log_q - log_p).sum(-1).mean()
 

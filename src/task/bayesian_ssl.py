@@ -151,7 +151,7 @@ class HBayesianSelfSupervisedLearning(BaseBayesianSelfSupervisedLearning):
         return self.projection_head(h)
 
     def shared_step(self, batch: Batch) -> dict[str, Any]:
-        (x1, x2, _), _ = batch
+        x1, x2 = self.unpack(batch)
         v1, v2 = self(x1), self(x2)
         m = self.mc_samples
         # One projector call over [2M, B, L]: slices are independent, and the closed-form
@@ -184,7 +184,7 @@ class ZBayesianSelfSupervisedLearning(BaseBayesianSelfSupervisedLearning):
         return self.gaussian(self.projection_head(h))
 
     def shared_step(self, batch: Batch) -> dict[str, Any]:
-        (x1, x2, _), _ = batch
+        x1, x2 = self.unpack(batch)
         v1 = self.project(self(x1))
         v2 = self.project(self(x2))
         return self.stochastic_loss(v1[1], v2[1], (v1, v2))

@@ -39,9 +39,7 @@ def optimizer_key(spec: dict[str, Any]) -> str:
     target = spec.get("_target_")
     if target is not None:
         if target not in _TARGETS:
-            raise ValueError(
-                f"model.optimizer._target_={target!r} is not a known optimizer; known: {sorted(_TARGETS)}"
-            )
+            raise ValueError(f"model.optimizer._target_={target!r} is not a known optimizer; known: {sorted(_TARGETS)}")
         return _TARGETS[target]
     name = spec.get("name")
     if name in OPTIMIZERS:
@@ -164,7 +162,9 @@ def build_scheduler(
     if name == "cosine_warm_restarts":
         t0 = max_epochs // 10
         if t0 < 1:
-            raise ValueError(f"scheduler=cosine_warm_restarts needs max_epochs >= 10 (T_0 = max_epochs // 10), got {max_epochs}")
+            raise ValueError(
+                f"scheduler=cosine_warm_restarts needs max_epochs >= 10 (T_0 = max_epochs // 10), got {max_epochs}"
+            )
         sch = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=t0, T_mult=2, eta_min=eta_min)
         return {"scheduler": sch, "interval": "epoch"}
     if name == "one_cycle":

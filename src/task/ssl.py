@@ -109,14 +109,16 @@ class BaseSelfSupervisedLearning(BaseTask):
         self.encoder = get_encoder(encoder, dataset)
         self.projection_head = build_projection_head(dataset, self.encoder_out_dim, int(hidden_dim), int(z_dim))
         self.online_finetuner = nn.Linear(self.encoder_out_dim, self.num_classes)
-        # Not registered as a sub-module, so state-dict keys stay `encoder.*` (Q29).
-        self._encode = torch.compile(self.encoder) if compile_encoder else self.encoder
+        # Bypasses nn.Module registration, so state-dict keys stay `encoder.*` (Q29).
+        object.__setattr__(self, "_compiled_encoder", torch.compile(self.encoder) if compile_encoder else None)
         self._register_load_state_dict_pre_hook(_legacy_key_hook, with_module=True)
 
     # -- pieces ---------------------------------------------------------------------------------
     def encode(self, x: Tensor) -> Tensor:
         """Encoder output [B, E]."""
-        return self._encode(x)
+        if self._compiled_encoder is not None:
+            return self._compiled_encoder(x)
+        return self.encoder(x)
 
     def init_downstream_model(self) -> None:
         """A fresh online probe Linear(E -> C) on the module's device (called at fit start)."""
@@ -130,6 +132,17 @@ class BaseSelfSupervisedLearning(BaseTask):
         self.online_finetuner = nn.Linear(self.encoder_out_dim, self.num_classes).to(self.device)
 
     # -- steps (subclasses define `shared_step(batch) -> dict` with "loss" and the loss terms) --
+    @staticmethod
+    def unpack(batch: Batch) -> tuple[Tensor, Tensor]:
+        """The two SSL views of a ``((x1, x2, x3), y)`` batch, checked for a usable batch size."""
+        (x1, x2, _), _ = batch
+        if x1.shape[0] < 2:
+            raise ValueError(
+                f"got a training batch of {x1.shape[0]} sample(s); Barlow Twins/VICReg and BatchNorm need "
+                "at least 2 per batch (set dataset.batch_size >= 2 and keep drop_last on)"
+            )
+        return x1, x2
+
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         out = self.shared_step(batch)
         self.log_step_outputs(out, "train", batch_size=batch[1].shape[0])
@@ -173,7 +186,7 @@ class SelfSupervisedLearning(BaseSelfSupervisedLearning):
         return self.projection_head(h)
 
     def shared_step(self, batch: Batch) -> dict[str, Any]:
-        (x1, x2, _), _ = batch
+        x1, x2 = self.unpack(batch)
         z1 = self.project(self(x1))
         z2 = self.project(self(x2))
         out: dict[str, Any] = dict(self.cl_loss(z1, z2))

@@ -23,7 +23,7 @@ LOSSES: dict[str, type[nn.Module]] = {
 # Hydra `_target_` spellings accepted for each registry key.
 _TARGETS: dict[str, str] = {f"{cls.__module__}.{cls.__name__}": key for key, cls in LOSSES.items()}
 
-__all__ = ["LOSSES", "BarlowTwinsLoss", "MCBarlowTwinsLoss", "VICRegLoss", "MCVICRegLoss", "build_loss", "loss_key"]
+__all__ = ["LOSSES", "BarlowTwinsLoss", "MCBarlowTwinsLoss", "MCVICRegLoss", "VICRegLoss", "build_loss", "loss_key"]
 
 
 def loss_key(spec: dict[str, Any]) -> str:
@@ -32,15 +32,12 @@ def loss_key(spec: dict[str, Any]) -> str:
     if target is not None:
         if target in _TARGETS:
             return _TARGETS[target]
-        raise ValueError(
-            f"model.loss._target_={target!r} is not a known loss; known targets: {sorted(_TARGETS)}"
-        )
+        raise ValueError(f"model.loss._target_={target!r} is not a known loss; known targets: {sorted(_TARGETS)}")
     key = spec.get("type")
     if key in LOSSES:
         return key
     raise ValueError(
-        f"model.loss needs a `_target_` (one of {sorted(_TARGETS)}) or a `type` "
-        f"(one of {sorted(LOSSES)}); got {spec!r}"
+        f"model.loss needs a `_target_` (one of {sorted(_TARGETS)}) or a `type` (one of {sorted(LOSSES)}); got {spec!r}"
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 
@@ -44,29 +43,17 @@ def check_pair(z1: Tensor, z2: Tensor, loss_name: str, mc: bool) -> None:
             else "use the MC loss (mc_barlow_twins/mc_vicreg) only with [M, B, D] samples"
         )
         raise ValueError(
-            f"{loss_name} expects two {layout} tensors, got shapes {tuple(z1.shape)} and "
-            f"{tuple(z2.shape)} ({hint})"
+            f"{loss_name} expects two {layout} tensors, got shapes {tuple(z1.shape)} and {tuple(z2.shape)} ({hint})"
         )
     if z1.shape != z2.shape:
         raise ValueError(
-            f"{loss_name}: the two views must have the same shape, got {tuple(z1.shape)} and "
-            f"{tuple(z2.shape)}"
+            f"{loss_name}: the two views must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}"
         )
     if z1.shape[-2] < 2:
         raise ValueError(
             f"{loss_name}: got a batch of {z1.shape[-2]} sample(s); per-feature statistics over "
             "the batch need at least 2 (check dataset.batch_size and drop_last)"
         )
-
-
-def to_fp32(z: Tensor) -> Tensor:
-    """The losses are evaluated in fp32 (an accepted deviation, spec Quirk Q30)."""
-    return z.float()
-
-
-def fp32_region(z: Tensor) -> torch.autocast:
-    """A context that turns autocast off on the tensor's device for the loss maths."""
-    return torch.autocast(device_type=z.device.type, enabled=False)
 
 
 def mean_over_samples(terms: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -22,11 +22,10 @@ from torch import Tensor, nn
 from src.model.loss._common import (
     check_batch_size,
     check_pair,
-    fp32_region,
     mean_over_samples,
     off_diagonal,
-    to_fp32,
 )
+from src.utils.precision import at_least_fp32, autocast_off
 
 
 def barlow_twins_terms(z1: Tensor, z2: Tensor, batch_size: int, lambda_coeff: float) -> dict[str, Tensor]:
@@ -55,21 +54,27 @@ class BarlowTwinsLoss(nn.Module):
     Args:
         batch_size: the configured batch size that divides the cross-correlation.
         lambda_coeff: weight of the off-diagonal (redundancy-reduction) term.
-        **kwargs: config metadata such as ``name``/``loss_kwargs``, accepted and ignored
-            as the reference does.
+        name, loss_kwargs: config metadata, accepted and ignored as the reference does.
+            Any other keyword is an error (a misspelt coefficient must not fall back to its default).
     """
 
     mc: bool = False
 
-    def __init__(self, batch_size: int, lambda_coeff: float = 5e-3, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        batch_size: int,
+        lambda_coeff: float = 5e-3,
+        name: str | None = None,
+        loss_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.batch_size = check_batch_size(batch_size, type(self).__name__)
         self.lambda_coeff = float(lambda_coeff)
 
     def forward(self, z1: Tensor, z2: Tensor) -> dict[str, Tensor]:
         check_pair(z1, z2, type(self).__name__, mc=self.mc)
-        with fp32_region(z1):
-            terms = barlow_twins_terms(to_fp32(z1), to_fp32(z2), self.batch_size, self.lambda_coeff)
+        with autocast_off(z1):
+            terms = barlow_twins_terms(at_least_fp32(z1), at_least_fp32(z2), self.batch_size, self.lambda_coeff)
         return mean_over_samples(terms) if self.mc else terms
 
     def extra_repr(self) -> str:

@@ -22,11 +22,10 @@ from torch import Tensor, nn
 from src.model.loss._common import (
     check_batch_size,
     check_pair,
-    fp32_region,
     mean_over_samples,
     off_diagonal,
-    to_fp32,
 )
+from src.utils.precision import at_least_fp32, autocast_off
 
 VARIANCE_EPS: float = 1e-6
 
@@ -79,7 +78,7 @@ class VICRegLoss(nn.Module):
         batch_size: configured batch size; the covariance is divided by ``batch_size - 1``.
         z_dim: embedding width that divides the covariance penalty.
         variance_coeff, invariance_coeff, covariance_coeff: term weights (25, 25, 1).
-        **kwargs: config metadata (``name``, ``loss_kwargs``), accepted and ignored.
+        name, loss_kwargs: config metadata, accepted and ignored as the reference does.
     """
 
     mc: bool = False
@@ -91,7 +90,8 @@ class VICRegLoss(nn.Module):
         variance_coeff: float = 25.0,
         invariance_coeff: float = 25.0,
         covariance_coeff: float = 1.0,
-        **kwargs: Any,
+        name: str | None = None,
+        loss_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.batch_size = check_batch_size(batch_size, type(self).__name__)
@@ -104,10 +104,10 @@ class VICRegLoss(nn.Module):
 
     def forward(self, z_a: Tensor, z_b: Tensor) -> dict[str, Tensor]:
         check_pair(z_a, z_b, type(self).__name__, mc=self.mc)
-        with fp32_region(z_a):
+        with autocast_off(z_a):
             terms = vicreg_terms(
-                to_fp32(z_a),
-                to_fp32(z_b),
+                at_least_fp32(z_a),
+                at_least_fp32(z_b),
                 self.batch_size,
                 self.z_dim,
                 self.variance_coeff,

@@ -1,0 +1,87 @@
+"""Encoders: output widths, per-dataset stems and their initialisation (spec §2)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from src.model.encoder import ENCODERS, encoder_out_dim, get_encoder
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+@pytest.mark.parametrize(
+    ("dataset", "channels", "size"),
+    [("cifar10", 3, 32), ("cifar100", 3, 16), ("mnist", 1, 28), ("tinyimagenet", 3, 16), ("imagenet", 3, 64)],
+)
+def test_output_shape_for_every_stem(name: str, dataset: str, channels: int, size: int) -> None:
+    torch.manual_seed(0)
+    net = get_encoder(name, dataset).eval()
+    with torch.no_grad():
+        out = net(torch.randn(2, channels, size, size))
+    assert out.shape == (2, encoder_out_dim(name))
+    assert encoder_out_dim(name) == {"resnet18": 512, "resnet34": 512, "resnet50": 2048}[name]
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_cifar_stem(name: str) -> None:
+    net = get_encoder(name, "cifar10")
+    conv = net.conv1
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding) == (
+        3,
+        64,
+        (3, 3),
+        (1, 1),
+        (1, 1),
+    )
+    assert conv.bias is None
+    assert isinstance(net.maxpool, nn.MaxPool2d) and net.maxpool.kernel_size == 1 and net.maxpool.stride == 1
+    assert isinstance(net.fc, nn.Identity)
+    # A CIFAR 32x32 input keeps a 4x4 map before pooling: the stem does not downsample.
+    feats: dict[str, torch.Size] = {}
+
+    def keep_shape(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
+        feats["map"] = output.shape
+
+    net.layer4.register_forward_hook(keep_shape)
+    net.eval()(torch.randn(1, 3, 32, 32))
+    assert feats["map"][-2:] == (4, 4)
+
+
+def test_mnist_stem_takes_one_channel() -> None:
+    assert get_encoder("resnet18", "mnist").conv1.in_channels == 1
+
+
+def test_tinyimagenet_stem_only_for_resnet18() -> None:
+    assert get_encoder("resnet18", "tinyimagenet").conv1.kernel_size == (4, 4)
+    assert get_encoder("resnet34", "tinyimagenet").conv1.kernel_size == (7, 7)
+    assert get_encoder("resnet50", "tinyimagenet").conv1.kernel_size == (7, 7)
+
+
+def test_standard_stem_for_other_datasets() -> None:
+    net = get_encoder("resnet18", "imagenet")
+    assert net.conv1.kernel_size == (7, 7) and net.conv1.stride == (2, 2) and net.conv1.padding == (3, 3)
+    assert net.maxpool.kernel_size == 3 and net.maxpool.stride == 2
+
+
+def test_initialisation() -> None:
+    """torchvision's fan-out Kaiming-normal for its convs, PyTorch's default for the new conv1."""
+    torch.manual_seed(0)
+    net = get_encoder("resnet18", "cifar10")
+    w = net.conv1.weight.detach()
+    bound = 1 / math.sqrt(3 * 3 * 3)  # kaiming_uniform(a=sqrt(5)) -> U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    assert w.abs().max() <= bound
+    assert w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.1)
+    inner = net.layer1[0].conv1.weight.detach()  # 64 -> 64, 3x3: std sqrt(2 / fan_out)
+    assert inner.std().item() == pytest.approx(math.sqrt(2 / (64 * 9)), rel=0.05)
+    bn = net.layer1[0].bn1
+    assert torch.equal(bn.weight, torch.ones_like(bn.weight)) and torch.equal(bn.bias, torch.zeros_like(bn.bias))
+    # zero_init_residual is false: the last BN of each block starts at 1 as well
+    assert torch.equal(net.layer1[0].bn2.weight, torch.ones(64))
+
+
+def test_unknown_encoder_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="resnet18"):
+        get_encoder("vit", "cifar10")

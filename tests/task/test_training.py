@@ -1,0 +1,188 @@
+"""End-to-end training of the six model x loss combinations on random tensors (CPU):
+falling loss, checkpoints that load with weights_only=True, determinism."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, Dataset
+
+from src.model.callbacks.online_finetuner import OnlineFineTuner
+from src.utils.checkpoint import SSL_MODELS, CheckpointError, load_checkpoint, load_ssl_model
+from tests.conftest import COMBINATIONS, build_model, model_kwargs, three_view_batch
+
+
+class RepeatedBatch(Dataset):
+    """The same three-view batch `steps` times (a loader with batch_size=None)."""
+
+    def __init__(self, steps: int, batch_size: int = 8, seed: int = 0) -> None:
+        self.batch = three_view_batch(batch_size=batch_size, seed=seed)
+        self.steps = steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, i: int):
+        return self.batch
+
+
+class LossRecorder(pl.Callback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(outputs["loss"]))
+
+
+def fit(model: pl.LightningModule, root: Path, steps: int = 6, epochs: int = 1, **trainer_kwargs) -> LossRecorder:
+    recorder = LossRecorder()
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+        gradient_clip_val=0.5,
+        callbacks=[
+            recorder,
+            OnlineFineTuner(512, 4),
+            ModelCheckpoint(dirpath=root / "checkpoints", filename="model", save_last=True),
+        ],
+        num_sanity_val_steps=0,
+        **trainer_kwargs,
+    )
+    loader = DataLoader(RepeatedBatch(steps), batch_size=None)
+    trainer.fit(model, loader, DataLoader(RepeatedBatch(1, seed=1), batch_size=None))
+    return recorder
+
+
+def fixed_draw_loss(model: pl.LightningModule) -> float:
+    """The training loss on the training batch with one fixed MC draw: free of sampling noise.
+
+    Computed on a copy, so the train-mode BatchNorm running statistics of `model` stay as trained."""
+    model = copy.deepcopy(model).train()
+    torch.manual_seed(7)
+    with torch.no_grad():
+        return float(model.shared_step(RepeatedBatch(1).batch)["loss"])
+
+
+@pytest.mark.parametrize(("model_name", "loss"), COMBINATIONS)
+def test_trains_with_falling_loss_and_reloads_weights_only(model_name: str, loss: str, tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    kwargs = model_kwargs(model_name, loss, prior="mog" if model_name == "ssl_bayes_z" else "standard")
+    kwargs["optimizer"]["lr"] = 3e-3
+    model = SSL_MODELS[model_name](**kwargs)
+    before = fixed_draw_loss(model)
+    recorder = fit(model, tmp_path, steps=10)
+    after = fixed_draw_loss(model)
+    assert len(recorder.losses) == 10 and all(torch.isfinite(torch.tensor(recorder.losses)))
+    assert after < 0.98 * before, (before, after, recorder.losses)
+
+    path = tmp_path / "checkpoints" / "model.ckpt"
+    raw = torch.load(path, weights_only=True)  # plain values only
+    assert raw["hyper_parameters"]["model_name"] == model_name
+    reloaded = load_ssl_model(path, model_name)
+    also = SSL_MODELS[model_name].load_from_checkpoint(path, weights_only=True)
+    for other in (reloaded, also):
+        assert type(other) is type(model)
+        for k, v in model.state_dict().items():
+            torch.testing.assert_close(other.state_dict()[k], v, msg=k)
+    # same outputs in eval mode (Bayes-H samples: compare the Gaussian parameters)
+    model.eval()
+    reloaded.eval()
+    x = three_view_batch()[0][2]
+    with torch.no_grad():
+        a, b = model(x), reloaded(x)
+    if isinstance(a, tuple):
+        a, b = a[2], b[2]
+    torch.testing.assert_close(a, b)
+
+
+def test_same_seed_gives_identical_losses(tmp_path: Path) -> None:
+    runs = []
+    for i in range(2):
+        pl.seed_everything(1997)
+        model = build_model("ssl_bayes_h", "mc_vicreg", prior="mog")
+        runs.append(fit(model, tmp_path / str(i), steps=3).losses)
+    assert runs[0] == runs[1]
+    pl.seed_everything(1998)
+    other = fit(build_model("ssl_bayes_h", "mc_vicreg", prior="mog"), tmp_path / "other", steps=3).losses
+    assert other != runs[0]
+
+
+def test_probe_is_trained_only_by_its_own_optimizer(tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    model = build_model("ssl", "barlow_twins")
+    fit(model, tmp_path, steps=2)
+    main = model.trainer.optimizers[0]
+    in_main = {id(p) for g in main.param_groups for p in g["params"]}
+    assert not any(id(p) in in_main for p in model.online_finetuner.parameters())
+    trained = {n for n, p in model.named_parameters() if id(p) in in_main}
+    assert trained == {n for n in dict(model.named_parameters()) if not n.startswith("online_finetuner.")}
+
+
+def test_bf16_autocast_step_keeps_fp32_losses(tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    model = build_model("ssl_bayes_h", "mc_barlow_twins")
+    recorder = fit(model, tmp_path, steps=2, precision="bf16-mixed")
+    assert all(torch.isfinite(torch.tensor(recorder.losses)))
+
+
+# ---- checkpoint errors ------------------------------------------------------------------------------
+def test_checkpoint_errors(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.ckpt")
+
+    pl.seed_everything(0)
+    model = build_model("ssl_bayes_z", "mc_barlow_twins")
+    fit(model, tmp_path, steps=1)
+    good = tmp_path / "checkpoints" / "model.ckpt"
+
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        load_checkpoint(truncated)
+
+    with pytest.raises(CheckpointError, match="holds a 'ssl_bayes_z' model"):
+        load_ssl_model(good, "ssl_bayes_h")
+
+    import functools
+
+    unsafe = tmp_path / "unsafe.ckpt"
+    ckpt = torch.load(good, weights_only=True)
+    ckpt["hyper_parameters"]["cl_loss"] = functools.partial(print, "pickled")
+    torch.save(ckpt, unsafe)
+    with pytest.raises(CheckpointError, match="not plain values"):
+        load_checkpoint(unsafe)
+
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"model_name": "resnet"}}, other)
+    with pytest.raises(CheckpointError, match="not an SSL model checkpoint"):
+        load_ssl_model(other)
+
+
+@pytest.mark.parametrize(("model_name", "loss"), [("ssl", "vicreg"), ("ssl_bayes_h", "mc_barlow_twins")])
+def test_logged_metric_names(model_name: str, loss: str, tmp_path: Path) -> None:
+    """The spec's names: <phase>_<loss term>, <phase>_{mu,sigma}_<rv>_{mean,std}, the probe's, train_epoch."""
+    pl.seed_everything(0)
+    model = build_model(model_name, loss)
+    fit(model, tmp_path, steps=2)
+    terms = (
+        ["cl_loss", "var_loss", "weighted_var_loss", "inv_loss", "weighted_inv_loss", "cov_loss", "weighted_cov_loss"]
+        if loss == "vicreg"
+        else ["cl_loss", "on_diag_loss", "off_diag_loss", "weighted_off_diag_loss"]
+    )
+    terms.append("loss")
+    if model_name != "ssl":
+        terms += ["kl_prior_loss", "weighted_kl_prior_loss", "mu_h_mean", "mu_h_std", "sigma_h_mean", "sigma_h_std"]
+    expected = {f"{phase}_{t}" for phase in ("train", "val") for t in [*terms, "online_acc", "online_loss"]}
+    expected.add("train_epoch")
+    assert set(model.trainer.callback_metrics) == expected
+    assert float(model.trainer.callback_metrics["train_epoch"]) == 0.0
