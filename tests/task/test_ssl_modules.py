@@ -296,4 +296,4 @@ def test_online_probe_step(model_name: str, loss: str, forwards: int) -> None:
     # the probe's loss is the cross-entropy of the probe on the (MC-mean) representation
     model.eval()
     loss_value, acc = callback.shared_step(model, batch)
-    assert 0.0 <= float(acc) <= 1.0 and float(loss_value) > 0
+    assert 0.0 <= float(acc) <= 1.0 and float(loss_value.detach()) > 0
