@@ -37,6 +37,8 @@ STEMS: dict[str, Stem] = {
     "cifar100": Stem(3),
     "tinyimagenet": Stem(4, only_for=("resnet18",)),
     "mnist": Stem(3, in_channels=1),
+    # the embedded demo (16x16 RGB digits, photo patches, noise): the CIFAR stem
+    "demo": Stem(3),
 }
 
 

@@ -1,0 +1,1 @@
+"""Data: training datamodules (``src.data.datamodule``), their transforms and on-disk datasets."""

@@ -1,0 +1,238 @@
+"""The base of the training datamodules: task types, loaders, the train/val split (spec: data_evaluation.md §3.2).
+
+A datamodule is built from the ``dataset`` config node: every key but ``_target_`` is a
+constructor argument, and keys a datamodule does not use (``name``, ``num_classes``,
+``flatten_dim``, ``subset``, and ``resize_height`` outside the ImageNet family) are accepted
+and ignored (Q23).
+
+Batches (PyTorch default collate), for a batch size B and image side H:
+
+- ssl task type: ``[[V1, V2, V3], Y]``, each Vi float32 (B, 3, H, H), Y int64 (B,); V1/V2 are
+  augmented views, V3 the un-augmented finetune view.
+- every other task type: ``[X, Y]``, X float32 (B, 3, H, H), Y int64 (B,).
+"""
+
+from __future__ import annotations
+
+import abc
+import numbers
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset, random_split
+from torchvision import transforms as T
+
+from src.data.transforms import SupervisedTransform, cifar_ssl_transform
+
+# Config task name (`dataset.task`, i.e. `train.name`) -> task type; the type picks the transforms.
+TASK_TYPES: dict[str, str] = {
+    "ssl": "ssl",
+    "ssl_bayes_h": "ssl",
+    "ssl_bayes_z": "ssl",
+    "ssl_bayes_h_and_z": "ssl",
+    "ssl_bayes_hierarchical": "ssl",
+    "supervised": "supervised",
+    "semi_supervised": "semi_supervised",
+    "linear_classification": "linear_classification",
+}
+
+
+def task_type(task: str) -> str:
+    """The task type (ssl, supervised, semi_supervised, linear_classification) of config task ``task``.
+
+    Raises:
+        ValueError: ``task`` is not a known task name.
+    """
+    if task not in TASK_TYPES:
+        raise ValueError(f"dataset.task={task!r} is not a known task; use one of {sorted(TASK_TYPES)}")
+    return TASK_TYPES[task]
+
+
+def split_train_val(
+    train_source: Dataset[Any], val_source: Dataset[Any], val_split: int | float, seed: int
+) -> tuple[Subset[Any], Subset[Any]]:
+    """Split N samples into train and val: train from ``train_source``, val from ``val_source``.
+
+    Both sources must hold the same N samples (in practice the same dataset built with the
+    train and with the val transform). Each is passed to ``random_split`` with a generator
+    seeded by ``seed``, so both see the same ``randperm(N)``: the first ``train_len`` permuted
+    indices form train (taken from ``train_source``) and the rest form val (from
+    ``val_source``), two disjoint index sets.
+
+    Args:
+        train_source, val_source: datasets of equal length N.
+        val_split: an int is the absolute val size; a float f gives ``int(f * N)``.
+        seed: split seed (the run seed, so the partition changes with it).
+
+    Returns:
+        (train subset of length N - val_len, val subset of length val_len).
+
+    Raises:
+        TypeError: ``val_split`` is neither an int nor a float.
+        ValueError: the sources differ in length, or the val size is outside [0, N].
+    """
+    n = len(train_source)  # type: ignore[arg-type]
+    if len(val_source) != n:  # type: ignore[arg-type]
+        raise ValueError(f"train and val sources must have the same length, got {n} and {len(val_source)}")  # type: ignore[arg-type]
+    # bool is an int subclass; `val_split: true` is a config mistake, not a count of 1.
+    if isinstance(val_split, bool) or not isinstance(val_split, numbers.Real):
+        raise TypeError(
+            f"dataset.val_split must be an int (absolute count) or a float (fraction), got {val_split!r} "
+            f"of type {type(val_split).__name__}"
+        )
+    val_len = int(val_split) if isinstance(val_split, numbers.Integral) else int(val_split * n)
+    if not 0 <= val_len <= n:
+        raise ValueError(f"dataset.val_split={val_split!r} gives {val_len} val samples, outside [0, {n}]")
+    lengths = [n - val_len, val_len]
+    train_ds, _ = random_split(train_source, lengths, generator=torch.Generator().manual_seed(seed))
+    _, val_ds = random_split(val_source, lengths, generator=torch.Generator().manual_seed(seed))
+    return train_ds, val_ds
+
+
+class BaseDataModule(pl.LightningDataModule, abc.ABC):
+    """Loaders, transforms and bookkeeping shared by the training datamodules.
+
+    Subclasses set the class attributes ``mean`` / ``std`` (normalisation statistics) and
+    implement ``setup`` to fill ``train_ds``, ``val_ds`` and ``test_ds``.
+
+    Args:
+        data_dir: dataset root on disk.
+        task: config task name (``dataset.task``); see ``TASK_TYPES``.
+        val_split: val size for datasets without an official val split (int count or float fraction).
+        batch_size: B for all three loaders.
+        shuffle: shuffle the train loader (val/test never shuffle).
+        num_workers: DataLoader workers.
+        drop_last: drop the last incomplete batch, in the val and test loaders too (Q4).
+        persistent_workers: keep workers alive between epochs; only used when ``num_workers > 0``.
+        input_height: image side H.
+        seed: seed of the train/val split.
+        pin_memory: pin host memory; only used when CUDA is available.
+        download: allow a download of datasets that torchvision can fetch (CIFAR); never needed otherwise.
+        **kwargs: further config keys, accepted and ignored (Q23).
+
+    Raises:
+        ValueError: unknown ``task`` or a non-positive ``batch_size``.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        task: str,
+        val_split: int | float = 0.2,
+        batch_size: int = 256,
+        shuffle: bool = True,
+        num_workers: int = 0,
+        drop_last: bool = True,
+        persistent_workers: bool = False,
+        input_height: int = 32,
+        seed: int = 1997,
+        pin_memory: bool = False,
+        download: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self.task_type = task_type(task)
+        if int(batch_size) <= 0:
+            raise ValueError(f"dataset.batch_size must be positive, got {batch_size}")
+        self.data_dir = Path(data_dir)
+        self.task = task
+        self.val_split = val_split
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.num_workers = int(num_workers)
+        self.drop_last = bool(drop_last)
+        self.persistent_workers = bool(persistent_workers)
+        self.input_height = int(input_height)
+        self.seed = int(seed)
+        self.pin_memory = bool(pin_memory)
+        self.download = bool(download)
+        # Kept only for inspection; no datamodule reads them (Q23).
+        self.ignored_kwargs = dict(kwargs)
+        self.train_ds: Dataset[Any] | None = None
+        self.val_ds: Dataset[Any] | None = None
+        self.test_ds: Dataset[Any] | None = None
+
+    @abc.abstractmethod
+    def setup(self, stage: str | None = None) -> None:
+        """Build ``train_ds``/``val_ds`` (stage fit, validate or None) and ``test_ds`` (test or None)."""
+
+    # ------------------------------------------------------------------ transforms
+
+    @property
+    def normalize(self) -> dict[str, tuple[float, ...]]:
+        """``{"mean": mean, "std": std}`` of the dataset."""
+        return {"mean": tuple(self.mean), "std": tuple(self.std)}
+
+    def normalize_fn(self) -> T.Normalize:
+        """A ``Normalize`` module with the dataset's statistics (unused by the pipeline, kept from the reference)."""
+        return T.Normalize(mean=list(self.mean), std=list(self.std))
+
+    def get_transform(self, stage: str) -> Callable[[Any], Any]:
+        """The transform of split ``stage`` (``train``, ``val`` or ``test``).
+
+        ssl task type: the 3-view SSL transform for every split (§4.1); otherwise
+        ``SupervisedTransform`` in train mode for ``train`` only (§4.3).
+        """
+        if self.task_type == "ssl":
+            return cifar_ssl_transform(self.input_height, self.mean, self.std)
+        return SupervisedTransform(train=stage == "train", input_height=self.input_height, normalize=self.normalize)
+
+    # ------------------------------------------------------------------ loaders
+
+    def _loader(self, dataset: Dataset[Any] | None, split: str, shuffle: bool) -> DataLoader[Any]:
+        if dataset is None:
+            stage = "test" if split == "test" else "fit"
+            raise RuntimeError(
+                f"{type(self).__name__}: the {split} set does not exist; "
+                f"call setup({stage!r}) before {split}_dataloader()"
+            )
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            drop_last=self.drop_last,
+            # torch raises for persistent workers without workers; pinning needs a GPU.
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        """Train loader: shuffled per config, ``drop_last`` per config."""
+        return self._loader(self.train_ds, "train", self.shuffle)
+
+    def val_dataloader(self) -> DataLoader[Any]:
+        """Val loader: never shuffled; ``drop_last`` per config (Q4)."""
+        return self._loader(self.val_ds, "val", False)
+
+    def test_dataloader(self) -> DataLoader[Any]:
+        """Test loader: never shuffled; ``drop_last`` per config (Q4)."""
+        return self._loader(self.test_ds, "test", False)
+
+    # ------------------------------------------------------------------ sizes
+
+    @property
+    def num_training_samples(self) -> int:
+        """N_train, the length of the train set.
+
+        Raises:
+            AttributeError: ``setup('fit')`` has not run (as in the reference, an AttributeError).
+        """
+        if self.train_ds is None:
+            raise AttributeError(
+                f"{type(self).__name__}.num_training_samples needs the train set; call setup('fit') first"
+            )
+        return len(self.train_ds)  # type: ignore[arg-type]
+
+    @property
+    def train_iters_per_epoch(self) -> int:
+        """Train batches per epoch: floor(N_train / B) with ``drop_last``, else ceil(N_train / B)."""
+        n = self.num_training_samples
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)

@@ -1,0 +1,105 @@
+"""CIFAR-10 / CIFAR-100 datamodules (spec: data_evaluation.md §2.1, §2.2, §3.3).
+
+The data is torchvision's on-disk format: ``<data_dir>/cifar-10-batches-py/`` (``data_batch_1`` …
+``data_batch_5``, ``test_batch``, ``batches.meta``) or ``<data_dir>/cifar-100-python/`` (``train``,
+``test``, ``meta``). Unlike the reference, nothing is downloaded unless ``download=true`` is
+set; without it, missing files raise a ``FileNotFoundError`` that names what to put where.
+
+Splits: the official 50,000 training images are split by ``val_split`` (0.2 → 40,000 / 10,000)
+with the run seed (``split_train_val``); the official 10,000 test images are the test set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torchvision.datasets import CIFAR10, CIFAR100
+
+from src.data.datamodule.base import BaseDataModule, split_train_val
+from src.data.transforms import CIFAR10_NORMALIZE, CIFAR100_NORMALIZE
+
+
+class CIFAR10DataModule(BaseDataModule):
+    """CIFAR-10: 32×32 RGB, 10 classes (torchvision label order).
+
+    Constructor arguments are those of ``BaseDataModule``. With ``download=True``,
+    ``prepare_data`` lets torchvision fetch and extract the archive when the files are
+    missing or corrupt; otherwise the files must already be on disk.
+    """
+
+    dataset_cls: type[CIFAR10] = CIFAR10
+    display_name = "CIFAR-10"
+    mean = CIFAR10_NORMALIZE["mean"]
+    std = CIFAR10_NORMALIZE["std"]
+
+    @property
+    def dataset_folder(self) -> Path:
+        """``<data_dir>/<torchvision base folder>``, e.g. ``data/datasets/cifar10/cifar-10-batches-py``."""
+        return self.data_dir / self.dataset_cls.base_folder
+
+    def required_files(self) -> list[str]:
+        """File names torchvision reads inside ``dataset_folder`` (train batches, test batch, meta)."""
+        names = [name for name, _md5 in self.dataset_cls.train_list + self.dataset_cls.test_list]
+        return [*names, self.dataset_cls.meta["filename"]]
+
+    def _how_to_obtain(self) -> str:
+        cls = self.dataset_cls
+        return (
+            f"To obtain it, rerun with dataset.download=true on a machine with network access (torchvision "
+            f"fetches {cls.url}), or download {cls.filename} elsewhere and extract it into {self.data_dir}."
+        )
+
+    def prepare_data(self) -> None:
+        """Download if allowed; otherwise check that every file is present.
+
+        Raises:
+            FileNotFoundError: files are missing and ``download`` is False.
+        """
+        if self.download:
+            # torchvision skips the download when the files pass its md5 check.
+            for train in (True, False):
+                self.dataset_cls(str(self.data_dir), train=train, download=True)
+            return
+        missing = [name for name in self.required_files() if not (self.dataset_folder / name).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{self.display_name} not found at {self.dataset_folder}: missing {', '.join(missing)}. "
+                f"Expected layout (torchvision format, the extracted {self.dataset_cls.filename}): "
+                f"{self.dataset_folder}/{{{', '.join(self.required_files())}}}. " + self._how_to_obtain()
+            )
+
+    def _dataset(self, train: bool, transform: Callable[[Any], Any]) -> CIFAR10:
+        try:
+            return self.dataset_cls(str(self.data_dir), train=train, transform=transform, download=False)
+        except RuntimeError as err:
+            # torchvision's message ("not found or corrupted") says neither where nor which check failed.
+            raise RuntimeError(
+                f"{self.display_name} files in {self.dataset_folder} failed torchvision's md5 check "
+                f"({err}). Replace them with a fresh extraction of {self.dataset_cls.filename}. "
+                + self._how_to_obtain()
+            ) from err
+
+    def setup(self, stage: str | None = None) -> None:
+        """fit / validate / None: the seeded train/val split; test / None: the official test set.
+
+        ``prepare_data`` runs first, every time, as in the reference (Q21).
+        """
+        self.prepare_data()
+        if stage in (None, "fit", "validate"):
+            # Two copies of the 50k set, one per transform, split with the same seed (disjoint indices).
+            train_full = self._dataset(True, self.get_transform("train"))
+            val_full = self._dataset(True, self.get_transform("val"))
+            self.train_ds, self.val_ds = split_train_val(train_full, val_full, self.val_split, self.seed)
+        if stage in (None, "test"):
+            self.test_ds = self._dataset(False, self.get_transform("test"))
+
+
+class CIFAR100DataModule(CIFAR10DataModule):
+    """CIFAR-100 with its 100 fine labels; the same splits as CIFAR-10 (no config uses it in the paper)."""
+
+    dataset_cls: type[CIFAR10] = CIFAR100
+    display_name = "CIFAR-100"
+    mean = CIFAR100_NORMALIZE["mean"]
+    std = CIFAR100_NORMALIZE["std"]

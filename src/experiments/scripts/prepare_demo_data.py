@@ -1,0 +1,43 @@
+"""Write the embedded demo dataset (digits ID, held-out digits near-OOD, photo/noise far-OOD).
+
+Usage (from the repository root)::
+
+    python src/experiments/scripts/prepare_demo_data.py --output-root data/datasets/demo --image-size 16 --seed 1997
+
+Does nothing if the output is already up to date; see :mod:`src.data.demo` for the protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+# Stage commands run this file directly (`python src/experiments/scripts/...`, no PYTHONPATH),
+# which puts only this folder on sys.path; add the repository root so `src` imports.
+_REPO_ROOT = Path(__file__).resolve().parents[3]
+if str(_REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(_REPO_ROOT))
+
+from src.data.demo import prepare_demo_data  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output-root", type=Path, default=Path("data/datasets/demo"), help="data root to write")
+    parser.add_argument("--image-size", type=int, default=16, help="side of the square images (>= 8)")
+    parser.add_argument("--seed", type=int, default=1997, help="seed of splits, photo crops and noise")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Prepare the demo data and return its root."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    return prepare_demo_data(args.output_root, image_size=args.image_size, seed=args.seed)
+
+
+if __name__ == "__main__":
+    main()

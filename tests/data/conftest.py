@@ -1,0 +1,171 @@
+"""Tiny datasets in the real on-disk formats, written into ``tmp_path``.
+
+CIFAR: torchvision's python-pickle batches. The original files were pickled by Python 2, whose
+``str`` keys and array payloads load as ``str`` under ``encoding="latin1"`` (what torchvision
+uses) and as ``bytes`` under ``encoding="bytes"`` (what the CIFAR web page's ``unpickle``
+uses, hence the often-quoted ``b'data'``). ``_Py2Pickler`` writes ``bytes`` with the Python 2
+string opcodes so the fixture files decode both ways exactly like the originals.
+
+torchvision verifies the files by md5 against the official archive (``_check_integrity`` for the
+batches and ``_load_meta`` for the meta file, both through the module-level
+``torchvision.datasets.cifar.check_integrity``). A fixture cannot match those digests, so the
+``cifar_integrity_ok`` fixture replaces only that function with a presence check; parsing, the
+HWC conversion and the label handling stay torchvision's.
+
+ImageNet: an ``ImageFolder`` tree of small JPEGs, ``<root>/{train,val}/<wnid>/*.JPEG``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import struct
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+WNIDS = ("n01440764", "n01443537", "n02102040")
+
+
+class _Py2Pickler(pickle._Pickler):  # the pure-Python pickler: its dispatch table can be extended
+    """Protocol-2 pickler that writes ``bytes`` as Python 2 ``str`` (SHORT_BINSTRING / BINSTRING)."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_py2_str(self, obj: bytes) -> None:
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+
+
+def dump_py2(obj: object, path: Path) -> None:
+    """Pickle ``obj`` as Python 2 would (bytes → str opcodes)."""
+    buffer = io.BytesIO()
+    _Py2Pickler(buffer, protocol=2).dump(obj)
+    path.write_bytes(buffer.getvalue())
+
+
+def _batch(rng: np.random.Generator, n: int, num_classes: int, label_key: bytes, name: bytes) -> dict[bytes, object]:
+    """One batch dict: ``data`` uint8 [n, 3072] (R, G, B planes of 32×32), labels as a list of ints."""
+    batch: dict[bytes, object] = {
+        b"batch_label": name,
+        b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+        label_key: [int(v) for v in rng.integers(0, num_classes, size=n)],
+        b"filenames": [f"img_{i}.png".encode() for i in range(n)],
+    }
+    if label_key == b"fine_labels":
+        batch[b"coarse_labels"] = [int(v) // 5 for v in batch[label_key]]  # type: ignore[attr-defined]
+    return batch
+
+
+def write_cifar10(data_dir: Path, per_batch: int = 20, n_test: int = 20, seed: int = 0) -> dict[str, dict]:
+    """``<data_dir>/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}``; returns the batches."""
+    rng = np.random.default_rng(seed)
+    folder = data_dir / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    written: dict[str, dict] = {}
+    for i in range(1, 6):
+        written[f"data_batch_{i}"] = _batch(rng, per_batch, 10, b"labels", f"training batch {i} of 5".encode())
+    written["test_batch"] = _batch(rng, n_test, 10, b"labels", b"testing batch 1 of 1")
+    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    written["batches.meta"] = {b"num_cases_per_batch": per_batch, b"label_names": names, b"num_vis": 3072}
+    for name, obj in written.items():
+        dump_py2(obj, folder / name)
+    return written
+
+
+def write_cifar100(data_dir: Path, n_train: int = 100, n_test: int = 20, seed: int = 0) -> dict[str, dict]:
+    """``<data_dir>/cifar-100-python/{train, test, meta}``; returns the written dicts."""
+    rng = np.random.default_rng(seed)
+    folder = data_dir / "cifar-100-python"
+    folder.mkdir(parents=True)
+    written: dict[str, dict] = {
+        "train": _batch(rng, n_train, 100, b"fine_labels", b"training batch 1 of 1"),
+        "test": _batch(rng, n_test, 100, b"fine_labels", b"testing batch 1 of 1"),
+        "meta": {
+            b"fine_label_names": [f"fine_{i}".encode() for i in range(100)],
+            b"coarse_label_names": [f"coarse_{i}".encode() for i in range(20)],
+        },
+    }
+    for name, obj in written.items():
+        dump_py2(obj, folder / name)
+    return written
+
+
+@pytest.fixture
+def cifar_integrity_ok(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replace torchvision's CIFAR md5 check with a presence check (see the module docstring)."""
+    import torchvision.datasets.cifar as cifar
+
+    monkeypatch.setattr(cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
+
+
+@pytest.fixture
+def cifar10_dir(tmp_path: Path, cifar_integrity_ok: None) -> Path:
+    """A CIFAR-10 root with 5 × 20 train and 20 test images."""
+    root = tmp_path / "cifar10"
+    write_cifar10(root)
+    return root
+
+
+@pytest.fixture
+def cifar10_unverified_dir(tmp_path: Path) -> Path:
+    """The CIFAR-10 fixture files without the integrity patch (they fail torchvision's md5 check)."""
+    root = tmp_path / "cifar10"
+    write_cifar10(root)
+    return root
+
+
+@pytest.fixture
+def cifar100_dir(tmp_path: Path, cifar_integrity_ok: None) -> Path:
+    """A CIFAR-100 root with 100 train and 20 test images."""
+    root = tmp_path / "cifar100"
+    write_cifar100(root)
+    return root
+
+
+def write_jpeg(path: Path, size: tuple[int, int], seed: int, mode: str = "RGB") -> None:
+    """A random-noise JPEG of ``size`` (width, height)."""
+    rng = np.random.default_rng(seed)
+    shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, size=shape, dtype=np.uint8), mode=mode).save(path, format="JPEG")
+
+
+def write_image_folder(
+    root: Path, wnids: Sequence[str] = WNIDS, n_train: int = 4, n_val: int = 2, size: tuple[int, int] = (40, 32)
+) -> None:
+    """``<root>/train/<wnid>/<wnid>_<i>.JPEG`` and ``<root>/val/<wnid>/ILSVRC2012_val_<k>.JPEG``.
+
+    The first train image of every class is grayscale (mode L), like a few real ImageNet files.
+    """
+    seed = 0
+    for wnid in wnids:
+        for i in range(n_train):
+            seed += 1
+            write_jpeg(root / "train" / wnid / f"{wnid}_{i}.JPEG", size, seed, mode="L" if i == 0 else "RGB")
+        for _ in range(n_val):
+            seed += 1
+            write_jpeg(root / "val" / wnid / f"ILSVRC2012_val_{seed:08d}.JPEG", (size[1], size[0]), seed)
+
+
+@pytest.fixture
+def imagenet_dir(tmp_path: Path) -> Path:
+    """An ImageNet root: 3 wnids, 4 train and 2 val images each."""
+    root = tmp_path / "imagenet"
+    write_image_folder(root)
+    return root
+
+
+@pytest.fixture
+def make_image_folder() -> Callable[..., None]:
+    """The ``write_image_folder`` helper, for tests that build their own trees."""
+    return write_image_folder
