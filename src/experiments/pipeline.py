@@ -1,0 +1,226 @@
+"""Pretraining and offline finetuning, driven by the composed Hydra config (spec §13.1–§13.5).
+
+``run_pipeline(cfg)`` writes, under ``cfg.output_path``:
+
+    hydra_config.yaml            the composed config (interpolations unresolved)
+    checkpoints/model.ckpt       best pretraining checkpoint (max val_online_acc)
+    checkpoints/last.ckpt
+    csv/lightning_logs/version_0/metrics.csv
+    finetune/checkpoints/{epoch=E-step=S,last}.ckpt     when `finetune` is configured
+    results.json                 metrics, metadata and checkpoint paths (relative to the
+                                 working directory), written last and atomically
+
+A run whose ``results.json`` exists is finished: running it again does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import string
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+
+from src.model.callbacks.online_finetuner import OnlineFineTuner
+from src.task.finetuning import LastLayerFinetuner
+from src.utils.checkpoint import SSL_MODELS, load_ssl_model
+from src.utils.io import write_json, write_text
+from src.utils.loggers import get_lightning_loggers
+from src.utils.plain import to_plain
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.json"
+_MODEL_TARGETS = {f"{cls.__module__}.{cls.__name__}": name for name, cls in SSL_MODELS.items()}
+
+
+def generate_run_id(length: int = 8) -> str:
+    """An 8-character lowercase/digit id, the format of wandb's ``generate_id``."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+def relative(path: str | Path) -> str:
+    """``path`` relative to the working directory when inside it (results files stay portable)."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def trainer_kwargs(trainer_cfg: DictConfig | dict[str, Any], debug: DictConfig | None) -> dict[str, Any]:
+    """The configured Trainer arguments, adapted to the machine and the debug mode.
+
+    fp16 autocast (``16-mixed``) is a GPU feature: without CUDA the run uses ``32-true``.
+    """
+    kwargs = to_plain(trainer_cfg)
+    precision = str(kwargs.get("precision", "32-true"))
+    if precision in ("16-mixed", "16") and not torch.cuda.is_available():
+        log.info("trainer.precision=%s needs a GPU; running with 32-true on this machine", precision)
+        kwargs["precision"] = "32-true"
+    if debug:
+        kwargs.update(to_plain(debug))
+    return kwargs
+
+
+def build_callbacks(
+    callbacks_cfg: DictConfig | None, checkpoint_dir: Path, has_logger: bool, **probe: Any
+) -> list[Callback]:
+    """Callbacks of a phase in the reference's order; unknown names are an error."""
+    callbacks: list[Callback] = []
+    for name, args in (to_plain(callbacks_cfg) or {}).items():
+        args = dict(args or {})
+        if name == "checkpoint":
+            # overwrite model.ckpt in place rather than writing model-v1.ckpt
+            callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, enable_version_counter=False, **args))
+        elif name == "early_stopping":
+            callbacks.append(EarlyStopping(**args))
+        elif name == "online_finetuner":
+            callbacks.append(OnlineFineTuner(**probe, **args))
+        elif name == "learning_rate_monitor":
+            if has_logger:  # Lightning refuses the monitor without a logger (Quirk Q18g)
+                callbacks.append(LearningRateMonitor(**args))
+        else:
+            raise ValueError(
+                f"callbacks.{name} is not a known callback; use checkpoint, early_stopping, online_finetuner "
+                "or learning_rate_monitor"
+            )
+    return callbacks
+
+
+def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
+    return hydra.utils.instantiate(cfg.dataset, _convert_="all")
+
+
+def ssl_model_kwargs(cfg: DictConfig, train_iters_per_epoch: int) -> tuple[str, dict[str, Any]]:
+    """The model name and its plain constructor arguments from ``train.kwargs``."""
+    kwargs = to_plain(cfg.train.kwargs)
+    target = kwargs.pop("_target_", None)
+    if target not in _MODEL_TARGETS:
+        raise ValueError(f"train.kwargs._target_={target!r} is not an SSL model; known: {sorted(_MODEL_TARGETS)}")
+    kwargs["train_iters_per_epoch"] = train_iters_per_epoch
+    return _MODEL_TARGETS[target], kwargs
+
+
+def pretrain(cfg: DictConfig, output_path: Path) -> dict[str, Any]:
+    """Fit the SSL model, then validate its final weights (spec §13.2)."""
+    torch.set_float32_matmul_precision("medium")
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("fit")
+    name, kwargs = ssl_model_kwargs(cfg, datamodule.train_iters_per_epoch)
+    model = SSL_MODELS[name](**kwargs, seed=cfg.seed)
+
+    loggers = get_lightning_loggers(cfg.logging, output_path)
+    callbacks = build_callbacks(
+        cfg.train.get("callbacks"),
+        output_path / "checkpoints",
+        bool(loggers),
+        encoder_output_dim=int(cfg.train.kwargs.latent_dim),
+        num_classes=int(cfg.dataset.num_classes),
+    )
+    trainer = pl.Trainer(
+        default_root_dir=output_path,
+        callbacks=callbacks,
+        logger=loggers or False,
+        **trainer_kwargs(cfg.train.trainer, cfg.get("debug")),
+    )
+    trainer.fit(model, datamodule=datamodule)
+    metrics = trainer.validate(model, datamodule=datamodule)
+    ckpt = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+    return {
+        "metrics": _merge(metrics),
+        "ckpt_path": ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None,
+        "train_iters_per_epoch": datamodule.train_iters_per_epoch,
+    }
+
+
+def finetune(cfg: DictConfig, output_path: Path, model_ckpt_path: str | Path) -> dict[str, Any]:
+    """Train the last layer on the finetune view, then validate and test the final weights (§13.3)."""
+    root = output_path / "finetune"
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("fit")
+    pl_module = load_ssl_model(model_ckpt_path, cfg.train.name)
+    pl_module.train()  # the reference's loaded module is never put in eval mode (Quirk Q15b)
+    kwargs = to_plain(cfg.finetune.kwargs)
+    kwargs.pop("_target_", None)
+    model = LastLayerFinetuner(pl_module=pl_module, **kwargs)
+
+    loggers = get_lightning_loggers(cfg.logging, root)
+    callbacks = build_callbacks(cfg.finetune.get("callbacks"), root / "checkpoints", bool(loggers))
+    trainer = pl.Trainer(
+        default_root_dir=root,
+        callbacks=callbacks,
+        logger=loggers or False,
+        **trainer_kwargs(cfg.finetune.trainer, cfg.get("debug")),
+    )
+    trainer.fit(model, datamodule=datamodule)
+    trainer.validate(model, datamodule=datamodule)
+    metrics = trainer.test(model, datamodule=datamodule)
+    ckpt = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+    return {
+        "metrics": _merge(metrics),
+        "ckpt_path": ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None,
+    }
+
+
+def _merge(results: list[dict[str, Any]]) -> dict[str, float]:
+    merged: dict[str, float] = {}
+    for r in results:
+        merged.update({k: float(v) for k, v in r.items()})
+    return merged
+
+
+def save_hydra_config(cfg: DictConfig, output_path: Path) -> None:
+    """The composed config, interpolations unresolved; ``output_path`` as a plain string (Q36)."""
+    cfg = cfg.copy()
+    OmegaConf.set_struct(cfg, False)
+    cfg.output_path = str(output_path)
+    write_text(output_path / "hydra_config.yaml", OmegaConf.to_yaml(cfg))
+
+
+def run_pipeline(cfg: DictConfig) -> dict[str, Any] | None:
+    """Seed, pretrain, optionally finetune, and write ``results.json`` (spec §13.1)."""
+    if "train" not in cfg:
+        raise ValueError(
+            "no task configured: add +model/task/ssl@train=<ssl|ssl_bayes_h|ssl_bayes_z> "
+            "(and +model/task@finetune=finetune for the offline finetune stage)"
+        )
+    if "finetune" in cfg and "kwargs" not in cfg.finetune:
+        raise ValueError(
+            "the config has a `finetune` node but no finetune task: add +model/task@finetune=finetune "
+            "(overrides such as finetune.trainer.* need it)"
+        )
+    output_path = Path(cfg.output_path)
+    results_path = output_path / RESULTS_FILE
+    if results_path.is_file():
+        log.info("%s exists: this run is finished, nothing to do", results_path)
+        return None
+    pl.seed_everything(int(cfg.seed), workers=False)
+    run_id = generate_run_id()
+    log.info("run %s, output %s\n%s", run_id, output_path, OmegaConf.to_yaml(cfg))
+    output_path.mkdir(parents=True, exist_ok=True)
+    save_hydra_config(cfg, output_path)
+
+    train_out = pretrain(cfg, output_path)
+    metadata = {"dataset": cfg.dataset.name, **to_plain(cfg.train.kwargs)}
+    metadata["train_iters_per_epoch"] = train_out["train_iters_per_epoch"]
+    metadata["run_id"] = run_id
+    results: dict[str, Any] = {
+        "metrics": train_out["metrics"],
+        "model_ckpt_path": relative(train_out["ckpt_path"]) if train_out["ckpt_path"] else None,
+        "metadata": metadata,
+    }
+    if "finetune" in cfg:
+        ckpt = train_out["ckpt_path"] or output_path / "checkpoints" / "last.ckpt"
+        finetune_out = finetune(cfg, output_path, ckpt)
+        results["offline_metrics"] = finetune_out["metrics"]
+        results["finetuner_ckpt_path"] = relative(finetune_out["ckpt_path"]) if finetune_out["ckpt_path"] else None
+    write_json(results_path, results)
+    return results

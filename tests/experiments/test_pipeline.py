@@ -1,0 +1,144 @@
+"""run_pipeline end to end on the demo data, for the six model x loss combinations (tiny settings)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from src.data.demo import prepare_demo_data
+from src.experiments.pipeline import run_pipeline
+from src.utils.checkpoint import load_ssl_model
+from tests.conftest import COMBINATIONS
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF = ROOT / "src" / "experiments" / "conf"
+TINY = [
+    "dataset.batch_size=32",
+    "model.backbone.hidden_dim=64",
+    "model.backbone.z_dim=64",
+    "train.trainer.max_epochs=1",
+    "+train.trainer.limit_train_batches=3",
+    "+train.trainer.limit_val_batches=2",
+    "finetune.trainer.max_epochs=3",
+    "+finetune.trainer.limit_val_batches=2",
+    "train.trainer.accelerator=cpu",
+    "finetune.trainer.accelerator=cpu",
+]
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return prepare_demo_data(tmp_path_factory.mktemp("datasets") / "demo")
+
+
+def compose_run(model_name: str, loss: str, demo_root: Path, output: Path, extra: list[str] | None = None):
+    overrides = [
+        "dataset=demo",
+        f"dataset.data_dir={demo_root}",
+        f"+model/task/ssl@train={model_name}",
+        f"model/loss={loss}",
+        "+model/task@finetune=finetune",
+        f"output_path={output}",
+        *TINY,
+        *(extra or []),
+    ]
+    if model_name != "ssl":
+        overrides.append("train.mc_samples=2")
+    with initialize_config_dir(version_base=None, config_dir=str(CONF)):
+        return compose(config_name="config", overrides=overrides)
+
+
+@pytest.mark.parametrize(("model_name", "loss"), COMBINATIONS)
+def test_pipeline_writes_the_spec_layout(
+    model_name: str, loss: str, demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # results hold paths relative to the working directory
+    out = Path("data/results/demo") / f"{model_name}_{loss}"
+    cfg = compose_run(model_name, loss, demo_root, out)
+    results = run_pipeline(cfg)
+
+    for rel in (
+        "hydra_config.yaml",
+        "results.json",
+        "checkpoints/model.ckpt",
+        "checkpoints/last.ckpt",
+        "finetune/checkpoints/last.ckpt",
+        "csv/lightning_logs/version_0/metrics.csv",
+        "finetune/csv/lightning_logs/version_0/metrics.csv",
+    ):
+        assert (out / rel).is_file(), rel
+    saved = json.loads((out / "results.json").read_text())
+    assert saved == results
+    assert saved["model_ckpt_path"] == str(out / "checkpoints" / "model.ckpt")
+    assert Path(saved["finetuner_ckpt_path"]).parent == out / "finetune" / "checkpoints"
+    assert Path(saved["finetuner_ckpt_path"]).is_file()
+    meta = saved["metadata"]
+    assert meta["dataset"] == "demo" and meta["model_name"] == model_name and len(meta["run_id"]) == 8
+    assert meta["train_iters_per_epoch"] == 866 // 32
+    assert {"val_loss", "val_cl_loss", "val_online_acc", "val_online_loss"} <= set(saved["metrics"])
+    if model_name != "ssl":
+        assert f"val_mu_{model_name[-1]}_mean" in saved["metrics"]
+    offline = saved["offline_metrics"]
+    assert set(offline) == {"test_offline_loss", "test_offline_acc", "test_offline_acc_at_5", "test_offline_ece"}
+    assert offline["test_offline_acc"] > 0.25, offline  # 8 classes: chance is 0.125
+
+    hydra_cfg = OmegaConf.load(out / "hydra_config.yaml")
+    assert hydra_cfg.train.name == model_name and hydra_cfg.train.kwargs.train_iters_per_epoch is None
+    assert "task: ${train.name}" in (out / "hydra_config.yaml").read_text()  # saved unresolved
+    model = load_ssl_model(out / "checkpoints" / "model.ckpt", model_name)
+    assert model.hparams["train_iters_per_epoch"] == 866 // 32
+    ft = torch.load(out / "finetune" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert "predictor.weight" in ft["state_dict"] and any(k.startswith("model.encoder.") for k in ft["state_dict"])
+
+    # a finished run started again does nothing
+    stamp = (out / "results.json").stat().st_mtime_ns
+    assert run_pipeline(cfg) is None
+    assert (out / "results.json").stat().st_mtime_ns == stamp
+
+
+def test_finetune_updates_backbone_batchnorm_statistics(demo_root: Path, tmp_path: Path) -> None:
+    """The frozen SSL module stays in train mode while the head trains (Quirk Q15b): the BN running
+    statistics stored in the finetuner checkpoint differ from the pretraining checkpoint's."""
+    out = tmp_path / "run"
+    run_pipeline(compose_run("ssl", "barlow_twins", demo_root, out))
+    pre = torch.load(out / "checkpoints" / "model.ckpt", weights_only=True)["state_dict"]
+    ft = torch.load(out / "finetune" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert not torch.equal(pre["encoder.bn1.running_mean"], ft["model.encoder.bn1.running_mean"])
+    assert torch.equal(pre["encoder.conv1.weight"], ft["model.encoder.conv1.weight"])  # weights stay frozen
+
+
+def test_script_multirun(demo_root: Path, tmp_path: Path) -> None:
+    """The script as DVC runs it: a plain `python <script> -m ...` from the repository root."""
+    out = tmp_path / "multirun_out"
+    cmd = [
+        sys.executable,
+        str(ROOT / "src/experiments/scripts/run_pipeline.py"),
+        "-m",
+        "dataset=demo",
+        f"dataset.data_dir={demo_root}",
+        "+model/task/ssl@train=ssl",
+        "model/loss=vicreg",
+        f"output_path={out}",
+        *[o for o in TINY if "finetune." not in o],
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "runs" / "multirun.yaml").is_file() and (out / "runs" / "0" / ".hydra").is_dir()
+    results = json.loads((out / "results.json").read_text())
+    assert "offline_metrics" not in results and results["metadata"]["model_name"] == "ssl"
+
+
+def test_missing_task_is_a_clear_error(demo_root: Path) -> None:
+    with initialize_config_dir(version_base=None, config_dir=str(CONF)):
+        cfg = compose(config_name="config", overrides=["dataset=demo"])
+    with pytest.raises(ValueError, match=r"\+model/task/ssl@train="):
+        run_pipeline(cfg)
