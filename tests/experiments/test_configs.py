@@ -202,3 +202,18 @@ def test_linear_probing_configs(path: Path) -> None:
         "imagenet": (1000, 100, [30, 60, 90], 512),
     }[cfg.dataset]
     assert (cfg.num_classes, cfg.max_epochs, list(cfg.scheduler_kwargs.milestones), cfg.batch_size) == expected
+
+
+def test_readme_compose_snippet_runs_verbatim() -> None:
+    """The README's Compose example, extracted and run from the repository root."""
+    import re
+    import subprocess
+    import sys
+
+    root = CONF.parents[2]
+    text = (root / "README.md").read_text()
+    block = re.search(r"<!-- compose-example -->\s*```python\n(.*?)```", text, re.S)
+    assert block, "README.md lost its <!-- compose-example --> block"
+    proc = subprocess.run([sys.executable, "-c", block.group(1)], cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["barlow_twins", "50", "data/results/cifar10/ssl/barlow_twins"]

@@ -115,6 +115,22 @@ def test_finetune_updates_backbone_batchnorm_statistics(demo_root: Path, tmp_pat
     assert torch.equal(pre["encoder.conv1.weight"], ft["model.encoder.conv1.weight"])  # weights stay frozen
 
 
+def test_debug_mode_and_tensorboard(demo_root: Path, tmp_path: Path) -> None:
+    """`debug=default` limits every trainer whatever the task files say (Quirk Q18c is fixed)."""
+    out = tmp_path / "debug"
+    cfg = compose_run(
+        "ssl_bayes_z",
+        "mc_barlow_twins",
+        demo_root,
+        out,
+        ["debug=default", "train.trainer.max_epochs=5", "logging.tensorboard=true"],
+    )
+    run_pipeline(cfg)
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    assert torch.load(out / "finetune" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    assert any((out / "tensorboard").rglob("events.out.tfevents.*"))
+
+
 def test_script_multirun(demo_root: Path, tmp_path: Path) -> None:
     """The script as DVC runs it: a plain `python <script> -m ...` from the repository root."""
     out = tmp_path / "multirun_out"
