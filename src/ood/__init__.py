@@ -1,0 +1,1 @@
+"""The OOD-detection study: OpenOOD v1.5 protocol, metrics, network wrapper and detectors."""

@@ -1,0 +1,55 @@
+"""The detector registry: one module per detector in this package, one config per detector in
+``src/experiments/conf/ood/<name>.yaml``. A module registers its class with ``@register``;
+every module of the package is imported here, so adding a detector is one file plus its config.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from src.ood.detectors.base import Detector
+
+DETECTORS: dict[str, type[Detector]] = {}
+#: where the detectors' configs live (APS mode, arguments, sweep)
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "experiments" / "conf" / "ood"
+#: the reference's study order
+STUDY_ORDER = ("msp", "mds", "sigmamean", "logpprior", "umds", "gram", "odin", "kldivsimk", "edsimk")
+
+
+def register(cls: type[Detector]) -> type[Detector]:
+    """Class decorator: add ``cls`` to ``DETECTORS`` under ``cls.name``."""
+    if cls.name in DETECTORS and DETECTORS[cls.name] is not cls:
+        raise ValueError(f"two detectors are named {cls.name!r}")
+    DETECTORS[cls.name] = cls
+    return cls
+
+
+for _module in pkgutil.iter_modules([str(Path(__file__).parent)]):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+
+def detector_config(name: str, config_dir: Path = CONFIG_DIR) -> dict[str, Any]:
+    """``{"aps_mode": bool, "args": {...}, "sweep": {...}}`` of detector ``name``."""
+    path = config_dir / f"{name}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"detector {name!r} has no config {path}")
+    cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    return {"aps_mode": bool(cfg.get("aps_mode", False)), "args": cfg.get("args") or {}, "sweep": cfg.get("sweep") or {}}
+
+
+def build_detector(name: str, corrected_sign: bool = False, config_dir: Path = CONFIG_DIR) -> Detector:
+    """Detector ``name`` built from its config; an unknown name is a clear error."""
+    if name not in DETECTORS:
+        raise ValueError(f"--postprocessor-name {name!r} is not a known detector; use one of {sorted(DETECTORS)}")
+    cfg = detector_config(name, config_dir)
+    sweep = cfg["sweep"] if cfg["aps_mode"] else {}
+    return DETECTORS[name](**cfg["args"], sweep=sweep, corrected_sign=corrected_sign)
+
+
+__all__ = ["CONFIG_DIR", "DETECTORS", "STUDY_ORDER", "Detector", "build_detector", "detector_config", "register"]
