@@ -1,0 +1,61 @@
+"""OOD-detection study over a folder of finetuned runs, one detector per call (spec: ood.md §1).
+
+    python src/experiments/scripts/run_ood_study.py --runs-dir data/results/ablation/cifar10 \
+        --in-dataset cifar10 --data-root-dir data/datasets --postprocessor-name msp \
+        --output-dir data/results/ood/cifar10/msp
+
+Writes ``<output-dir>/<run>.json`` per run (reused when present) and ``<output-dir>/runs.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+if str(ROOT) not in sys.path:  # runnable as a plain script from the repository root
+    sys.path.insert(0, str(ROOT))
+
+from src.ood.detectors import DETECTORS  # noqa: E402
+from src.ood.study import run_study  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs-dir", type=Path, required=True, help="folder of run folders (run_pipeline outputs)")
+    parser.add_argument("--in-dataset", required=True, help="ID dataset of the protocol: cifar10 or demo")
+    parser.add_argument("--data-root-dir", type=Path, required=True, help="root of benchmark_imglist/ and images_classic/")
+    parser.add_argument("--postprocessor-name", required=True, help=f"detector: one of {', '.join(sorted(DETECTORS))}")
+    parser.add_argument("--output-dir", type=Path, required=True, help="where <run>.json and runs.json go")
+    parser.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--corrected-sign", action="store_true",
+                        help="negate the scores of sigmamean, kldivsimk and gram (whose reference sign looks inverted)")
+    parser.add_argument("--seed", type=int, default=None, help="seed torch/numpy per run (the reference seeds nothing)")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = parse_args(argv)
+    run_study(
+        args.runs_dir,
+        args.in_dataset,
+        args.data_root_dir,
+        args.postprocessor_name,
+        args.output_dir,
+        device=args.device,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        corrected_sign=args.corrected_sign,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""The OOD study driver: every run of a runs folder, one detector (spec: ood.md §1, §2, §12).
+
+For each run (sorted folder listing; dot-entries and non-folders skipped): if
+``<output_dir>/<run>.json`` exists its ``ood_scores`` are reused (resume); otherwise the model
+and finetuner are loaded, the protocol is evaluated and the record is written atomically. The
+deterministic ``ssl`` model gets ``ood_scores: null`` from the probabilistic detectors. The raw
+scores behind each table go to ``<output_dir>/scores/<run>.npz`` for the report's figures.
+Finally ``runs.json`` (the list of all records) is rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from src.ood.detectors import build_detector
+from src.ood.evaluator import evaluate
+from src.ood.protocol import get_protocol
+from src.ood.wrapper import load_ood_network, model_name_from_run
+from src.utils.io import atomic_write, write_text
+
+log = logging.getLogger(__name__)
+
+
+def discover_runs(runs_dir: Path) -> list[dict[str, Any]]:
+    """Run records (without scores) for the run folders in ``runs_dir``, sorted by name."""
+    if not runs_dir.is_dir():
+        raise FileNotFoundError(f"--runs-dir {runs_dir} does not exist (run the pretraining stages first)")
+    runs = []
+    for entry in sorted(runs_dir.iterdir()):
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        runs.append(
+            {
+                "run_name": entry.name,
+                "model_path": str(runs_dir / entry.name / "checkpoints" / "model.ckpt"),
+                "finetuner_path": str(runs_dir / entry.name / "finetune" / "checkpoints" / "last.ckpt"),
+                "model_name": model_name_from_run(entry.name),
+            }
+        )
+    if not runs:
+        raise FileNotFoundError(
+            f"--runs-dir {runs_dir} holds no run folders; expected <run>/checkpoints/model.ckpt and "
+            "<run>/finetune/checkpoints/last.ckpt as written by run_pipeline.py with +model/task@finetune=finetune"
+        )
+    return runs
+
+
+def save_scores(path: Path, scores: dict[str, np.ndarray]) -> None:
+    """The detector's confidences per split (id, then each OOD set), atomically as .npz."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **scores)
+
+    atomic_write(path, write)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def run_study(
+    runs_dir: str | Path,
+    in_dataset: str,
+    data_root_dir: str | Path,
+    detector_name: str,
+    output_dir: str | Path,
+    *,
+    device: str = "auto",
+    batch_size: int = 200,
+    num_workers: int = 0,
+    corrected_sign: bool = False,
+    seed: int | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Evaluate every run with one detector; returns the records written to ``runs.json``."""
+    runs_dir, output_dir = Path(runs_dir), Path(output_dir)
+    build_detector(detector_name)  # fail on an unknown name before touching anything
+    runs = discover_runs(runs_dir)
+    protocol = get_protocol(in_dataset, data_root_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"--output-dir {output_dir} cannot be created ({err.strerror}); choose a writable path") from err
+    dev = resolve_device(device)
+    for run in tqdm(runs, desc=f"{detector_name} runs", disable=not progress):
+        cache = output_dir / f"{run['run_name']}.json"
+        if cache.is_file():
+            run["ood_scores"] = json.loads(cache.read_text())["ood_scores"]
+            continue
+        detector = build_detector(detector_name, corrected_sign=corrected_sign)
+        if detector.probabilistic and run["model_name"] == "ssl":
+            log.info("%s: %s needs a stochastic model; recorded as null", run["run_name"], detector_name)
+            run["ood_scores"] = None
+        else:
+            if seed is not None:
+                torch.manual_seed(seed)
+                np.random.seed(seed)
+            net = load_ood_network(run["model_path"], run["finetuner_path"], run["model_name"], dev)
+            result = evaluate(net, detector, protocol, batch_size, num_workers, progress)
+            run["ood_scores"] = result.rows
+            save_scores(output_dir / "scores" / f"{run['run_name']}.npz", result.scores)
+        write_text(cache, json.dumps(run))
+    runs_json = output_dir / "runs.json"
+    runs_json.unlink(missing_ok=True)
+    write_text(runs_json, json.dumps(runs))
+    return runs
