@@ -63,10 +63,20 @@ def id_accuracy(net: OODNetwork, batches: Iterable[Batch], progress: bool = True
 def hyperparameter_search(
     detector: Detector, net: OODNetwork, id_val: Iterable[Batch], ood_val: Iterable[Batch], progress: bool = True
 ) -> list[Any]:
-    """APS (spec §10): the candidate with the best validation AUROC; ties keep the earlier one."""
+    """APS (spec §10): the candidate with the best validation AUROC; ties keep the earlier one.
+
+    A candidate the detector refuses for this data (``set_hyperparam`` raises ValueError, e.g. a
+    K at least the number of training points) is skipped with a warning.
+    """
     best, best_auroc = None, 0.0
     for values in detector.candidates():
-        detector.set_hyperparam(values)
+        try:
+            detector.set_hyperparam(values)
+        except ValueError as err:
+            # e.g. K = 1000 neighbours with fewer training points (the small demo): the reference
+            # would crash; the candidate is skipped instead
+            log.warning("%s: candidate %s skipped: %s", detector.name, values, err)
+            continue
         _, conf_id, y_id = inference(detector, net, id_val, f"APS {values} ID", progress)
         _, conf_ood, _ = inference(detector, net, ood_val, f"APS {values} OOD", progress)
         auroc = auroc_only(np.concatenate([conf_id, conf_ood]), np.concatenate([y_id, -np.ones(len(conf_ood), int)]))

@@ -64,7 +64,9 @@ class Protocol:
 
     def check(self) -> None:
         """Fail early, naming every missing list file, with the expected layout."""
-        missing = [str(self.list_dir / name) for name in self.all_lists().values() if not (self.list_dir / name).is_file()]
+        missing = [
+            str(self.list_dir / name) for name in self.all_lists().values() if not (self.list_dir / name).is_file()
+        ]
         if not self.images_root.is_dir():
             missing.append(str(self.images_root) + "/")
         if missing:
@@ -80,7 +82,13 @@ class Protocol:
     def plain_transform(self, normalize: dict[str, tuple[float, ...]]) -> T.Compose:
         size = self.image_size
         return T.Compose(
-            [ToRGB(), T.Resize(size), T.CenterCrop(size), T.ToTensor(), T.Normalize(normalize["mean"], normalize["std"])]
+            [
+                ToRGB(),
+                T.Resize(size),
+                T.CenterCrop(size),
+                T.ToTensor(),
+                T.Normalize(normalize["mean"], normalize["std"]),
+            ]
         )
 
     def preprocessor(self, kind: str) -> Any:

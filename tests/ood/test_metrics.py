@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -33,7 +35,7 @@ def reference_metrics(conf: np.ndarray, label: np.ndarray, pred: np.ndarray) -> 
             points.append((tp / pos.sum(), tp / flagged.sum()))
         points.append((0.0, 1.0))
         area = 0.0
-        for (r1, p1), (r2, p2) in zip(points, points[1:]):
+        for (r1, p1), (r2, p2) in itertools.pairwise(points):
             area += (r1 - r2) * (p1 + p2) / 2
         return area
 
@@ -63,7 +65,7 @@ def test_fpr95_convention_ood_is_positive() -> None:
     conf_ood = np.concatenate([np.arange(0, 95, dtype=float), np.arange(150, 155, dtype=float)])  # 5 % overlap
     conf = np.concatenate([conf_id, conf_ood])
     label = np.concatenate([np.zeros(100, int), -np.ones(100, int)])
-    fpr95, auroc, *_ = compute_all_metrics(conf, label, np.zeros(200, int))
+    fpr95, _auroc, *_ = compute_all_metrics(conf, label, np.zeros(200, int))
     assert fpr95 == 0.0  # the 95 low OOD scores are caught before any ID sample is flagged
     conf_ood[:10] = 180.0  # now 10 % of OOD score above most ID samples
     fpr95, *_ = compute_all_metrics(np.concatenate([conf_id, conf_ood]), label, np.zeros(200, int))

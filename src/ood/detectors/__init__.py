@@ -40,7 +40,11 @@ def detector_config(name: str, config_dir: Path = CONFIG_DIR) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"detector {name!r} has no config {path}")
     cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    return {"aps_mode": bool(cfg.get("aps_mode", False)), "args": cfg.get("args") or {}, "sweep": cfg.get("sweep") or {}}
+    return {
+        "aps_mode": bool(cfg.get("aps_mode", False)),
+        "args": cfg.get("args") or {},
+        "sweep": cfg.get("sweep") or {},
+    }
 
 
 def build_detector(name: str, corrected_sign: bool = False, config_dir: Path = CONFIG_DIR) -> Detector:
