@@ -200,6 +200,7 @@ def test_linear_probing_configs(path: Path) -> None:
         "SUN397": (397, 50, [16, 32, 48], 256),
         "flowers-102": (102, 80, [25, 50, 75], 128),
         "imagenet": (1000, 100, [30, 60, 90], 512),
+        "demo": (8, 20, [8, 16], 64),
     }[cfg.dataset]
     assert (cfg.num_classes, cfg.max_epochs, list(cfg.scheduler_kwargs.milestones), cfg.batch_size) == expected
 

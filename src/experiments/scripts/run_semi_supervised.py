@@ -1,0 +1,45 @@
+"""Semi-supervised finetuning of a pretrained run on ImageNet 1 % / 10 %, configured by Hydra.
+
+The DVC stage command (spec: data_evaluation.md §14.3), e.g.:
+
+    python src/experiments/scripts/run_semi_supervised.py dataset=imagenet1pct seed=1997 \
+        run_path=data/results/imagenet/ssl/ssl_barlow_twins \
+        output_path=data/results/imagenet/semi_supervised/imagenet1pct/ssl_barlow_twins \
+        logging.tracking_project_name=bayes-ssl \
+        '+logging.wandb_logger_kwargs.tags=["semi_supervised", "imagenet", "1pct"]'
+
+With wandb off (the default) the wandb options are ignored with a warning (Quirk Q1). Outputs
+go to ``output_path`` (see ``src/experiments/semi_supervised.py``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+if str(ROOT) not in sys.path:  # runnable as a plain script from the repository root
+    sys.path.insert(0, str(ROOT))
+
+import hydra  # noqa: E402
+import torch.multiprocessing as mp  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from src.experiments.semi_supervised import run_semi_supervised  # noqa: E402
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="semi_supervised")
+def main(cfg: DictConfig) -> None:
+    try:
+        run_semi_supervised(cfg)
+    finally:
+        if cfg.logging.get("wandb", False):
+            import wandb
+
+            wandb.finish()
+
+
+if __name__ == "__main__":
+    # spawned DataLoader workers, as the reference (slow ImageNet loading with forked workers)
+    mp.set_start_method("spawn", force=True)
+    main()

@@ -1,0 +1,128 @@
+"""Semi-supervised finetuning on ImageNet 1 % / 10 % (spec: data_evaluation.md §12, model_training.md §13.6).
+
+``run_semi_supervised(cfg)`` (config ``semi_supervised``) reads ``<run_path>/results.json`` of a
+pretraining run, finetunes its best checkpoint end to end with a new linear head
+(``src.task.semi_supervised.SemiSupervised``) and writes, under ``cfg.output_path``:
+
+    checkpoints/model.ckpt       best val_accuracy (ImageNet val = test set, Q3/Q32)
+    checkpoints/last.ckpt
+    csv/lightning_logs/version_0/{metrics.csv,hparams.yaml}
+    results.json                 test metrics of the *final* in-memory weights (after early
+                                 stopping: 5 epochs past the best, Q3/Q25), the best checkpoint
+                                 path relative to the working directory, and metadata; written
+                                 last and atomically
+
+A run whose ``results.json`` exists is finished: running it again does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from src.experiments.pipeline import RESULTS_FILE, _merge, build_callbacks, relative, trainer_kwargs
+from src.task.semi_supervised import SemiSupervised
+from src.utils.checkpoint import load_ssl_model
+from src.utils.io import read_json, write_json
+from src.utils.loggers import get_lightning_loggers
+from src.utils.plain import to_plain
+
+log = logging.getLogger(__name__)
+
+_TARGET = f"{SemiSupervised.__module__}.{SemiSupervised.__name__}"
+
+
+def pretrained_checkpoint(run: dict[str, Any], run_path: Path) -> Path:
+    """The best pretraining checkpoint named by a run's ``results.json``.
+
+    The reference stored an absolute path, which breaks when the repository moves; when the
+    recorded path does not exist, ``<run_path>/checkpoints/model.ckpt`` is used instead (Q27).
+
+    Raises:
+        FileNotFoundError: neither path exists.
+    """
+    recorded = run.get("model_ckpt_path")
+    fallback = run_path / "checkpoints" / "model.ckpt"
+    if recorded and Path(recorded).is_file():
+        return Path(recorded)
+    if fallback.is_file():
+        if recorded:
+            log.warning("model_ckpt_path %s of %s does not exist; using %s", recorded, run_path, fallback)
+        return fallback
+    raise FileNotFoundError(
+        f"no pretraining checkpoint for {run_path}: neither model_ckpt_path={recorded!r} from its "
+        f"{RESULTS_FILE} nor {fallback} exists (did the pretraining stage finish?)"
+    )
+
+
+def train(cfg: DictConfig, run: dict[str, Any], run_path: Path, output_path: Path) -> dict[str, Any]:
+    """Finetune and test (§12.3); returns ``{"metrics": test dict, "ckpt_path": best checkpoint or None}``."""
+    datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.dataset, _convert_="all")
+    datamodule.setup("fit")
+
+    metadata = run.get("metadata") or {}
+    model_name = metadata.get("model_name")
+    if model_name is None:
+        raise ValueError(f"{run_path / RESULTS_FILE} has no metadata.model_name; it is not a pretraining run")
+    pl_module = load_ssl_model(pretrained_checkpoint(run, run_path), model_name)
+
+    kwargs = to_plain(cfg.train.kwargs)
+    target = kwargs.pop("_target_", _TARGET)
+    if target != _TARGET:
+        raise ValueError(f"train.kwargs._target_={target!r}; the semi-supervised stage trains {_TARGET}")
+    extra: dict[str, Any] = {
+        "run_name": run_path.name,
+        "model_name": model_name,
+        "cl_loss_name": metadata.get("cl_loss_name"),
+        "original_run_id": metadata.get("run_id"),
+    }
+    if "beta_scale" in metadata:
+        extra["beta_scale"] = metadata["beta_scale"]
+    model = SemiSupervised(pl_module=pl_module, **kwargs, **extra)
+
+    loggers = get_lightning_loggers(cfg.logging, output_path)
+    callbacks = build_callbacks(cfg.train.get("callbacks"), output_path / "checkpoints", bool(loggers))
+    trainer = pl.Trainer(
+        default_root_dir=output_path,
+        callbacks=callbacks,
+        logger=loggers or False,
+        **trainer_kwargs(cfg.train.trainer, cfg.get("debug")),
+    )
+    trainer.fit(model, datamodule=datamodule)
+    # no checkpoint: the final in-memory weights are tested, as in the reference (Q3)
+    metrics = trainer.test(model, datamodule=datamodule)
+    ckpt = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+    return {
+        "metrics": _merge(metrics),
+        "ckpt_path": ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None,
+    }
+
+
+def run_semi_supervised(cfg: DictConfig) -> dict[str, Any] | None:
+    """Seed, finetune, test and write ``results.json`` (§12.1); None when the run was already finished."""
+    if cfg.get("run_path") is None or cfg.get("output_path") is None:
+        raise ValueError("set run_path=<pretraining run dir> and output_path=<output dir>")
+    run_path, output_path = Path(cfg.run_path), Path(cfg.output_path)
+    results_path = output_path / RESULTS_FILE
+    if results_path.is_file():
+        log.info("%s exists: this run is finished, nothing to do", results_path)
+        return None
+    pl.seed_everything(int(cfg.seed), workers=False)
+    output_path.mkdir(parents=True, exist_ok=True)
+    log.info("semi-supervised finetuning of %s into %s\n%s", run_path, output_path, OmegaConf.to_yaml(cfg))
+    run = read_json(run_path / RESULTS_FILE)
+
+    out = train(cfg, run, run_path, output_path)
+    results = {
+        "metrics": out["metrics"],
+        "model_ckpt_path": relative(out["ckpt_path"]) if out["ckpt_path"] else None,
+        "metadata": {"dataset": cfg.dataset.name, **to_plain(cfg.train.kwargs)},
+    }
+    write_json(results_path, results)
+    return results
