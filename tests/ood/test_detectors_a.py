@@ -444,7 +444,9 @@ def test_edsimk_k_is_a_zero_based_index() -> None:
     for k, dist in expected.items():
         det.set_hyperparam([k])
         torch.testing.assert_close(det.postprocess(net, test)[1], -torch.tensor(dist, dtype=torch.float64))
-    det.set_hyperparam([4])
+    with pytest.raises(ValueError, match="K = 4"):  # refused once the training set is known
+        det.set_hyperparam([4])
+    det.K = 4  # and at scoring time, whatever set it
     with pytest.raises(ValueError, match="K = 4"):
         det.postprocess(net, test)
 

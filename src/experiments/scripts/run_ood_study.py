@@ -26,14 +26,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs-dir", type=Path, required=True, help="folder of run folders (run_pipeline outputs)")
     parser.add_argument("--in-dataset", required=True, help="ID dataset of the protocol: cifar10 or demo")
-    parser.add_argument("--data-root-dir", type=Path, required=True, help="root of benchmark_imglist/ and images_classic/")
+    parser.add_argument(
+        "--data-root-dir", type=Path, required=True, help="root of benchmark_imglist/ and images_classic/"
+    )
     parser.add_argument("--postprocessor-name", required=True, help=f"detector: one of {', '.join(sorted(DETECTORS))}")
     parser.add_argument("--output-dir", type=Path, required=True, help="where <run>.json and runs.json go")
     parser.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--batch-size", type=int, default=200)
     parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--corrected-sign", action="store_true",
-                        help="negate the scores of sigmamean, kldivsimk and gram (whose reference sign looks inverted)")
+    parser.add_argument(
+        "--corrected-sign",
+        action="store_true",
+        help="negate the scores of sigmamean, kldivsimk and gram (whose reference sign looks inverted)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed torch/numpy per run (the reference seeds nothing)")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
