@@ -115,7 +115,7 @@ def evaluate(
     net.eval()
 
     def loader(split: str):
-        return protocol.loader(split, kind, batch_size, num_workers)
+        return protocol.loader(split, kind, batch_size, num_workers, detector.uses_augmented_views)
 
     detector.setup(net, tqdm(loader("id/train"), desc=f"{detector.name} setup", disable=not progress, leave=False))
     chosen = None

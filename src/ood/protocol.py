@@ -31,6 +31,16 @@ from src.data.transforms import BYOLViewTransform, MultiViewTransform, ToRGB
 HALF_NORMALIZE = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 
 
+class RepeatedView:
+    """``[t(x)] * 3``: the three-view batch layout with only the plain view computed (picklable)."""
+
+    def __init__(self, transform: Any) -> None:
+        self.transform = transform
+
+    def __call__(self, image: Any) -> list[Any]:
+        return [self.transform(image)] * 3
+
+
 @dataclass(frozen=True)
 class Protocol:
     """Lists (file names inside ``benchmark_imglist/<id_name>/``) and preprocessing of one ID dataset."""
@@ -91,10 +101,16 @@ class Protocol:
             ]
         )
 
-    def preprocessor(self, kind: str) -> Any:
-        """The transform of preprocessor ``kind`` (``default`` or ``barlowtwins``)."""
+    def preprocessor(self, kind: str, augmented_views: bool = True) -> Any:
+        """The transform of preprocessor ``kind`` (``default`` or ``barlowtwins``).
+
+        With ``augmented_views=False`` the Barlow Twins preprocessor returns the plain view three
+        times: for detectors that read only v3 the random views are wasted work (Quirk Q31).
+        """
         if kind == "default":
             return self.plain_transform(self.normalize)
+        if kind == "barlowtwins" and not augmented_views:
+            return RepeatedView(self.plain_transform(HALF_NORMALIZE))
         if kind == "barlowtwins":
             common = dict(input_size=self.image_size, gaussian_blur=0.0, normalize=HALF_NORMALIZE)
             return MultiViewTransform(
@@ -109,9 +125,12 @@ class Protocol:
     def input_std(self, kind: str) -> tuple[float, ...]:
         return tuple(self.normalize["std"] if kind == "default" else HALF_NORMALIZE["std"])
 
-    def loader(self, split: str, kind: str, batch_size: int = 200, num_workers: int = 0) -> DataLoader:
+    def loader(
+        self, split: str, kind: str, batch_size: int = 200, num_workers: int = 0, augmented_views: bool = True
+    ) -> DataLoader:
         """A loader over list ``split`` (a key of ``all_lists``), not shuffled."""
-        dataset = ImageListDataset(self.images_root, self.list_dir / self.all_lists()[split], self.preprocessor(kind))
+        transform = self.preprocessor(kind, augmented_views)
+        dataset = ImageListDataset(self.images_root, self.list_dir / self.all_lists()[split], transform)
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
 

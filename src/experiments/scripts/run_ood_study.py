@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[3]
 if str(ROOT) not in sys.path:  # runnable as a plain script from the repository root
     sys.path.insert(0, str(ROOT))
 
-from src.ood.detectors import DETECTORS  # noqa: E402
+from src.ood.detectors import DETECTORS, STUDY_ORDER  # noqa: E402
 from src.ood.study import run_study  # noqa: E402
 
 
@@ -29,7 +29,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--data-root-dir", type=Path, required=True, help="root of benchmark_imglist/ and images_classic/"
     )
-    parser.add_argument("--postprocessor-name", required=True, help=f"detector: one of {', '.join(sorted(DETECTORS))}")
+    parser.add_argument(
+        "--postprocessor-name",
+        required=True,
+        help=f"detector: one of {', '.join(sorted(DETECTORS))}; or `all`: every detector in one process, "
+        "each into <output-dir>/<detector>",
+    )
     parser.add_argument("--output-dir", type=Path, required=True, help="where <run>.json and runs.json go")
     parser.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--batch-size", type=int, default=200)
@@ -47,19 +52,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
-    run_study(
-        args.runs_dir,
-        args.in_dataset,
-        args.data_root_dir,
-        args.postprocessor_name,
-        args.output_dir,
-        device=args.device,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        corrected_sign=args.corrected_sign,
-        seed=args.seed,
-        progress=not args.no_progress,
-    )
+    names = STUDY_ORDER if args.postprocessor_name == "all" else (args.postprocessor_name,)
+    for name in names:
+        run_study(
+            args.runs_dir,
+            args.in_dataset,
+            args.data_root_dir,
+            name,
+            args.output_dir / name if args.postprocessor_name == "all" else args.output_dir,
+            device=args.device,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            corrected_sign=args.corrected_sign,
+            seed=args.seed,
+            progress=not args.no_progress,
+        )
 
 
 if __name__ == "__main__":

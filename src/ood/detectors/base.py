@@ -40,12 +40,15 @@ class Detector(abc.ABC):
         preprocessor: ``"default"`` or ``"barlowtwins"`` (three views, 0.5/0.5 normalisation).
         probabilistic: needs a Bayes model (no score for ``ssl``: recorded as null).
         reference_sign_inverted: the reference's score looks inverted (see module docstring).
+        uses_augmented_views: the detector reads v1/v2 (only logpprior does).
     """
 
     name: ClassVar[str]
     preprocessor: ClassVar[str] = "default"
     probabilistic: ClassVar[bool] = False
     reference_sign_inverted: ClassVar[bool] = False
+    #: reads the augmented views v1/v2 of the Barlow Twins preprocessor (else only v3 is computed)
+    uses_augmented_views: ClassVar[bool] = True
 
     def __init__(self, sweep: dict[str, list[Any]] | None = None, corrected_sign: bool = False) -> None:
         #: APS grid {hyper-parameter: candidates} from the detector's config; empty = no search

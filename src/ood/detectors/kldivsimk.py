@@ -116,6 +116,7 @@ class KLDivSimK(Detector):
     name = "kldivsimk"
     preprocessor = "barlowtwins"
     probabilistic = True
+    uses_augmented_views = False  # v3 only (Quirk Q31)
     reference_sign_inverted = True
 
     def __init__(

@@ -44,6 +44,7 @@ class SigmaMean(Detector):
     name = "sigmamean"
     preprocessor = "barlowtwins"
     probabilistic = True
+    uses_augmented_views = False  # v3 only (Quirk Q31)
     reference_sign_inverted = True
 
     @torch.no_grad()
