@@ -31,23 +31,23 @@ def test_demo_pre_embed_probe_and_report(runs_root: Path, demo_root: Path, chdir
 
     argv = ["--backbone-experiment-dir", str(run), "--config-path", config, "--pre-embedded-root-dir", target]
     evaluate_main([*argv, "--test-mode"])
-    version = chdir / "data/linear_probing/ssl_barlow_twins/demo/lightning_logs/version_0"
+    version = chdir / "data/demo/linear_probing/ssl_barlow_twins/demo/lightning_logs/version_0"
     (ckpt,) = (version / "checkpoints").iterdir()
     assert ckpt.name.startswith("epoch=19-")  # test mode: the last of the 20 epochs is tested
 
     # as DVC runs it: no PYTHONPATH, from the working directory holding data/
     env = subprocess_env()
     script = ROOT / "src/experiments/scripts/summarize_evaluation.py"
-    cmd = [sys.executable, str(script), "--root-dir", "data/linear_probing/"]
+    cmd = [sys.executable, str(script), "--root-dir", "data/demo/linear_probing/"]
     proc = subprocess.run(cmd, cwd=chdir, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = pd.read_csv(chdir / "data/reports/linear_probing_report.csv")
+    report = pd.read_csv(chdir / "data/demo/reports/linear_probing_report.csv")
     assert report[["dataset", "model_id", "epoch"]].values.tolist() == [["demo", "ssl_barlow_twins", 19]]
     assert report.loc[0, "test/accuracy"] > 0.3  # 8 classes: chance is 0.125
     assert 0.0 <= report.loc[0, "test/ece"] <= 1.0
-    md = (chdir / "data/reports/linear_probing_report.md").read_text().splitlines()
+    md = (chdir / "data/demo/reports/linear_probing_report.md").read_text().splitlines()
     assert "test/accuracy |" in md[0] and md[2].startswith("| demo ")
-    assert "ssl_barlow_twins" in (chdir / "data/reports/linear_probing_report.tex").read_text()  # unescaped (Q19)
+    assert "ssl_barlow_twins" in (chdir / "data/demo/reports/linear_probing_report.tex").read_text()  # unescaped (Q19)
 
     # rerunning the finished steps recomputes nothing
     stamps = {p: p.stat().st_mtime_ns for p in (chdir / "data").rglob("*") if p.is_file()}
