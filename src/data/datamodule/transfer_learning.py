@@ -171,7 +171,7 @@ class SUN397Split(Dataset):
 
 
 FLOWERS_LAYOUT = (
-    "Expected torchvision's Flowers102 layout: <root>/flowers-102/jpg/image_XXXXX.jpg, "
+    "Expected torchvision's Flowers102 layout: <root>/flowers-102/jpg/image_<5 digits>.jpg, "
     "<root>/flowers-102/imagelabels.mat and <root>/flowers-102/setid.mat. Get 102flowers.tgz, imagelabels.mat "
     "and setid.mat from https://www.robots.ox.ac.uk/~vgg/data/flowers/102/ and put them there (extract the "
     "tgz into flowers-102/), or run torchvision.datasets.Flowers102(<root>, download=True) on a machine with "
