@@ -48,6 +48,7 @@ from PIL import Image, ImageFilter
 from sklearn.datasets import load_digits, load_sample_images
 
 from src.data.dataset.imglist import write_image_list
+from src.utils.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ def read_protocol(output_root: str | os.PathLike[str]) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: the demo data has not been prepared there.
+        ValueError: ``protocol.json`` is not valid JSON.
     """
     path = protocol_path(output_root)
     if not path.is_file():
@@ -97,7 +99,7 @@ def read_protocol(output_root: str | os.PathLike[str]) -> dict[str, Any]:
             f"{str(path)!r} does not exist; run `python src/experiments/scripts/prepare_demo_data.py "
             f"--output-root {output_root}` first"
         )
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json(path)  # invalid JSON: a ValueError naming the file and how to fix it
 
 
 def _is_up_to_date(output_root: Path, image_size: int, seed: int) -> bool:

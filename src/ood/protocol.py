@@ -17,7 +17,6 @@ with mean = std = 0.5 (the reference's fallback, Quirk Q3).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from torchvision import transforms as T
 
 from src.data.dataset.imglist import ImageListDataset
 from src.data.transforms import BYOLViewTransform, MultiViewTransform, ToRGB
+from src.utils.io import read_json
 
 HALF_NORMALIZE = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 
@@ -163,7 +163,13 @@ def demo_protocol(data_root: Path) -> Protocol:
             f"{path} does not exist: --data-root-dir must be the demo dataset's root (data/datasets/demo), "
             "written by src/experiments/scripts/prepare_demo_data.py"
         )
-    p = json.loads(path.read_text())
+    p = read_json(path)  # invalid JSON: a ValueError naming the file
+    missing = [key for key in ("image_size", "normalize", "id", "ood", "num_classes") if key not in p]
+    if missing:
+        raise ValueError(
+            f"{path} lacks {', '.join(missing)}; it is not a demo protocol file: rebuild the demo data with "
+            "src/experiments/scripts/prepare_demo_data.py"
+        )
     return Protocol(
         id_name="demo",
         data_root=data_root,

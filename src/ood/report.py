@@ -11,7 +11,6 @@ Reads ``<results_dir>/<detector>/runs.json`` (the driver's output) and writes to
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import pandas as pd
 from sklearn.metrics import roc_curve
 
 from src.ood.detectors import STUDY_ORDER
-from src.utils.io import atomic_write, write_text
+from src.utils.io import atomic_write, read_json, write_text
 
 SEED_SUFFIX = re.compile(r"_seed_\d+$")
 
@@ -45,7 +44,13 @@ def load_results(results_dir: Path) -> pd.DataFrame:
         )
     for path in found:
         detector = path.parent.name
-        for run in json.loads(path.read_text()):
+        records = read_json(path)  # invalid JSON: a ValueError naming the file
+        if not isinstance(records, list) or not all(isinstance(r, dict) and "ood_scores" in r for r in records):
+            raise ValueError(
+                f"{path} is not a runs.json of run_ood_study.py (expected a list of run records with 'ood_scores'); "
+                "delete it and rerun the study for this detector"
+            )
+        for run in records:
             for score in run["ood_scores"] or []:
                 rows.append(
                     {
@@ -133,7 +138,7 @@ def run_figures(results_dir: Path, run: str, output_dir: Path) -> list[Path]:
     roc_fig, roc_axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.4 * rows), squeeze=False)
     hist_fig, hist_axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
     for k, (detector, path) in enumerate(panels):
-        scores = dict(np.load(path))
+        scores = dict(np.load(path, allow_pickle=False))
         conf_id = scores.pop("id")
         ax_r, ax_h = roc_axes.flat[k], hist_axes.flat[k]
         bins = np.histogram_bin_edges(np.concatenate([conf_id, *scores.values()]), bins=40)

@@ -23,7 +23,7 @@ from src.ood.detectors import build_detector
 from src.ood.evaluator import evaluate
 from src.ood.protocol import get_protocol
 from src.ood.wrapper import load_ood_network, model_name_from_run
-from src.utils.io import atomic_write, write_text
+from src.utils.io import atomic_write, read_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,12 @@ def run_study(
     for run in tqdm(runs, desc=f"{detector_name} runs", disable=not progress):
         cache = output_dir / f"{run['run_name']}.json"
         if cache.is_file():
-            run["ood_scores"] = json.loads(cache.read_text())["ood_scores"]
+            cached = read_json(cache)  # invalid JSON: a ValueError naming the file
+            if not isinstance(cached, dict) or "ood_scores" not in cached:
+                raise ValueError(
+                    f"{cache} is not a run record of this study (no 'ood_scores' entry); delete it to recompute the run"
+                )
+            run["ood_scores"] = cached["ood_scores"]
             continue
         detector = build_detector(detector_name, corrected_sign=corrected_sign)
         if detector.probabilistic and run["model_name"] == "ssl":

@@ -29,6 +29,22 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, truncated, unsafe or of the wrong model type."""
 
 
+def _refusal_reason(text: str) -> str:
+    """The line of torch's weights-only error that names the refused object (e.g. ``GLOBAL posix.system``).
+
+    torch's first line advises re-running with ``weights_only=False``; that advice is not passed on.
+    """
+    for line in text.splitlines():
+        if "GLOBAL" in line or "Unsupported" in line:
+            # keep the diagnosis, drop torch's "Please use ... to allowlist this global" advice
+            reason = line.strip().removeprefix("WeightsUnpickler error:").strip()
+            reason = reason.split(". Please use")[0].rstrip(".")
+            if reason.startswith("Unsupported operand"):
+                reason += " (a pickle instruction that loading with weights_only=True does not allow)"
+            return reason
+    return "the file needs unpickling of arbitrary objects"
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
     """Open a checkpoint with ``weights_only=True``; clear errors for every way it can fail."""
     path = Path(path)
@@ -40,10 +56,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
         text = str(err)
         if "weights_only" in text or "Unsupported global" in text or "WeightsUnpickler" in text:
             raise CheckpointError(
-                f"checkpoint {path} holds objects that are not plain values, so it is refused "
-                "(loading it would run arbitrary code). Checkpoints of this project hold plain "
-                "values only; re-save foreign checkpoints with plain hyper-parameters. "
-                f"torch said: {text.splitlines()[0] if text else type(err).__name__}"
+                f"checkpoint {path} holds objects that are not plain values, so it is refused and was not "
+                "unpickled (loading it could run arbitrary code). Checkpoints of this project hold plain "
+                "values only; re-save a foreign checkpoint with plain hyper-parameters (tensors, numbers, "
+                f"strings, lists, dicts) from a trusted environment. Refused: {_refusal_reason(text)}"
             ) from err
         raise CheckpointError(
             f"checkpoint {path} cannot be read ({type(err).__name__}: {text.splitlines()[0] if text else ''}); "
@@ -75,7 +91,21 @@ def load_ssl_model(
             f"checkpoint {path} holds a {stored!r} model, but {model_name!r} was asked for; "
             "check the run directory or the model name"
         )
-    module = SSL_MODELS[stored](**hparams)
+    try:
+        module = SSL_MODELS[stored](**hparams)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"checkpoint {path}: its hyper_parameters do not build a {stored!r} model ({err}); the file was "
+            "written by another version of the code or edited: rerun the stage that writes it"
+        ) from err
     module.on_load_checkpoint(ckpt)
-    module.load_state_dict(ckpt["state_dict"])
+    try:
+        module.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        raise CheckpointError(
+            f"checkpoint {path}: its weights do not fit the {stored!r} model its hyper_parameters describe "
+            f"({' '.join(line.strip() for line in first[:3])}); the file is inconsistent: rerun the stage that "
+            "writes it"
+        ) from err
     return module

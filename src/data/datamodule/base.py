@@ -115,6 +115,7 @@ class BaseDataModule(pl.LightningDataModule, abc.ABC):
         **kwargs: further config keys, accepted and ignored (Q23).
 
     Raises:
+        TypeError: ``batch_size`` is not an integer.
         ValueError: unknown ``task`` or a non-positive ``batch_size``.
     """
 
@@ -139,8 +140,14 @@ class BaseDataModule(pl.LightningDataModule, abc.ABC):
     ) -> None:
         super().__init__()
         self.task_type = task_type(task)
-        if int(batch_size) <= 0:
-            raise ValueError(f"dataset.batch_size must be positive, got {batch_size}")
+        # bool is an int subclass and a float would be silently truncated: both are config mistakes.
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+            raise TypeError(
+                f"dataset.batch_size must be an integer, got {batch_size!r} of type {type(batch_size).__name__}; "
+                "set e.g. dataset.batch_size=256"
+            )
+        if batch_size <= 0:
+            raise ValueError(f"dataset.batch_size must be positive, got {batch_size}; set e.g. dataset.batch_size=256")
         self.data_dir = Path(data_dir)
         self.task = task
         self.val_split = val_split

@@ -27,6 +27,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from src.data.datamodule.base import BaseDataModule
+from src.data.dataset.image_file import load_rgb_image
 from src.data.transforms import IMAGENET_NORMALIZE, ImageNetSupervisedTransform, imagenet_ssl_transform
 
 SPLITS = ("train", "val")
@@ -138,7 +139,8 @@ class ImageNetDataModule(BaseDataModule):
 
     def _image_folder(self, split: str, transform: Callable[[Any], Any], allow_empty_classes: bool) -> ImageFolder:
         folder = self.data_dir / split
-        dataset = ImageFolder(str(folder), transform=transform, allow_empty=True)
+        # load_rgb_image: a corrupted file fails with its path (PIL alone may not name it).
+        dataset = ImageFolder(str(folder), transform=transform, loader=load_rgb_image, allow_empty=True)
         if len(dataset) == 0:
             raise FileNotFoundError(
                 f"{folder} holds class folders but no image (extensions {', '.join(IMG_EXTENSIONS)}); "
@@ -151,7 +153,10 @@ class ImageNetDataModule(BaseDataModule):
                 f"{len(empty)} of {len(dataset.classes)} class folders in {folder} hold no image: {_preview(empty)}"
             )
             if not allow_empty_classes:
-                raise FileNotFoundError(message)
+                raise FileNotFoundError(
+                    f"{message}. Put the class's *.JPEG files back (re-extract the archive of {split}/), or remove "
+                    "the folder from both train/ and val/ so that the class indices still match"
+                )
             warnings.warn(message + " (kept, so that class indices match val/)", stacklevel=2)
         return dataset
 

@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision.datasets import ImageFolder
 
 from src.data.datamodule.imagenet import ImageNetDataModule
+from src.data.dataset.image_file import load_rgb_image
 from src.data.dataset.imglist import ImageListDataset
 from src.data.demo import ID_NAME as DEMO_ID_NAME
 from src.data.demo import read_protocol
@@ -88,8 +89,8 @@ def _listing(paths: list[Path]) -> str:
 
 
 def _open_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as img:
-        return img.convert("RGB")
+    # a corrupted file raises ImageDecodeError naming it
+    return load_rgb_image(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,21 +309,48 @@ def load_embeddings(path: str | os.PathLike[str], mmap: bool = True) -> TensorDa
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is not an embedding file.
+        ValueError: the file is not an embedding file (not a ``torch.save`` file, truncated,
+            holding objects other than plain tensors, or without tensors ``reps`` and ``labels``).
     """
     path = Path(path)
+    regenerate = "delete it and re-run pre_embed_datasets.py to write it again"
     if not path.is_file():
         raise FileNotFoundError(f"embedding file {path} does not exist; run pre_embed_datasets.py first")
-    with torch.serialization.safe_globals([TensorDataset]):
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    try:
+        with torch.serialization.safe_globals([TensorDataset]):
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:  # UnpicklingError, RuntimeError (not a zip / truncated), EOFError, ...
+        text = str(err)
+        reason = (
+            "it holds objects other than plain tensors, which are refused (loading them could run code)"
+            if "weights_only" in text.lower() or "Unsupported" in text
+            else "it is not a torch.save file or it is truncated"
+        )
+        raise ValueError(
+            f"{path} is not a readable embedding file: {reason} ({type(err).__name__}); {regenerate}"
+        ) from err
     if isinstance(obj, TensorDataset):
         reps, labels = obj.tensors[:2]
     elif isinstance(obj, dict) and {"reps", "labels"} <= set(obj):
         reps, labels = obj["reps"], obj["labels"]
     else:
-        raise ValueError(f"{path} is not an embedding file: expected {{'reps', 'labels'}} or a TensorDataset")
+        keys = sorted(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(
+            f"{path} is not an embedding file: expected a dict with tensors 'reps' and 'labels' (or a "
+            f"TensorDataset), got {keys}; {regenerate}"
+        )
+    if not isinstance(reps, Tensor) or not isinstance(labels, Tensor):
+        raise ValueError(
+            f"{path}: 'reps' and 'labels' must be tensors, got {type(reps).__name__} and "
+            f"{type(labels).__name__}; {regenerate}"
+        )
+    if reps.dim() < 2 or labels.dim() < 1:
+        raise ValueError(
+            f"{path}: expected reps [N, D] or [N, M, D] and labels [N, ...], got {tuple(reps.shape)} and "
+            f"{tuple(labels.shape)}; {regenerate}"
+        )
     if reps.shape[0] != labels.shape[0]:
-        raise ValueError(f"{path}: {reps.shape[0]} representations but {labels.shape[0]} labels")
+        raise ValueError(f"{path}: {reps.shape[0]} representations but {labels.shape[0]} labels; {regenerate}")
     return TensorDataset(reps, labels)
 
 
@@ -416,8 +444,11 @@ class BaseLinearProbingDatamodule(pl.LightningDataModule, abc.ABC):
         super().__init__()
         if task not in ("multiclass", "multilabel"):
             raise ValueError(f"task must be 'multiclass' or 'multilabel', got {task!r}")
-        if int(batch_size) <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if isinstance(batch_size, bool) or int(batch_size) != batch_size or int(batch_size) <= 0:
+            raise ValueError(
+                f"batch_size must be a positive integer, got {batch_size!r}; set batch_size in the linear-probing "
+                "config (e.g. batch_size: 256)"
+            )
         self.data_dir = Path(data_dir)
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
@@ -522,8 +553,8 @@ class ImagenetDatamodule(BaseLinearProbingDatamodule):
         # reuses the training datamodule's layout check: same messages, same wnid-equality guard (Q3)
         ImageNetDataModule(self.data_dir, task="linear_classification").check_layout()
         return {
-            "train": ImageFolder(str(self.data_dir / "train"), transform=self.transforms),
-            "val": ImageFolder(str(self.data_dir / "val"), transform=self.transforms),
+            "train": ImageFolder(str(self.data_dir / "train"), transform=self.transforms, loader=load_rgb_image),
+            "val": ImageFolder(str(self.data_dir / "val"), transform=self.transforms, loader=load_rgb_image),
             "test": None,
         }
 

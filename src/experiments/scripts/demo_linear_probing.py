@@ -29,9 +29,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--embeddings-dir", type=Path, default=Path("data/embeddings/demo"))
     parser.add_argument("--probes-dir", type=Path, default=Path("data/demo/linear_probing"))
     args = parser.parse_args(argv)
+    if not args.runs_dir.is_dir():
+        raise FileNotFoundError(
+            f"--runs-dir {args.runs_dir} does not exist or is not a folder; run the demo pretraining first "
+            "(`dvc repro demo_pretrain`) or pass the folder that holds the demo's run folders"
+        )
     runs = sorted(p for p in args.runs_dir.iterdir() if (p / "results.json").is_file())
     if not runs:
-        raise SystemExit(f"no finished runs (<run>/results.json) under {args.runs_dir}")
+        raise FileNotFoundError(
+            f"--runs-dir {args.runs_dir} holds no finished run (no <run>/results.json); run the demo pretraining "
+            "first (`dvc repro demo_pretrain`) or pass the folder that holds the demo's run folders"
+        )
     for run in runs:
         target = args.embeddings_dir / run.name
         pre_embed_datasets.main(

@@ -52,6 +52,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
+    if args.postprocessor_name != "all" and args.postprocessor_name not in DETECTORS:
+        raise ValueError(
+            f"--postprocessor-name {args.postprocessor_name!r} is not a known detector; use one of "
+            f"{', '.join(sorted(DETECTORS))}, or `all` for every detector"
+        )
     names = STUDY_ORDER if args.postprocessor_name == "all" else (args.postprocessor_name,)
     for name in names:
         run_study(

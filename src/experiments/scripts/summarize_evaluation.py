@@ -21,7 +21,6 @@ newer than it (or a report file is missing), and each file is written atomically
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -33,7 +32,7 @@ if str(ROOT) not in sys.path:  # runnable as a plain script from the repository 
 
 import pandas as pd  # noqa: E402
 
-from src.utils.io import write_text  # noqa: E402
+from src.utils.io import read_json, write_text  # noqa: E402
 
 log = logging.getLogger("summarize_evaluation")
 
@@ -70,7 +69,7 @@ def collect_rows(root_dir: Path) -> list[dict[str, Any]]:
         if len(parts) < 4:
             raise ValueError(f"{metrics_file}: expected <model_id>/<dataset>/lightning_logs/version_<n>/metrics.json")
         model_id, dataset = parts[-4], parts[-3]
-        metrics = json.loads(metrics_file.read_text())
+        metrics = read_json(metrics_file)  # invalid JSON: a ValueError naming the file
         row: dict[str, Any] = {
             "dataset": dataset,
             "model_id": model_id,
