@@ -1,7 +1,12 @@
-"""Shared plumbing of the contrastive losses: input checks, fp32 evaluation, MC averaging."""
+"""Shared plumbing of the contrastive losses: input checks, fp32 evaluation, MC averaging,
+and the cross-rank gather that makes the losses see the global batch under DDP."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
+import torch.distributed as dist
 from torch import Tensor
 
 
@@ -59,3 +64,64 @@ def check_pair(z1: Tensor, z2: Tensor, loss_name: str, mc: bool) -> None:
 def mean_over_samples(terms: dict[str, Tensor]) -> dict[str, Tensor]:
     """MC losses return, for every key, the arithmetic mean over the M per-sample values."""
     return {k: v.mean(0) for k, v in terms.items()}
+
+
+def distributed_world_size(group: Any = None) -> int:
+    """Size of ``group`` (default: the world) when torch.distributed is initialised, else 1."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(group)
+    return 1
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """``all_gather`` whose backward returns this rank's slice of the SUMMED upstream gradients.
+
+    Forward: x [*S] on every rank -> W tensors [*S], rank order. Backward: every rank r' holds
+    dL_r'/dx_r for every chunk r; the gradient of x_r is sum_r' dL_r'/dx_r (one all-reduce of
+    the stacked [W, *S] gradients, then index this rank) -- the official VICReg
+    ``FullGatherLayer``. torch.distributed.nn.functional.all_gather computes the same but is
+    deprecated (FutureWarning on every call) and emulates reduce-scatter with W scatters on gloo.
+    All ranks must pass tensors of the same shape.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, group: Any) -> tuple[Tensor, ...]:  # type: ignore[override]
+        x = x.contiguous()
+        ctx.group = group
+        ctx.rank = dist.get_rank(group)
+        out = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(out, x, group=group)
+        return tuple(out)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        stacked = torch.stack(grads)  # grads are materialised (zeros for unused outputs)
+        dist.all_reduce(stacked, op=dist.ReduceOp.SUM, group=ctx.group)
+        return stacked[ctx.rank], None
+
+
+def all_gather_with_grad(x: Tensor, group: Any = None) -> tuple[Tensor, ...]:
+    """The W ranks' copies of ``x`` (same shape on every rank), differentiable (see above)."""
+    return _AllGatherWithGrad.apply(x, group if group is not None else dist.group.WORLD)
+
+
+def gather_views(z1: Tensor, z2: Tensor, enabled: bool) -> tuple[Tensor, Tensor, int]:
+    """Both views of the GLOBAL batch, and the number of ranks W they come from.
+
+    ``z1``, ``z2``: local ``[..., B, D]`` -> ``[..., W*B, D]``, concatenated along the batch
+    dim (-2) in rank order, every rank getting the same tensors (one collective for the
+    stacked pair). The losses then divide by ``batch_size * W``. With ``enabled=False``, or
+    outside an initialised process group of W > 1, the inputs come back untouched with W = 1,
+    so single-process training runs exactly the code it always ran.
+
+    Gradients: every rank evaluates the same global loss L; the gather's backward sums the
+    W ranks' dL/dz_local, i.e. W * dL/dz_local, and DDP's mean over ranks of the parameter
+    gradients then gives exactly dL/dtheta of one process on the concatenated batch.
+    All ranks need the same local batch size (drop_last and the distributed sampler's padding
+    guarantee it).
+    """
+    world = distributed_world_size() if enabled else 1
+    if world == 1:
+        return z1, z2, 1
+    gathered = torch.cat(all_gather_with_grad(torch.stack((z1, z2))), dim=-2)  # [2, ..., W*B, D]
+    return gathered[0], gathered[1], world

@@ -10,6 +10,10 @@ For two views z1, z2 of shape [N, D]:
 
 Identical views give C_ii = (N-1)/N, so on_diag never goes below D/N^2 (0.015625 for
 D=1024, N=256); this floor is the reference's and is kept.
+
+Under DDP (W > 1 ranks) with ``gather_distributed=True`` both views are first gathered
+across ranks (N = W*B rows) and C is divided by ``batch_size * W``: the loss of one process
+on the global batch (spec Quirk Q27 notes the reference computed it per device).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from torch import Tensor, nn
 from src.model.loss._common import (
     check_batch_size,
     check_pair,
+    gather_views,
     mean_over_samples,
     off_diagonal,
 )
@@ -52,8 +57,11 @@ class BarlowTwinsLoss(nn.Module):
     """Barlow Twins on a pair of ``[B, D]`` embeddings; returns the dict of named terms.
 
     Args:
-        batch_size: the configured batch size that divides the cross-correlation.
+        batch_size: the configured per-device batch size; the cross-correlation is divided
+            by ``batch_size * W`` (W = 1 without DDP or with ``gather_distributed=False``).
         lambda_coeff: weight of the off-diagonal (redundancy-reduction) term.
+        gather_distributed: under DDP, compute the loss on the global batch gathered from all
+            ranks (autograd-aware); False keeps the reference's per-device loss.
         name, loss_kwargs: config metadata, accepted and ignored as the reference does.
             Any other keyword is an error (a misspelt coefficient must not fall back to its default).
     """
@@ -66,19 +74,28 @@ class BarlowTwinsLoss(nn.Module):
         lambda_coeff: float = 5e-3,
         name: str | None = None,
         loss_kwargs: dict[str, Any] | None = None,
+        gather_distributed: bool = True,
     ) -> None:
         super().__init__()
         self.batch_size = check_batch_size(batch_size, type(self).__name__)
         self.lambda_coeff = float(lambda_coeff)
+        if not isinstance(gather_distributed, bool):
+            raise TypeError(f"{type(self).__name__}: gather_distributed must be a bool, got {gather_distributed!r}")
+        self.gather_distributed = gather_distributed
 
     def forward(self, z1: Tensor, z2: Tensor) -> dict[str, Tensor]:
+        """``z1``, ``z2``: [B, D] (MC: [M, B, D]) on this rank; terms are scalars."""
         check_pair(z1, z2, type(self).__name__, mc=self.mc)
+        z1, z2, world = gather_views(z1, z2, self.gather_distributed)
         with autocast_off(z1):
-            terms = barlow_twins_terms(at_least_fp32(z1), at_least_fp32(z2), self.batch_size, self.lambda_coeff)
+            terms = barlow_twins_terms(at_least_fp32(z1), at_least_fp32(z2), self.batch_size * world, self.lambda_coeff)
         return mean_over_samples(terms) if self.mc else terms
 
     def extra_repr(self) -> str:
-        return f"batch_size={self.batch_size}, lambda_coeff={self.lambda_coeff}"
+        return (
+            f"batch_size={self.batch_size}, lambda_coeff={self.lambda_coeff}, "
+            f"gather_distributed={self.gather_distributed}"
+        )
 
 
 class MCBarlowTwinsLoss(BarlowTwinsLoss):

@@ -9,6 +9,11 @@ For two views z_a, z_b of shape [N, D]:
     cov_a = z_a^T z_a / (batch_size - 1)                         # configured batch size
     cov_loss = sum_{i!=j} cov_a_ij^2 / z_dim + sum_{i!=j} cov_b_ij^2 / z_dim   # summed
     cl_loss = invariance * inv_loss + variance * var_loss + covariance * cov_loss
+
+Under DDP (W > 1 ranks) with ``gather_distributed=True`` both views are first gathered
+across ranks (N = W*B rows) and the covariance is divided by ``batch_size * W - 1``: the
+loss of one process on the global batch, as the official VICReg code computes it (spec
+Quirk Q27 notes the reference computed it per device).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from torch import Tensor, nn
 from src.model.loss._common import (
     check_batch_size,
     check_pair,
+    gather_views,
     mean_over_samples,
     off_diagonal,
 )
@@ -75,9 +81,12 @@ class VICRegLoss(nn.Module):
     """VICReg on a pair of ``[B, D]`` embeddings; returns the dict of named terms.
 
     Args:
-        batch_size: configured batch size; the covariance is divided by ``batch_size - 1``.
+        batch_size: configured per-device batch size; the covariance is divided by
+            ``batch_size * W - 1`` (W = 1 without DDP or with ``gather_distributed=False``).
         z_dim: embedding width that divides the covariance penalty.
         variance_coeff, invariance_coeff, covariance_coeff: term weights (25, 25, 1).
+        gather_distributed: under DDP, compute the loss on the global batch gathered from all
+            ranks (autograd-aware); False keeps the reference's per-device loss.
         name, loss_kwargs: config metadata, accepted and ignored as the reference does.
     """
 
@@ -92,6 +101,7 @@ class VICRegLoss(nn.Module):
         covariance_coeff: float = 1.0,
         name: str | None = None,
         loss_kwargs: dict[str, Any] | None = None,
+        gather_distributed: bool = True,
     ) -> None:
         super().__init__()
         self.batch_size = check_batch_size(batch_size, type(self).__name__)
@@ -101,14 +111,19 @@ class VICRegLoss(nn.Module):
         self.variance_coeff = float(variance_coeff)
         self.invariance_coeff = float(invariance_coeff)
         self.covariance_coeff = float(covariance_coeff)
+        if not isinstance(gather_distributed, bool):
+            raise TypeError(f"{type(self).__name__}: gather_distributed must be a bool, got {gather_distributed!r}")
+        self.gather_distributed = gather_distributed
 
     def forward(self, z_a: Tensor, z_b: Tensor) -> dict[str, Tensor]:
+        """``z_a``, ``z_b``: [B, D] (MC: [M, B, D]) on this rank; terms are scalars."""
         check_pair(z_a, z_b, type(self).__name__, mc=self.mc)
+        z_a, z_b, world = gather_views(z_a, z_b, self.gather_distributed)
         with autocast_off(z_a):
             terms = vicreg_terms(
                 at_least_fp32(z_a),
                 at_least_fp32(z_b),
-                self.batch_size,
+                self.batch_size * world,
                 self.z_dim,
                 self.variance_coeff,
                 self.invariance_coeff,
@@ -119,7 +134,8 @@ class VICRegLoss(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"batch_size={self.batch_size}, z_dim={self.z_dim}, var={self.variance_coeff}, "
-            f"inv={self.invariance_coeff}, cov={self.covariance_coeff}"
+            f"inv={self.invariance_coeff}, cov={self.covariance_coeff}, "
+            f"gather_distributed={self.gather_distributed}"
         )
 
 
