@@ -10,14 +10,23 @@
     results.json                 metrics, metadata and checkpoint paths (relative to the
                                  working directory), written last and atomically
 
-A run whose ``results.json`` exists is finished: running it again does nothing.
+    checkpoints/pretrain_done.json   pretraining metrics, once pretraining is complete
+
+A run whose ``results.json`` exists is finished: running it again does nothing. A run that
+was interrupted (killed, SIGTERM, a crash) continues, when started again with the same
+command, from the last checkpoint of the phase it was in: pretraining resumes from
+``checkpoints/last.ckpt`` unless ``pretrain_done.json`` says it is complete, finetuning from
+``finetune/checkpoints/last.ckpt``. Checkpoints carry the RNG streams (``ResumeState``), so
+on CPU a resumed run ends with the same weights and metrics as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import string
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +35,26 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from src.model.callbacks.fault_guard import NonFiniteLossGuard
 from src.model.callbacks.online_finetuner import OnlineFineTuner
+from src.model.callbacks.resume_state import ResumeState
 from src.task.finetuning import LastLayerFinetuner
 from src.utils.checkpoint import SSL_MODELS, load_ssl_model
-from src.utils.io import write_json, write_text
+from src.utils.checkpoint_io import AtomicCheckpointIO
+from src.utils.io import read_json, write_json, write_text
 from src.utils.loggers import get_lightning_loggers
 from src.utils.plain import to_plain
 
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
+#: written once pretraining (fit + final validation) is complete, so a rerun after a kill
+#: during finetuning does not pretrain again
+PRETRAIN_DONE_FILE = "checkpoints/pretrain_done.json"
+LAST_CKPT = "last.ckpt"
 _MODEL_TARGETS = {f"{cls.__module__}.{cls.__name__}": name for name, cls in SSL_MODELS.items()}
 
 
@@ -59,12 +77,17 @@ def trainer_kwargs(trainer_cfg: DictConfig | dict[str, Any], debug: DictConfig |
     """The configured Trainer arguments, adapted to the machine and the debug mode.
 
     fp16 autocast (``16-mixed``) is a GPU feature: without CUDA the run uses ``32-true``.
+    So is ``sync_batchnorm``: torch's DDP refuses SyncBatchNorm on CPU modules, so CPU
+    processes keep per-process BatchNorm statistics.
     """
     kwargs = to_plain(trainer_cfg)
     precision = str(kwargs.get("precision", "32-true"))
     if precision in ("16-mixed", "16") and not torch.cuda.is_available():
         log.info("trainer.precision=%s needs a GPU; running with 32-true on this machine", precision)
         kwargs["precision"] = "32-true"
+    if kwargs.get("sync_batchnorm") and (kwargs.get("accelerator") == "cpu" or not torch.cuda.is_available()):
+        log.info("trainer.sync_batchnorm needs GPUs; CPU processes keep their own BatchNorm statistics")
+        kwargs["sync_batchnorm"] = False
     if debug:
         kwargs.update(to_plain(debug))
     return kwargs
@@ -95,6 +118,33 @@ def build_callbacks(
     return callbacks
 
 
+def reliability_callbacks(callbacks: list[Callback], checkpoint_dir: Path, check_every_n_steps: int) -> list[Callback]:
+    """The callbacks every training phase gets on top of the configured ones.
+
+    ``ResumeState`` (RNG streams, stop flag) and ``NonFiniteLossGuard`` always; a
+    last-checkpoint writer when no configured checkpoint keeps ``last.ckpt``, so that every
+    phase can resume.
+    """
+    extra: list[Callback] = [ResumeState(), NonFiniteLossGuard(check_every_n_steps)]
+    if not any(isinstance(c, ModelCheckpoint) and c.save_last for c in callbacks):
+        extra.append(ModelCheckpoint(dirpath=checkpoint_dir, save_top_k=0, save_last=True))
+    return callbacks + extra
+
+
+def resume_from(checkpoint_dir: Path) -> str | None:
+    """``last.ckpt`` of an interrupted phase, if there is one (the phase then continues from it)."""
+    last = checkpoint_dir / LAST_CKPT
+    if last.is_file():
+        log.info("resuming from %s", last)
+        return str(last)
+    return None
+
+
+def fit_resuming(trainer: pl.Trainer, model: pl.LightningModule, datamodule: Any, ckpt_path: str | None) -> None:
+    """``trainer.fit``, resuming from ``ckpt_path`` (weights-only loading) when given."""
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+
+
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
     return hydra.utils.instantiate(cfg.dataset, _convert_="all")
 
@@ -111,28 +161,34 @@ def ssl_model_kwargs(cfg: DictConfig, train_iters_per_epoch: int) -> tuple[str, 
 
 def pretrain(cfg: DictConfig, output_path: Path) -> dict[str, Any]:
     """Fit the SSL model, then validate its final weights (spec §13.2)."""
-    torch.set_float32_matmul_precision("medium")
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
     name, kwargs = ssl_model_kwargs(cfg, datamodule.train_iters_per_epoch)
     model = SSL_MODELS[name](**kwargs, seed=cfg.seed)
 
     loggers = get_lightning_loggers(cfg.logging, output_path)
+    ckpt_dir = output_path / "checkpoints"
     callbacks = build_callbacks(
         cfg.train.get("callbacks"),
-        output_path / "checkpoints",
+        ckpt_dir,
         bool(loggers),
         encoder_output_dim=int(cfg.train.kwargs.latent_dim),
         num_classes=int(cfg.dataset.num_classes),
     )
+    kwargs = trainer_kwargs(cfg.train.trainer, cfg.get("debug"))
     trainer = pl.Trainer(
         default_root_dir=output_path,
-        callbacks=callbacks,
+        callbacks=reliability_callbacks(callbacks, ckpt_dir, int(kwargs.get("log_every_n_steps", 50))),
         logger=loggers or False,
-        **trainer_kwargs(cfg.train.trainer, cfg.get("debug")),
+        plugins=[AtomicCheckpointIO()],
+        **kwargs,
     )
-    trainer.fit(model, datamodule=datamodule)
+    fit_resuming(trainer, model, datamodule, resume_from(ckpt_dir))
     metrics = trainer.validate(model, datamodule=datamodule)
+    if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        # The DDP pretraining is over and the other ranks stop here (see _run_pipeline); a group
+        # left behind would make rank 0's later single-device trainers wait for them forever.
+        torch.distributed.destroy_process_group()
     ckpt = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
     return {
         "metrics": _merge(metrics),
@@ -153,14 +209,17 @@ def finetune(cfg: DictConfig, output_path: Path, model_ckpt_path: str | Path) ->
     model = LastLayerFinetuner(pl_module=pl_module, **kwargs)
 
     loggers = get_lightning_loggers(cfg.logging, root)
-    callbacks = build_callbacks(cfg.finetune.get("callbacks"), root / "checkpoints", bool(loggers))
+    ckpt_dir = root / "checkpoints"
+    callbacks = build_callbacks(cfg.finetune.get("callbacks"), ckpt_dir, bool(loggers))
+    kwargs = trainer_kwargs(cfg.finetune.trainer, cfg.get("debug"))
     trainer = pl.Trainer(
         default_root_dir=root,
-        callbacks=callbacks,
+        callbacks=reliability_callbacks(callbacks, ckpt_dir, int(kwargs.get("log_every_n_steps", 50))),
         logger=loggers or False,
-        **trainer_kwargs(cfg.finetune.trainer, cfg.get("debug")),
+        plugins=[AtomicCheckpointIO()],
+        **kwargs,
     )
-    trainer.fit(model, datamodule=datamodule)
+    fit_resuming(trainer, model, datamodule, resume_from(ckpt_dir))
     trainer.validate(model, datamodule=datamodule)
     metrics = trainer.test(model, datamodule=datamodule)
     ckpt = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
@@ -185,8 +244,32 @@ def save_hydra_config(cfg: DictConfig, output_path: Path) -> None:
     write_text(output_path / "hydra_config.yaml", OmegaConf.to_yaml(cfg))
 
 
+#: exit status of a run stopped by SIGTERM (128 + 15, what a shell reports for the signal)
+SIGTERM_EXIT = 143
+
+
 def run_pipeline(cfg: DictConfig) -> dict[str, Any] | None:
-    """Seed, pretrain, optionally finetune, and write ``results.json`` (spec §13.1)."""
+    """Seed, pretrain, optionally finetune, and write ``results.json`` (spec §13.1).
+
+    A run stopped by SIGTERM exits with status 143 (Lightning's own exception is a
+    ``SystemExit`` with status 0, which DVC would take for success); running the same
+    command again resumes from the phase's ``last.ckpt``.
+    """
+    with sigterm_exits_nonzero():
+        return _run_pipeline(cfg)
+
+
+@contextlib.contextmanager
+def sigterm_exits_nonzero() -> Iterator[None]:
+    """Turn Lightning's ``SIGTERMException`` (a ``SystemExit`` with status 0) into status 143."""
+    try:
+        yield
+    except SIGTERMException as err:
+        log.error("stopped by SIGTERM; run the same command again to resume from the last checkpoint")
+        raise SystemExit(SIGTERM_EXIT) from err
+
+
+def _run_pipeline(cfg: DictConfig) -> dict[str, Any] | None:
     if "train" not in cfg:
         raise ValueError(
             "no task configured: add +model/task/ssl@train=<ssl|ssl_bayes_h|ssl_bayes_z> "
@@ -203,12 +286,28 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any] | None:
         log.info("%s exists: this run is finished, nothing to do", results_path)
         return None
     pl.seed_everything(int(cfg.seed), workers=False)
+    # The reference sets this at the start of pretrain() and it stays in force for the
+    # finetune; setting it here keeps it in force when a resumed run skips pretraining.
+    torch.set_float32_matmul_precision("medium")
     run_id = generate_run_id()
     log.info("run %s, output %s\n%s", run_id, output_path, OmegaConf.to_yaml(cfg))
     output_path.mkdir(parents=True, exist_ok=True)
-    save_hydra_config(cfg, output_path)
+    if rank_zero_only.rank == 0:  # a DDP launch re-runs this script for every other rank
+        save_hydra_config(cfg, output_path)
 
-    train_out = pretrain(cfg, output_path)
+    done = output_path / PRETRAIN_DONE_FILE
+    if done.is_file():
+        log.info("%s exists: pretraining is complete, going on with what follows it", done)
+        train_out = read_json(done)
+    else:
+        train_out = pretrain(cfg, output_path)
+        if rank_zero_only.rank != 0:
+            # another rank of a DDP pretraining: its part is done; rank 0 writes the outputs
+            # and runs the (single-device) finetuning
+            return None
+        if train_out["ckpt_path"]:
+            train_out["ckpt_path"] = relative(train_out["ckpt_path"])
+        write_json(done, train_out)
     metadata = {"dataset": cfg.dataset.name, **to_plain(cfg.train.kwargs)}
     metadata["train_iters_per_epoch"] = train_out["train_iters_per_epoch"]
     metadata["run_id"] = run_id

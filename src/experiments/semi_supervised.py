@@ -26,9 +26,20 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from src.experiments.pipeline import RESULTS_FILE, _merge, build_callbacks, relative, trainer_kwargs
+from src.experiments.pipeline import (
+    RESULTS_FILE,
+    _merge,
+    build_callbacks,
+    fit_resuming,
+    relative,
+    reliability_callbacks,
+    resume_from,
+    sigterm_exits_nonzero,
+    trainer_kwargs,
+)
 from src.task.semi_supervised import SemiSupervised
 from src.utils.checkpoint import load_ssl_model
+from src.utils.checkpoint_io import AtomicCheckpointIO
 from src.utils.io import read_json, write_json
 from src.utils.loggers import get_lightning_loggers
 from src.utils.plain import to_plain
@@ -87,14 +98,18 @@ def train(cfg: DictConfig, run: dict[str, Any], run_path: Path, output_path: Pat
     model = SemiSupervised(pl_module=pl_module, **kwargs, **extra)
 
     loggers = get_lightning_loggers(cfg.logging, output_path)
-    callbacks = build_callbacks(cfg.train.get("callbacks"), output_path / "checkpoints", bool(loggers))
+    ckpt_dir = output_path / "checkpoints"
+    callbacks = build_callbacks(cfg.train.get("callbacks"), ckpt_dir, bool(loggers))
+    kwargs = trainer_kwargs(cfg.train.trainer, cfg.get("debug"))
     trainer = pl.Trainer(
         default_root_dir=output_path,
-        callbacks=callbacks,
+        callbacks=reliability_callbacks(callbacks, ckpt_dir, int(kwargs.get("log_every_n_steps", 50))),
         logger=loggers or False,
-        **trainer_kwargs(cfg.train.trainer, cfg.get("debug")),
+        plugins=[AtomicCheckpointIO()],
+        **kwargs,
     )
-    trainer.fit(model, datamodule=datamodule)
+    # an interrupted run continues from its last.ckpt (see src/experiments/pipeline.py)
+    fit_resuming(trainer, model, datamodule, resume_from(ckpt_dir))
     # no checkpoint: the final in-memory weights are tested, as in the reference (Q3)
     metrics = trainer.test(model, datamodule=datamodule)
     ckpt = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
@@ -105,7 +120,16 @@ def train(cfg: DictConfig, run: dict[str, Any], run_path: Path, output_path: Pat
 
 
 def run_semi_supervised(cfg: DictConfig) -> dict[str, Any] | None:
-    """Seed, finetune, test and write ``results.json`` (§12.1); None when the run was already finished."""
+    """Seed, finetune, test and write ``results.json`` (§12.1); None when the run was already finished.
+
+    An interrupted run continues from ``checkpoints/last.ckpt`` when started again; SIGTERM
+    exits with status 143.
+    """
+    with sigterm_exits_nonzero():
+        return _run_semi_supervised(cfg)
+
+
+def _run_semi_supervised(cfg: DictConfig) -> dict[str, Any] | None:
     if cfg.get("run_path") is None or cfg.get("output_path") is None:
         raise ValueError("set run_path=<pretraining run dir> and output_path=<output dir>")
     run_path, output_path = Path(cfg.run_path), Path(cfg.output_path)

@@ -146,6 +146,8 @@ class BaseSelfSupervisedLearning(BaseTask):
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         out = self.shared_step(batch)
         self.log_step_outputs(out, "train", batch_size=batch[1].shape[0])
+        # read by NonFiniteLossGuard without a host sync
+        self.last_step_terms = {k: v.detach() for k, v in out.items() if k.endswith("loss") and isinstance(v, Tensor)}
         return out["loss"]
 
     def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:

@@ -8,6 +8,11 @@ with the module in its current mode, so in training the encoder's BatchNorm runn
 statistics are updated by these extra forwards, as in the reference (Quirk Q15a); Bayes-H
 runs its forward twice (the first pass only tells the output type), each with a fresh
 MC draw, and the probe sees the MC-mean ``repr`` of the second.
+
+Under DDP the probe is left out of DDP's gradient synchronisation (it never gets a gradient
+from ``training_step``, which DDP would report as an unused parameter); instead it starts from
+rank 0's weights and its gradients are averaged over the ranks by hand, so every rank holds
+the same probe, trained on the global-batch mean loss.
 """
 
 from __future__ import annotations
@@ -16,8 +21,15 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+
+
+def _distributed(trainer: pl.Trainer) -> bool:
+    """Whether this is one of several DDP ranks (checked on torch first: no trainer attribute needed)."""
+    return dist.is_available() and dist.is_initialized() and trainer.world_size > 1
 
 
 class OnlineFineTuner(pl.Callback):
@@ -35,10 +47,21 @@ class OnlineFineTuner(pl.Callback):
         self.optimizer: torch.optim.Optimizer | None = None
         self._pending_state: dict[str, Any] | None = None
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Runs before the strategy wraps the module in DDP, which reads this ignore list by name
+        # (the names stay valid when on_fit_start swaps in a fresh probe).
+        names = [f"online_finetuner.{n}" for n, _ in pl_module.online_finetuner.named_parameters()]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(pl_module, names)
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        pl_module.init_downstream_model()
+        if self._pending_state is None:
+            pl_module.init_downstream_model()
+        # else resuming: the probe's weights were just loaded from the checkpoint; keep them
+        if _distributed(trainer):  # DDP ignores the probe, so it does not broadcast it either
+            for p in pl_module.online_finetuner.parameters():
+                dist.broadcast(p.data, src=0)
         self.optimizer = torch.optim.Adam(pl_module.online_finetuner.parameters(), lr=self.learning_rate)
-        if self._pending_state is not None:  # resuming: the probe's weights come from the checkpoint
+        if self._pending_state is not None:
             self.optimizer.load_state_dict(self._pending_state)
             self._pending_state = None
 
@@ -67,6 +90,11 @@ class OnlineFineTuner(pl.Callback):
         if self.optimizer is None:
             raise RuntimeError("OnlineFineTuner: on_fit_start did not run, so the probe has no optimizer")
         loss.backward()
+        if _distributed(trainer):  # by hand what DDP does for its parameters: mean over ranks
+            for p in pl_module.online_finetuner.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad.div_(trainer.world_size)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         pl_module.log("train_online_acc", acc, on_step=True, on_epoch=False)

@@ -1,0 +1,105 @@
+"""Stop a run whose training loss stops being finite, before a bad checkpoint is written.
+
+A NaN/inf loss (too high a learning rate, an fp16 overflow that the scaler cannot absorb,
+a corrupted batch) poisons the weights at the optimizer step that follows, and every later
+checkpoint would carry them. The guard keeps, on the device, the (epoch, batch, global
+step) of the first bad step and which loss terms were non-finite there; the host reads
+them only every ``check_every_n_steps`` steps and before every checkpoint is saved, so the
+hot path has no host-device synchronisation. A fault raises :class:`NonFiniteLossError`
+naming the first bad step and the non-finite terms; the last checkpoint on disk is the last
+good one, and the pipeline writes no results.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss (or one of its terms) became NaN or infinite."""
+
+
+class NonFiniteLossGuard(pl.Callback):
+    """Raise :class:`NonFiniteLossError` when any training loss term is not finite.
+
+    The terms are read from ``pl_module.last_step_terms`` (a dict of scalar tensors the
+    module sets in ``training_step``), falling back to the step's returned loss.
+
+    Args:
+        check_every_n_steps: how often the host looks at the device-side flags; the check
+            also runs at every validation start, epoch end, fit end and checkpoint save.
+    """
+
+    def __init__(self, check_every_n_steps: int = 50) -> None:
+        super().__init__()
+        if int(check_every_n_steps) < 1:
+            raise ValueError(f"check_every_n_steps must be >= 1, got {check_every_n_steps}")
+        self.check_every_n_steps = int(check_every_n_steps)
+        self._names: list[str] | None = None
+        self._bad: Tensor | None = None  # [T] bool: term t was non-finite at the first bad step
+        self._first: Tensor | None = None  # [3] int64: epoch, batch index, global step; -1 = none yet
+        self._steps = 0
+
+    @staticmethod
+    def _terms(pl_module: pl.LightningModule, outputs: Any) -> dict[str, Tensor]:
+        terms = getattr(pl_module, "last_step_terms", None)
+        if terms:
+            return terms
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        return {"loss": loss} if isinstance(loss, Tensor) else {}
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        terms = self._terms(pl_module, outputs)
+        if not terms:
+            return
+        names = list(terms)
+        values = torch.stack([terms[k].detach().float().reshape(()) for k in names])
+        bad_now = ~torch.isfinite(values)
+        if self._bad is None or self._names != names:
+            self._check(trainer)  # a different set of terms: settle the old flags first
+            self._names = names
+            self._bad = torch.zeros_like(bad_now)
+            self._first = torch.full((3,), -1, dtype=torch.long, device=values.device)
+        # global_step has already been advanced by this batch's optimizer step
+        where = torch.tensor([trainer.current_epoch, batch_idx, max(trainer.global_step - 1, 0)], device=values.device)
+        first_time = bad_now.any() & (self._first[0] < 0)
+        self._first = torch.where(first_time, where, self._first)
+        # the terms of the first bad step: later steps are all NaN once the weights are
+        self._bad = torch.where(first_time, bad_now, self._bad)
+        self._steps += 1
+        if self._steps % self.check_every_n_steps == 0:
+            self._check(trainer)
+
+    def _check(self, trainer: pl.Trainer) -> None:
+        if self._bad is None or self._first is None or not bool(self._bad.any()):
+            return
+        epoch, batch_idx, step = (int(v) for v in self._first.tolist())
+        terms = [n for n, b in zip(self._names or [], self._bad.tolist(), strict=True) if b]
+        ckpt = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none written yet"
+        raise NonFiniteLossError(
+            f"the training loss became non-finite at global step {step} (epoch {epoch}, batch {batch_idx}); "
+            f"non-finite terms: {', '.join(terms)}. The run was stopped and nothing was marked done; the last "
+            f"good checkpoint is {ckpt}. Lower the learning rate (or beta_scale), check the input data for "
+            "NaN/inf values, or train in 32-bit precision, then run the same command again."
+        )
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._check(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check(trainer)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check(trainer)
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self._check(trainer)  # raising here keeps the previous (good) checkpoint on disk
