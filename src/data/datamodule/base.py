@@ -10,6 +10,10 @@ Batches (PyTorch default collate), for a batch size B and image side H:
 - ssl task type: ``[[V1, V2, V3], Y]``, each Vi float32 (B, 3, H, H), Y int64 (B,); V1/V2 are
   augmented views, V3 the un-augmented finetune view.
 - every other task type: ``[X, Y]``, X float32 (B, 3, H, H), Y int64 (B,).
+
+A datamodule that sets ``device_augment`` (CIFAR with ``augment_on_device``) has loaders that
+yield ``[X_uint8, Y]``; its ``on_after_batch_transfer`` hook turns them into the ssl layout
+above on the training device (``src/data/gpu_augment.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numbers
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytorch_lightning as pl
 import torch
@@ -27,6 +31,9 @@ from torch.utils.data import DataLoader, Dataset, Subset, random_split
 from torchvision import transforms as T
 
 from src.data.transforms import SupervisedTransform, cifar_ssl_transform
+
+if TYPE_CHECKING:
+    from src.data.gpu_augment import DeviceSSLAugment
 
 # Config task name (`dataset.task`, i.e. `train.name`) -> task type; the type picks the transforms.
 TASK_TYPES: dict[str, str] = {
@@ -121,6 +128,8 @@ class BaseDataModule(pl.LightningDataModule, abc.ABC):
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    #: the SSL views on the device (set by subclasses with ``augment_on_device``); None: transforms on the CPU
+    device_augment: DeviceSSLAugment | None = None
 
     def __init__(
         self,
@@ -222,6 +231,17 @@ class BaseDataModule(pl.LightningDataModule, abc.ABC):
     def test_dataloader(self) -> DataLoader[Any]:
         """Test loader: never shuffled; ``drop_last`` per config (Q4)."""
         return self._loader(self.test_ds, "test", False)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """``[X_uint8, Y]`` → ``[[V1, V2, V3], Y]`` with ``device_augment``, after Lightning moved the batch.
+
+        Runs for every loader of a Trainer (fit, validate, test); without ``device_augment``, or
+        for a batch that is not uint8 images, the batch passes unchanged. Lightning calls this
+        hook instead of a LightningModule's own (no module of the project defines one).
+        """
+        if self.device_augment is None:
+            return batch
+        return self.device_augment.augment_batch(batch)
 
     # ------------------------------------------------------------------ sizes
 

@@ -7,6 +7,16 @@ set; without it, missing files raise a ``FileNotFoundError`` that names what to 
 
 Splits: the official 50,000 training images are split by ``val_split`` (0.2 → 40,000 / 10,000)
 with the run seed (``split_train_val``); the official 10,000 test images are the test set.
+
+``augment_on_device`` (true, false, or "auto" = on when CUDA is available; default false) moves
+the 3-view SSL transform of the ssl task type to the training device: the train, val and test
+sets become in-memory uint8 ``TensorDataset``s (``[N, 3, 32, 32]`` images, int64 labels, the same
+split indices), the loaders yield ``[X_uint8, Y]``, and the base class's
+``on_after_batch_transfer`` hook makes ``[[V1, V2, V3], Y]`` from them with
+``DeviceSSLAugment`` (same parameter distributions as ``cifar_ssl_transform``; see
+``src/data/gpu_augment.py``). All three splits move because on the CPU path all three use the
+3-view transform (§3.2): the SSL val loss and the online/offline finetuners' val and test
+accuracies then see the same views as training. Other task types ignore the option.
 """
 
 from __future__ import annotations
@@ -15,24 +25,38 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch.utils.data import TensorDataset
 from torchvision.datasets import CIFAR10, CIFAR100
 
 from src.data.datamodule.base import BaseDataModule, split_train_val
+from src.data.gpu_augment import DeviceSSLAugment, resolve_augment_on_device
 from src.data.transforms import CIFAR10_NORMALIZE, CIFAR100_NORMALIZE
 
 
 class CIFAR10DataModule(BaseDataModule):
     """CIFAR-10: 32×32 RGB, 10 classes (torchvision label order).
 
-    Constructor arguments are those of ``BaseDataModule``. With ``download=True``,
-    ``prepare_data`` lets torchvision fetch and extract the archive when the files are
-    missing or corrupt; otherwise the files must already be on disk.
+    Constructor arguments are those of ``BaseDataModule``, plus ``augment_on_device`` (bool or
+    "auto"; see the module docstring). With ``download=True``, ``prepare_data`` lets torchvision
+    fetch and extract the archive when the files are missing or corrupt; otherwise the files
+    must already be on disk.
+
+    Raises:
+        ValueError: ``augment_on_device`` is not true, false or "auto".
     """
 
     dataset_cls: type[CIFAR10] = CIFAR10
     display_name = "CIFAR-10"
     mean = CIFAR10_NORMALIZE["mean"]
     std = CIFAR10_NORMALIZE["std"]
+
+    def __init__(self, *args: Any, augment_on_device: bool | str = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Only the ssl task type has the 3-view transform that moves; the others keep their CPU transforms.
+        self.augment_on_device = resolve_augment_on_device(augment_on_device) and self.task_type == "ssl"
+        if self.augment_on_device:
+            self.device_augment = DeviceSSLAugment(self.input_height, self.mean, self.std)
 
     @property
     def dataset_folder(self) -> Path:
@@ -70,7 +94,7 @@ class CIFAR10DataModule(BaseDataModule):
                 f"{self.dataset_folder}/{{{', '.join(self.required_files())}}}. " + self._how_to_obtain()
             )
 
-    def _dataset(self, train: bool, transform: Callable[[Any], Any]) -> CIFAR10:
+    def _dataset(self, train: bool, transform: Callable[[Any], Any] | None) -> CIFAR10:
         try:
             return self.dataset_cls(str(self.data_dir), train=train, transform=transform, download=False)
         except RuntimeError as err:
@@ -81,12 +105,26 @@ class CIFAR10DataModule(BaseDataModule):
                 + self._how_to_obtain()
             ) from err
 
+    def _uint8_dataset(self, train: bool) -> TensorDataset:
+        """The split as uint8 images [N, 3, H, W] (torchvision's HWC array, channels first) and int64 labels."""
+        dataset = self._dataset(train, None)
+        images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
+        return TensorDataset(images, torch.as_tensor(dataset.targets, dtype=torch.int64))
+
     def setup(self, stage: str | None = None) -> None:
         """fit / validate / None: the seeded train/val split; test / None: the official test set.
 
-        ``prepare_data`` runs first, every time, as in the reference (Q21).
+        ``prepare_data`` runs first, every time, as in the reference (Q21). With
+        ``augment_on_device`` the splits are uint8 ``TensorDataset``s with the same indices.
         """
         self.prepare_data()
+        if self.augment_on_device:
+            if stage in (None, "fit", "validate"):
+                full = self._uint8_dataset(True)
+                self.train_ds, self.val_ds = split_train_val(full, full, self.val_split, self.seed)
+            if stage in (None, "test"):
+                self.test_ds = self._uint8_dataset(False)
+            return
         if stage in (None, "fit", "validate"):
             # Two copies of the 50k set, one per transform, split with the same seed (disjoint indices).
             train_full = self._dataset(True, self.get_transform("train"))
