@@ -45,6 +45,8 @@ class BaseSelfSupervisedLearning(BaseTask):
         latent_dim, hidden_dim, z_dim: L, H and Z of the spec.
         compile_encoder: wrap the encoder's forward with ``torch.compile``; state-dict keys
             stay ``encoder.*``.
+        channels_last: keep the encoder's weights and inputs in NHWC memory format (same
+            values; tensor-core convolutions under fp16/bf16 autocast run without layout copies).
         **kwargs: further plain values stored as hyper-parameters (``seed``, ``cl_loss_name``,
             ``optimizer_name``, ``train_iters_per_epoch``, ``use_mc_samples``, ``no_grad``,
             ``sch_eta_min_scale``, ``warmup_epochs`` and the stochastic models' arguments).
@@ -69,6 +71,7 @@ class BaseSelfSupervisedLearning(BaseTask):
         hidden_dim: int = 1024,
         z_dim: int = 1024,
         compile_encoder: bool = False,
+        channels_last: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -89,6 +92,7 @@ class BaseSelfSupervisedLearning(BaseTask):
                 hidden_dim=hidden_dim,
                 z_dim=z_dim,
                 compile_encoder=compile_encoder,
+                channels_last=channels_last,
                 **kwargs,
             )
         )
@@ -107,6 +111,9 @@ class BaseSelfSupervisedLearning(BaseTask):
             )
 
         self.encoder = get_encoder(encoder, dataset)
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            self.encoder = self.encoder.to(memory_format=torch.channels_last)
         self.projection_head = build_projection_head(dataset, self.encoder_out_dim, int(hidden_dim), int(z_dim))
         self.online_finetuner = nn.Linear(self.encoder_out_dim, self.num_classes)
         # Bypasses nn.Module registration, so state-dict keys stay `encoder.*` (Q29).
@@ -116,6 +123,8 @@ class BaseSelfSupervisedLearning(BaseTask):
     # -- pieces ---------------------------------------------------------------------------------
     def encode(self, x: Tensor) -> Tensor:
         """Encoder output [B, E]."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         if self._compiled_encoder is not None:
             return self._compiled_encoder(x)
         return self.encoder(x)

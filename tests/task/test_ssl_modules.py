@@ -297,3 +297,27 @@ def test_online_probe_step(model_name: str, loss: str, forwards: int) -> None:
     model.eval()
     loss_value, acc = callback.shared_step(model, batch)
     assert 0.0 <= float(acc) <= 1.0 and float(loss_value.detach()) > 0
+
+
+@pytest.mark.parametrize(("model_name", "loss"), [("ssl", "vicreg"), ("ssl_bayes_h", "mc_barlow_twins")])
+def test_channels_last_gives_the_same_loss_and_gradients(model_name: str, loss: str) -> None:
+    torch.manual_seed(0)
+    # float64: a tiny batch through BatchNorm amplifies float32 summation-order noise in the grads
+    plain = build_model(model_name, loss).double()
+    nhwc = build_model(model_name, loss, channels_last=True).double()
+    nhwc.load_state_dict(plain.state_dict())
+    conv = nhwc.encoder.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and conv.dim() == 4
+    assert nhwc.state_dict().keys() == plain.state_dict().keys()
+    (x1, x2, x3), y = three_view_batch(batch_size=8, size=8)
+    batch = ((x1.double(), x2.double(), x3.double()), y)
+    losses = []
+    for model in (plain, nhwc):
+        torch.manual_seed(1)  # same MC noise for both
+        out = model.shared_step(batch)
+        out["loss"].backward()
+        losses.append(out["loss"].detach())
+    assert torch.allclose(losses[0], losses[1], rtol=1e-10)
+    for (name, p), q in zip(plain.named_parameters(), nhwc.parameters(), strict=True):
+        if p.grad is not None:
+            assert torch.allclose(p.grad, q.grad, rtol=1e-8, atol=1e-10), name
