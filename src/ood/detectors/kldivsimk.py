@@ -46,6 +46,7 @@ def kth_smallest_kl(
     k: int,
     train_chunk_size: int = 8192,
     test_chunk_size: int = 1024,
+    train_terms: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> Tensor:
     """The value at 0-based index ``k`` of the ascending ``KL(q_i ‖ q_x)`` over i, per test row.
 
@@ -54,6 +55,8 @@ def kth_smallest_kl(
         mu, log_var: test posteriors [B, D].
         k: 0-based index into the ascending order; ``0 <= k < N``.
         train_chunk_size, test_chunk_size: rows per chunk (memory ~ test_chunk × (train_chunk + k + 1)).
+        train_terms: :func:`training_terms` of the training posteriors on ``mu``'s device, when the
+            caller scores many batches against the same training set (computed here otherwise).
 
     Returns:
         [B] float32 on the device of ``mu`` (float64 arithmetic, NaN → 65504, ±∞ → float32 extremes).
@@ -73,8 +76,9 @@ def kth_smallest_kl(
         raise ValueError("kldivsimk: chunk sizes must be >= 1")
     device = mu.device
     out = torch.empty(mu.shape[0], dtype=torch.float32, device=device)
-    # per-training constant a_i = Σ_d ln σ_i², once
-    train_a = train_log_var.to(device, torch.float64).sum(dim=1)  # [N]
+    if train_terms is None:
+        train_terms = training_terms(train_mu, train_log_var, device)
+    train_m, train_s2m2, train_a = train_terms
     for t0 in range(0, mu.shape[0], test_chunk_size):
         m = mu[t0 : t0 + test_chunk_size].double()  # [b, D]
         lv = log_var[t0 : t0 + test_chunk_size].double()
@@ -83,9 +87,8 @@ def kth_smallest_kl(
         const = (m * mw).sum(dim=1) + lv.sum(dim=1) - d  # [b]
         best: Tensor | None = None  # [b, <= k+1] running smallest values
         for i0 in range(0, n, train_chunk_size):
-            tm = train_mu[i0 : i0 + train_chunk_size].to(device, torch.float64)  # [c, D]
-            tlv = train_log_var[i0 : i0 + train_chunk_size].to(device, torch.float64)
-            two_kl = w @ (torch.exp(tlv) + tm * tm).T - 2.0 * (mw @ tm.T)  # [b, c]
+            tm = train_m[i0 : i0 + train_chunk_size]  # [c, D]
+            two_kl = w @ train_s2m2[i0 : i0 + train_chunk_size].T - 2.0 * (mw @ tm.T)  # [b, c]
             kl = 0.5 * (two_kl + const[:, None] - train_a[None, i0 : i0 + train_chunk_size])
             kl = _reference_replacements(kl)
             pool = kl if best is None else torch.cat([best, kl], dim=1)
@@ -93,6 +96,14 @@ def kth_smallest_kl(
         assert best is not None
         out[t0 : t0 + test_chunk_size] = best.amax(dim=1).float()
     return out
+
+
+def training_terms(train_mu: Tensor, train_log_var: Tensor, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """The training side of the KL expansion in float64 on ``device``: ``μ_i`` [N, D],
+    ``σ_i² + μ_i²`` [N, D] and ``a_i = Σ_d ln σ_{i,d}²`` [N]; shared by every test batch."""
+    m = train_mu.to(device, torch.float64)
+    lv = train_log_var.to(device, torch.float64)
+    return m, torch.exp(lv) + m * m, lv.sum(dim=1)
 
 
 def _reference_replacements(kl: Tensor) -> Tensor:
@@ -131,6 +142,7 @@ class KLDivSimK(Detector):
         #: training posteriors [N, D] (μ_i, ℓ_i) of the plain views; None before setup
         self.train_mu: Tensor | None = None
         self.train_log_var: Tensor | None = None
+        self._train_terms: tuple[Tensor, Tensor, Tensor] | None = None
         self.K = self._check_k(K)
         if int(train_chunk_size) < 1 or int(test_chunk_size) < 1:
             raise ValueError("kldivsimk: chunk sizes must be >= 1")
@@ -161,6 +173,8 @@ class KLDivSimK(Detector):
             raise ValueError("kldivsimk: setup received no training batches")
         self.train_mu = torch.cat(mus)
         self.train_log_var = torch.cat(log_vars)
+        # the float64 training side is the same for every scored batch: computed once
+        self._train_terms = training_terms(self.train_mu, self.train_log_var, self.train_mu.device)
 
     def set_hyperparam(self, values: list[Any]) -> None:
         """``values = [K]`` (sweep key ``K_list``).
@@ -199,5 +213,6 @@ class KLDivSimK(Detector):
             self.K,
             train_chunk_size=self.train_chunk_size,
             test_chunk_size=self.test_chunk_size,
+            train_terms=self._train_terms if self._train_terms and self._train_terms[0].device == mu.device else None,
         )
         return logits.argmax(dim=1).long(), conf
