@@ -133,3 +133,36 @@ def test_driver_errors(study_setup, tmp_path: Path) -> None:
         run_study(empty, "demo", data_root, "msp", tmp_path / "x", progress=False)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         run_study(tmp_path / "nope", "demo", data_root, "msp", tmp_path / "x", progress=False)
+
+
+def test_several_detectors_share_each_model_and_the_inputs(
+    study_setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from src.ood import study
+
+    data_root, runs_dir = study_setup
+    names = ["msp", "mds", "sigmamean"]
+    loads: list[str] = []
+    real_load = study.load_ood_network
+
+    def counting_load(model_path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        loads.append(str(model_path))
+        return real_load(model_path, *args, **kwargs)
+
+    monkeypatch.setattr(study, "load_ood_network", counting_load)
+    shared = study.run_studies(
+        runs_dir, "demo", data_root, {n: tmp_path / "shared" / n for n in names}, batch_size=128, progress=False
+    )
+    assert sorted(loads) == sorted(set(loads)) and len(loads) == len(RUNS)  # one load per run
+    for name in names:
+        assert json.loads((tmp_path / "shared" / name / "runs.json").read_text()) == shared[name]
+        assert len(shared[name]) == len(RUNS)
+    # the deterministic model's scores do not depend on sharing
+    for name in ("msp", "mds"):
+        out = tmp_path / "single" / name
+        single = run_study(runs_dir, "demo", data_root, name, out, batch_size=128, progress=False)
+        pick = {r["run_name"]: r for r in single if r["model_name"] == "ssl"}
+        for record in shared[name]:
+            if record["model_name"] == "ssl":
+                assert record == pick[record["run_name"]]
+    assert all(r["ood_scores"] is None for r in shared["sigmamean"] if r["model_name"] == "ssl")

@@ -19,7 +19,7 @@ if str(ROOT) not in sys.path:  # runnable as a plain script from the repository 
     sys.path.insert(0, str(ROOT))
 
 from src.ood.detectors import DETECTORS, STUDY_ORDER  # noqa: E402
-from src.ood.study import run_study  # noqa: E402
+from src.ood.study import run_studies, run_study  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,20 +58,19 @@ def main(argv: list[str] | None = None) -> None:
             f"{', '.join(sorted(DETECTORS))}, or `all` for every detector"
         )
     names = STUDY_ORDER if args.postprocessor_name == "all" else (args.postprocessor_name,)
-    for name in names:
-        run_study(
-            args.runs_dir,
-            args.in_dataset,
-            args.data_root_dir,
-            name,
-            args.output_dir / name if args.postprocessor_name == "all" else args.output_dir,
-            device=args.device,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            corrected_sign=args.corrected_sign,
-            seed=args.seed,
-            progress=not args.no_progress,
-        )
+    outputs = {name: args.output_dir / name for name in names} if args.postprocessor_name == "all" else None
+    common = dict(
+        device=args.device,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        corrected_sign=args.corrected_sign,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    if outputs is None:  # one detector: exactly the paper's per-detector stage
+        run_study(args.runs_dir, args.in_dataset, args.data_root_dir, names[0], args.output_dir, **common)
+    else:  # every detector: each model loaded once, input batches shared
+        run_studies(args.runs_dir, args.in_dataset, args.data_root_dir, outputs, **common)
 
 
 if __name__ == "__main__":
