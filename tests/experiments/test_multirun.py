@@ -73,3 +73,22 @@ def test_joblib_sweep_gives_every_job_its_own_output_path(demo_root: Path, tmp_p
     assert [m["beta_scale"] for m in seen.values()] == list(BETAS)
     assert all(m["model_name"] == "ssl_bayes_z" and m["mc_samples"] == 2 for m in seen.values())
     assert seen[BETAS[0]]["run_id"] != seen[BETAS[1]]["run_id"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "refused"),
+    [
+        (["dataset=demo", "train.beta_scale=0.001,0.01"], True),  # default output_path for every job
+        (["train.beta_scale=0.001,0.01", "output_path=data/results/x"], True),  # one fixed folder
+        (["train.beta_scale=0.001,0.01", "output_path=data/results/b_${train.beta_scale}"], False),
+        (["model/prior=standard,mog", "output_path=a,b"], False),  # output_path swept itself
+        (["train.beta_scale=0.001", "output_path=data/results/x"], False),  # one job (the DVC stages)
+    ],
+)
+def test_a_sweep_whose_jobs_would_share_output_path_is_refused(overrides: list[str], refused: bool) -> None:
+    from src.experiments.scripts.run_pipeline import shared_output_path_error
+
+    error = shared_output_path_error(overrides)
+    assert (error is not None) == refused
+    if refused:
+        assert "train.beta_scale" in error and "output_path" in error and "${train.beta_scale}" in error
