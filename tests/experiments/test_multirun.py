@@ -92,3 +92,23 @@ def test_a_sweep_whose_jobs_would_share_output_path_is_refused(overrides: list[s
     assert (error is not None) == refused
     if refused:
         assert "train.beta_scale" in error and "output_path" in error and "${train.beta_scale}" in error
+
+
+def test_the_script_refuses_a_sweep_into_one_folder_before_training(demo_root: Path, tmp_path: Path) -> None:
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "-m",
+        "dataset=demo",
+        f"dataset.data_dir={demo_root}",
+        "+model/task/ssl@train=ssl_bayes_z",
+        "model/loss=mc_vicreg",
+        "++train.beta_scale=0.001,0.01",
+        "output_path=out/one_folder",
+        "hydra.sweep.dir=out/sweep",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "would write every job to output_path=out/one_folder" in proc.stderr
+    assert not (tmp_path / "out" / "one_folder").exists()  # refused before any job wrote anything

@@ -58,7 +58,8 @@ def check_sweep() -> None:
     multirun = Path(hydra_cfg.sweep.dir) / "multirun.yaml"
     if not multirun.is_file():
         return
-    overrides = list(OmegaConf.load(multirun).hydra.overrides.task)
+    # unresolved: an override such as output_path=<dir>_${train.beta_scale} must stay as typed
+    overrides = OmegaConf.to_container(OmegaConf.load(multirun).hydra.overrides.task, resolve=False)
     error = shared_output_path_error(overrides)
     if error:
         raise ValueError(error)
