@@ -312,6 +312,44 @@ def cifar_ssl_transform(size: int, mean: Sequence[float], std: Sequence[float]) 
     )
 
 
+def fashion_mnist_ssl_transform(
+    size: int, mean: Sequence[float], std: Sequence[float], min_scale: float = 0.2
+) -> MultiViewTransform:
+    """The 3-view SSL transform of Fashion-MNIST: ``cifar_ssl_transform`` adapted to 28×28 grey images.
+
+    The images arrive as PIL grey images and are expanded to three equal channels (``ToRGB``),
+    so every step below is the CIFAR one where it acts on grey images:
+
+    - RandomResizedCrop with scale (``min_scale``, 1) instead of CIFAR's (0.08, 1): an 8 % crop
+      of a 28 px garment is a 8×8 patch of mostly background, which leaves the two views little
+      to agree on; 0.2 keeps crops of at least ~12 px. Ratio (3/4, 4/3) and the flip as CIFAR.
+    - ColorJitter(brightness 0.4, contrast 0.4) with p 0.8 as CIFAR; saturation and hue are 0 and
+      RandomGrayscale is left out: on three equal channels they change nothing.
+    - blur off in both views and solarization p 0.2 in view 2, as CIFAR (Q22).
+    - view 3 is ``FinetuneViewTransform(size, normalize)``, as CIFAR.
+
+    Returns:
+        A transform mapping a PIL image to ``[v1, v2, v3]``, each float32 (3, size, size).
+    """
+    normalize = {"mean": tuple(mean), "std": tuple(std)}
+    common: dict[str, Any] = dict(
+        input_size=size,
+        min_scale=min_scale,
+        cj_sat=0.0,
+        cj_hue=0.0,
+        random_gray_scale=0.0,
+        gaussian_blur=0.0,
+        normalize=normalize,
+    )
+    return MultiViewTransform(
+        [
+            BYOLView1Transform(**common),
+            BYOLView2Transform(**common),
+            FinetuneViewTransform(input_size=size, normalize=normalize),
+        ]
+    )
+
+
 def imagenet_ssl_transform(finetune_size: int = IMAGENET_SIZE) -> MultiViewTransform:
     """The ImageNet 3-view SSL transform (§4.2).
 

@@ -39,6 +39,9 @@ STEMS: dict[str, Stem] = {
     "mnist": Stem(3, in_channels=1),
     # the embedded demo (16x16 RGB digits, photo patches, noise): the CIFAR stem
     "demo": Stem(3),
+    # Fashion-MNIST (28x28 grey expanded to RGB) and its open-set split: the CIFAR stem
+    "fashion_mnist": Stem(3),
+    "fashion_mnist_split": Stem(3),
 }
 
 

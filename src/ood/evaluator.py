@@ -153,6 +153,8 @@ def evaluate(
     scores: dict[str, np.ndarray] = {"id": conf_id}
     rows: list[dict[str, Any]] = []
     for group, sets in (("nearood", protocol.near), ("farood", protocol.far)):
+        if not sets:  # a protocol without near-OOD sets (fashion_mnist) has no nearood row
+            continue
         vectors = []
         for name in sets:
             pred_o, conf_o, _ = inference(detector, net, loader(f"ood/{group[:-3]}/{name}"), name, progress)

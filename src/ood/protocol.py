@@ -8,6 +8,8 @@
   mnist, svhn, texture, places365. The reference also required ``test_cifar10c.txt``, which is
   never read (Quirk Q15): it is not required here.
 - ``demo``: the embedded demo (src/data/demo.py), described by its ``protocol.json``.
+- ``fashion_mnist`` and ``fashion_mnist_split``: Fashion-MNIST (src/data/fashion_mnist.py), each
+  described by its ``protocol.json``; ``fashion_mnist`` has no near-OOD set.
 
 Preprocessing: ``default`` = RGB → resize shorter side → centre crop → ToTensor → Normalize
 (OpenOOD's statistics, Quirk Q4); ``barlowtwins`` = three views [v1, v2, v3] (BYOL views 1 and 2
@@ -156,22 +158,28 @@ def cifar10_protocol(data_root: Path) -> Protocol:
     )
 
 
-def demo_protocol(data_root: Path) -> Protocol:
-    path = data_root / "benchmark_imglist" / "demo" / "protocol.json"
+def json_protocol(id_name: str, data_root: Path, prepare_hint: str) -> Protocol:
+    """A protocol described by ``<data_root>/benchmark_imglist/<id_name>/protocol.json``.
+
+    ``prepare_hint`` names what writes that file, for the error messages.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: it is not valid JSON or lacks a key.
+    """
+    path = data_root / "benchmark_imglist" / id_name / "protocol.json"
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path} does not exist: --data-root-dir must be the demo dataset's root (data/datasets/demo), "
-            "written by src/experiments/scripts/prepare_demo_data.py"
+            f"{path} does not exist: --data-root-dir must be the root of the {id_name} data, written by {prepare_hint}"
         )
     p = read_json(path)  # invalid JSON: a ValueError naming the file
     missing = [key for key in ("image_size", "normalize", "id", "ood", "num_classes") if key not in p]
     if missing:
         raise ValueError(
-            f"{path} lacks {', '.join(missing)}; it is not a demo protocol file: rebuild the demo data with "
-            "src/experiments/scripts/prepare_demo_data.py"
+            f"{path} lacks {', '.join(missing)}; it is not a {id_name} protocol file: rebuild it with {prepare_hint}"
         )
     return Protocol(
-        id_name="demo",
+        id_name=id_name,
         data_root=data_root,
         image_size=int(p["image_size"]),
         normalize={k: tuple(v) for k, v in p["normalize"].items()},
@@ -183,7 +191,30 @@ def demo_protocol(data_root: Path) -> Protocol:
     )
 
 
-PROTOCOLS = {"cifar10": cifar10_protocol, "demo": demo_protocol}
+def demo_protocol(data_root: Path) -> Protocol:
+    """The embedded demo (data/datasets/demo)."""
+    return json_protocol("demo", data_root, "src/experiments/scripts/prepare_demo_data.py (data/datasets/demo)")
+
+
+_FASHION_HINT = "src/experiments/scripts/prepare_fashion_mnist.py (data/datasets/fashion_mnist)"
+
+
+def fashion_mnist_protocol(data_root: Path) -> Protocol:
+    """Fashion-MNIST, all ten classes ID; far-OOD digits and noise (src/data/fashion_mnist.py)."""
+    return json_protocol("fashion_mnist", data_root, _FASHION_HINT)
+
+
+def fashion_mnist_split_protocol(data_root: Path) -> Protocol:
+    """Fashion-MNIST's open-set split: classes 0-5 ID, 6-9 near-OOD; far-OOD digits and noise."""
+    return json_protocol("fashion_mnist_split", data_root, _FASHION_HINT)
+
+
+PROTOCOLS = {
+    "cifar10": cifar10_protocol,
+    "demo": demo_protocol,
+    "fashion_mnist": fashion_mnist_protocol,
+    "fashion_mnist_split": fashion_mnist_split_protocol,
+}
 
 
 def get_protocol(in_dataset: str, data_root: str | Path) -> Protocol:

@@ -70,12 +70,15 @@ def summary_table(long: pd.DataFrame) -> pd.DataFrame:
         index=["detector", "group", "run"], columns="Dataset", values=["AUROC", "FPR@95"]
     )
     wide.columns = [f"{ds.replace('ood', '')}_{metric}" for metric, ds in wide.columns]
+    for col in ("near_AUROC", "far_AUROC", "near_FPR@95", "far_FPR@95"):
+        if col not in wide:  # e.g. no near-OOD set in the protocol: NaN cells, shown as such
+            wide[col] = np.nan
     agg = wide.groupby(level=["detector", "group"]).agg(["mean", "std", "count"])
     out = pd.DataFrame(index=agg.index)
     for col in ("near_AUROC", "far_AUROC", "near_FPR@95", "far_FPR@95"):
         out[f"{col}_mean"] = agg[(col, "mean")]
         out[f"{col}_std"] = agg[(col, "std")].fillna(0.0)
-    out["seeds"] = agg[("near_AUROC", "count")].astype(int)
+    out["seeds"] = wide.groupby(level=["detector", "group"]).size()
     order = {d: i for i, d in enumerate(STUDY_ORDER)}
     out = out.reset_index()
     out["_o"] = out["detector"].map(lambda d: order.get(d, len(order)))
@@ -86,7 +89,9 @@ def _pm(table: pd.DataFrame) -> pd.DataFrame:
     """The table with "mean ± std" cells, for Markdown and LaTeX."""
     out = table[["detector", "group", "seeds"]].copy()
     for col in ("near_AUROC", "far_AUROC", "near_FPR@95", "far_FPR@95"):
-        out[col] = [f"{m:.2f} ± {s:.2f}" for m, s in zip(table[f"{col}_mean"], table[f"{col}_std"])]
+        out[col] = [
+            "–" if np.isnan(m) else f"{m:.2f} ± {s:.2f}" for m, s in zip(table[f"{col}_mean"], table[f"{col}_std"])
+        ]
     return out
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from src.data.datamodule.base import TASK_TYPES, BaseDataModule, split_train_val, task_type
 from src.data.datamodule.cifar import CIFAR10DataModule, CIFAR100DataModule
 from src.data.datamodule.demo import DemoDataModule
+from src.data.datamodule.fashion_mnist import FashionMNISTDataModule
 from src.data.datamodule.imagenet import ImageNetDataModule, SubsetImageNetDataModule
 
 DATAMODULES: dict[str, type[BaseDataModule]] = {
@@ -20,6 +21,8 @@ DATAMODULES: dict[str, type[BaseDataModule]] = {
     "imagenet1pct": SubsetImageNetDataModule,
     "imagenet10pct": SubsetImageNetDataModule,
     "demo": DemoDataModule,
+    "fashion_mnist": FashionMNISTDataModule,
+    "fashion_mnist_split": FashionMNISTDataModule,
 }
 
 
@@ -41,6 +44,7 @@ __all__ = [
     "CIFAR10DataModule",
     "CIFAR100DataModule",
     "DemoDataModule",
+    "FashionMNISTDataModule",
     "ImageNetDataModule",
     "SubsetImageNetDataModule",
     "build_datamodule",

@@ -1,0 +1,499 @@
+"""Fashion-MNIST on disk: the original IDX files and the two OOD protocols built from them.
+
+The data is the real dataset (Xiao et al., 2017: 70,000 28×28 grayscale images of 10 clothing
+classes, 6,000 train and 1,000 test images per class) in torchvision's on-disk format::
+
+    <data_dir>/FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte
+
+``install_raw`` fills that folder from Debian's ``dataset-fashion-mnist`` package (the gzipped
+originals under ``/usr/share/datasets/fashion-mnist/``), from another folder holding the four
+files, or, when asked, with torchvision's download; otherwise it stops with a message that says
+how to get the files. The training datamodule (``src/data/datamodule/fashion_mnist.py``) reads
+these files directly.
+
+``prepare_ood_protocols`` writes, next to them, the OOD study's on-disk layout (OpenOOD v1.5's
+image lists, as for CIFAR-10 and the demo)::
+
+    images_classic/fashion_mnist/{train,test}/<class>/<index>.png   grayscale PNGs of the IDX images
+    images_classic/digits/<digit>/<index>.png       scikit-learn's digits, upscaled to 28×28
+    images_classic/noise/{uniform,blur}/<i>.png     generated grayscale noise
+    images_classic/photos/{china,flower}/<i>.png    grayscale patches of scikit-learn's sample photos
+    benchmark_imglist/fashion_mnist/{train,val,test}_fashion_mnist.txt, val_ood.txt,
+        test_digits.txt, test_noise.txt, protocol.json
+    benchmark_imglist/fashion_mnist_split/{train,val,test}_fashion_mnist_split.txt, val_ood.txt,
+        test_fashion_mnist_6to9.txt, test_digits.txt, test_noise.txt, protocol.json
+
+- ``fashion_mnist``: ID all ten classes; far-OOD the digits and the noise; no near-OOD set.
+- ``fashion_mnist_split`` (the open-set split): ID classes 0–5 (T-shirt/top … Sandal), near-OOD
+  the test images of classes 6–9 (Shirt, Sneaker, Bag, Ankle boot); far-OOD as above. Models of
+  this protocol are trained on classes 0–5 only (``dataset=fashion_mnist_split``).
+- ID splits mirror OpenOOD's CIFAR-10 lists: train = the training set; val and test = disjoint
+  parts of the official test set (10 % per class to val, as OpenOOD's 1,000 of CIFAR-10's 10,000).
+- The validation OOD set (the role of OpenOOD's ``val_tin.txt``) is a third source, grayscale
+  photo patches, so the hyper-parameter search never sees a digit, a noise image or a near-OOD
+  class before the test.
+
+``train_per_class`` / ``test_per_class`` take a seeded per-class subset (the same one the
+training datamodule takes with the same values), and ``ood_count`` caps each OOD set: the small
+settings of the DVC stages. Each random part draws from its own child of
+``numpy.random.SeedSequence(seed)``, so the same arguments give the same files.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageFilter
+from sklearn.datasets import load_digits, load_sample_images
+from torchvision.datasets.mnist import read_image_file, read_label_file
+
+from src.data.dataset.imglist import write_image_list
+from src.utils.io import read_json, write_text
+
+log = logging.getLogger(__name__)
+
+#: where Debian's ``dataset-fashion-mnist`` installs the original (gzipped) files
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+#: torchvision's FashionMNIST file names (uncompressed) -> (IDX magic number, array shape)
+RAW_FILES: dict[str, tuple[int, tuple[int, ...]]] = {
+    "train-images-idx3-ubyte": (2051, (60000, 28, 28)),
+    "train-labels-idx1-ubyte": (2049, (60000,)),
+    "t10k-images-idx3-ubyte": (2051, (10000, 28, 28)),
+    "t10k-labels-idx1-ubyte": (2049, (10000,)),
+}
+CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+IMAGE_SIZE = 28
+#: mean / std of the 60,000 training images' pixels in [0, 1] (tests recompute them from the files),
+#: replicated over the three channels the grey images are expanded to (see the datamodule)
+NORMALIZE: dict[str, tuple[float, float, float]] = {"mean": (0.2860,) * 3, "std": (0.3530,) * 3}
+#: the open-set split: ID classes and near-OOD classes of ``fashion_mnist_split``
+SPLIT_ID_CLASSES = (0, 1, 2, 3, 4, 5)
+SPLIT_NEAR_CLASSES = (6, 7, 8, 9)
+PROTOCOL_NAMES = ("fashion_mnist", "fashion_mnist_split")
+
+# Bumped whenever the generated content changes, so older builds are rebuilt instead of reused.
+FORMAT_VERSION = 1
+VAL_FRACTION = 0.1  # per class, of the official test set (OpenOOD: 1,000 of CIFAR-10's 10,000)
+NUM_NOISE = 1000  # half uniform, half blurred
+NUM_PHOTOS = 1000
+PHOTO_CROP_RANGE = (24, 160)  # side of the square crops, in source pixels (photos are 427×640)
+BLUR_RADIUS_RANGE = (0.7, 2.0)
+PROTOCOL_FILE = "protocol.json"
+
+
+def raw_folder(data_dir: str | os.PathLike[str]) -> Path:
+    """``<data_dir>/FashionMNIST/raw``, where torchvision's ``FashionMNIST`` reads its files."""
+    return Path(data_dir) / "FashionMNIST" / "raw"
+
+
+def how_to_obtain(data_dir: str | os.PathLike[str]) -> str:
+    """The missing-data advice: the Debian package, the preparation script, the download, the layout."""
+    raw = raw_folder(data_dir)
+    return (
+        "Install Debian's package (`sudo apt install dataset-fashion-mnist`, which puts the four original "
+        f"files under {DEBIAN_DIR}/) and run `python src/experiments/scripts/prepare_fashion_mnist.py "
+        f"--output-root {data_dir}`; or, on a machine with network access, add `--download` (torchvision "
+        f"fetches the files); or copy {', '.join(RAW_FILES)} (each may be .gz) into {raw}/ yourself."
+    )
+
+
+def check_idx(path: str | os.PathLike[str], magic: int, shape: Sequence[int]) -> None:
+    """Check that ``path`` is an uncompressed IDX file with ``magic`` and exactly ``shape`` (uint8 data).
+
+    Raises:
+        ValueError: wrong magic number, dimensions or size (e.g. a truncated or still-gzipped file).
+    """
+    path = Path(path)
+    with path.open("rb") as f:
+        header = f.read(4 + 4 * len(shape))
+    expected_size = len(header) + int(np.prod(shape))
+    if len(header) < 4 + 4 * len(shape):
+        raise ValueError(f"{path} is not an IDX file: it is only {len(header)} bytes long")
+    values = np.frombuffer(header, dtype=">i4")
+    if int(values[0]) != magic or tuple(int(v) for v in values[1:]) != tuple(shape):
+        raise ValueError(
+            f"{path} is not the expected IDX file: header {tuple(int(v) for v in values)}, expected magic {magic} "
+            f"and shape {tuple(shape)} (a gzipped file must be decompressed, or named .gz in a source folder)"
+        )
+    size = path.stat().st_size
+    if size != expected_size:
+        raise ValueError(f"{path} is truncated or padded: {size} bytes, expected {expected_size}; replace the file")
+
+
+def missing_raw_files(data_dir: str | os.PathLike[str]) -> list[str]:
+    """The names of ``RAW_FILES`` absent from ``raw_folder(data_dir)``."""
+    raw = raw_folder(data_dir)
+    return [name for name in RAW_FILES if not (raw / name).is_file()]
+
+
+def verify_raw(data_dir: str | os.PathLike[str]) -> None:
+    """Check that the four raw files are present and well-formed.
+
+    Raises:
+        FileNotFoundError: a file is missing (the message says how to obtain them).
+        ValueError: a file is malformed (see ``check_idx``).
+    """
+    missing = missing_raw_files(data_dir)
+    if missing:
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found at {raw_folder(data_dir)}: missing {', '.join(missing)}. " + how_to_obtain(data_dir)
+        )
+    for name, (magic, shape) in RAW_FILES.items():
+        check_idx(raw_folder(data_dir) / name, magic, shape)
+
+
+def _source_files(source_dir: Path) -> dict[str, Path] | None:
+    """``name -> path`` of the four files in ``source_dir`` (``name`` or ``name.gz``), or None if any is absent."""
+    found = {}
+    for name in RAW_FILES:
+        for candidate in (source_dir / f"{name}.gz", source_dir / name):
+            if candidate.is_file():
+                found[name] = candidate
+                break
+        else:
+            return None
+    return found
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` to ``final``, replacing an existing ``final`` (put back if the rename fails)."""
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(final, old)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            os.replace(old, final)
+            raise
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
+
+
+def install_raw(
+    data_dir: str | os.PathLike[str], source_dir: str | os.PathLike[str] | None = None, download: bool = False
+) -> Path:
+    """Put the four raw IDX files into ``raw_folder(data_dir)``, unless they are already there.
+
+    Sources, in order: ``source_dir`` when given (it must hold the four files, each plain or
+    ``.gz``); otherwise Debian's ``DEBIAN_DIR`` when it holds them; otherwise torchvision's
+    download when ``download`` is true. The files are decompressed and checked in a temporary
+    folder that is renamed into place, so a killed run leaves no partial dataset.
+
+    Returns:
+        The raw folder.
+
+    Raises:
+        FileNotFoundError: no source has the files (the message says how to obtain them), or
+            ``source_dir`` lacks some.
+        ValueError: a source file is malformed.
+    """
+    data_dir = Path(data_dir)
+    raw = raw_folder(data_dir)
+    try:
+        verify_raw(data_dir)
+        log.info("Fashion-MNIST files at %s are complete", raw)
+        return raw
+    except (FileNotFoundError, ValueError):
+        pass
+    if source_dir is not None:
+        files = _source_files(Path(source_dir))
+        if files is None:
+            raise FileNotFoundError(
+                f"--source-dir {source_dir} does not hold the four Fashion-MNIST files "
+                f"({', '.join(RAW_FILES)}, each plain or .gz). " + how_to_obtain(data_dir)
+            )
+    else:
+        files = _source_files(DEBIAN_DIR) if DEBIAN_DIR.is_dir() else None
+    if files is None:
+        if not download:
+            raise FileNotFoundError(
+                f"Fashion-MNIST not found: {raw} is incomplete and {DEBIAN_DIR} does not hold the files. "
+                + how_to_obtain(data_dir)
+            )
+        from torchvision.datasets import FashionMNIST  # the download path only
+
+        for train in (True, False):
+            FashionMNIST(str(data_dir), train=train, download=True)
+        verify_raw(data_dir)
+        return raw
+
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    tmp = raw.parent / f".raw.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        for name, src in files.items():
+            opener = gzip.open if src.suffix == ".gz" else open
+            with opener(src, "rb") as fin, (tmp / name).open("wb") as fout:
+                shutil.copyfileobj(fin, fout, length=1 << 20)
+            magic, shape = RAW_FILES[name]
+            check_idx(tmp / name, magic, shape)
+        _replace_dir(tmp, raw)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    log.info("installed Fashion-MNIST from %s into %s", next(iter(files.values())).parent, raw)
+    return raw
+
+
+def load_split(data_dir: str | os.PathLike[str], train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Images uint8 [N, 28, 28] and labels int64 [N] of the train (60,000) or test (10,000) split."""
+    verify_raw(data_dir)
+    prefix = "train" if train else "t10k"
+    images = read_image_file(str(raw_folder(data_dir) / f"{prefix}-images-idx3-ubyte"))
+    labels = read_label_file(str(raw_folder(data_dir) / f"{prefix}-labels-idx1-ubyte"))
+    return images.numpy(), labels.numpy().astype(np.int64)
+
+
+def subset_indices(
+    labels: np.ndarray, classes: Iterable[int], per_class: int | None, seed: int
+) -> np.ndarray:
+    """Sorted indices of the samples of ``classes``: all of them, or ``per_class`` drawn per class.
+
+    The draw is a seeded permutation of each class (one generator for all classes, in the
+    order given), so the training datamodule and the OOD lists take the same subset.
+
+    Raises:
+        ValueError: ``per_class`` is not positive or exceeds a class's size.
+    """
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in classes:
+        idx = np.flatnonzero(labels == c)
+        if per_class is not None:
+            if isinstance(per_class, bool) or int(per_class) != per_class or not 0 < per_class <= len(idx):
+                raise ValueError(
+                    f"per-class subset size {per_class!r} must be an integer in [1, {len(idx)}] "
+                    f"(class {c} has {len(idx)} samples), or null for all"
+                )
+            idx = rng.permutation(idx)[: int(per_class)]
+        chosen.append(idx)
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
+
+
+def _split_val(labels: np.ndarray, indices: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, ``VAL_FRACTION`` of ``indices`` (at least one) to val and the rest to test; both sorted."""
+    val, test = [], []
+    for c in np.unique(labels[indices]):
+        idx = rng.permutation(indices[labels[indices] == c])
+        n_val = max(1, round(VAL_FRACTION * len(idx))) if len(idx) > 1 else 0
+        val.append(idx[:n_val])
+        test.append(idx[n_val:])
+    return np.sort(np.concatenate(val)), np.sort(np.concatenate(test))
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, format="PNG")
+
+
+def _write_fashion(
+    images_root: Path, split: str, images: np.ndarray, labels: np.ndarray, indices: np.ndarray
+) -> dict[int, str]:
+    """Save each selected image once as ``fashion_mnist/<split>/<class>/<index>.png``; index -> relative path."""
+    paths = {}
+    for i in indices:
+        rel = f"fashion_mnist/{split}/{int(labels[i])}/{int(i):05d}.png"
+        _save_png(images[i], images_root / rel)
+        paths[int(i)] = rel
+    return paths
+
+
+def _write_digits(images_root: Path, count: int | None, rng: np.random.Generator) -> list[tuple[str, int]]:
+    """scikit-learn's 8×8 digits (values 0–16), bilinearly upscaled to 28×28 grey; ``count`` drawn if given."""
+    digits = load_digits()
+    order = np.arange(len(digits.target))
+    if count is not None and count < len(order):
+        order = np.sort(rng.choice(order, size=count, replace=False))
+    entries = []
+    for i in order:
+        # Resize in float ('F' mode) before quantising, so the 17 grey levels are rounded once.
+        grey = Image.fromarray((digits.images[i] * (255.0 / 16.0)).astype(np.float32))
+        grey = grey.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+        rel = f"digits/{int(digits.target[i])}/{int(i):04d}.png"
+        _save_png(np.clip(np.rint(np.asarray(grey)), 0, 255).astype(np.uint8), images_root / rel)
+        entries.append((rel, -1))
+    return entries
+
+
+def _write_noise(images_root: Path, count: int, rng: np.random.Generator) -> list[tuple[str, int]]:
+    """Uniform grey noise (first half) and Gaussian-blurred, contrast-stretched grey noise (second half)."""
+    entries = []
+    for i in range(count):
+        arr = rng.integers(0, 256, size=(IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+        kind = "uniform"
+        if i >= count // 2:
+            kind = "blur"
+            radius = float(rng.uniform(*BLUR_RADIUS_RANGE))
+            blurred = np.asarray(Image.fromarray(arr).filter(ImageFilter.GaussianBlur(radius)), dtype=np.float64)
+            # Blurring pulls the noise to mid-grey; stretching restores full contrast, so the images differ
+            # from the clothes by structure, not by a trivially narrow range of values.
+            lo, hi = blurred.min(), blurred.max()
+            arr = np.rint((blurred - lo) * (255.0 / max(hi - lo, 1.0))).astype(np.uint8)
+        rel = f"noise/{kind}/{i:04d}.png"
+        _save_png(arr, images_root / rel)
+        entries.append((rel, -1))
+    return entries
+
+
+def _write_photos(images_root: Path, count: int, rng: np.random.Generator) -> list[tuple[str, int]]:
+    """Random square grey crops of scikit-learn's two sample photographs, resized to 28×28."""
+    samples = load_sample_images()
+    sources = [(Path(n).stem, Image.fromarray(img).convert("L")) for n, img in zip(samples.filenames, samples.images)]
+    entries = []
+    for i in range(count):
+        name, photo = sources[int(rng.integers(len(sources)))]
+        side = int(rng.integers(PHOTO_CROP_RANGE[0], PHOTO_CROP_RANGE[1] + 1))
+        left = int(rng.integers(photo.width - side + 1))
+        top = int(rng.integers(photo.height - side + 1))
+        patch = photo.crop((left, top, left + side, top + side)).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+        rel = f"photos/{name}/{i:04d}.png"
+        _save_png(np.asarray(patch), images_root / rel)
+        entries.append((rel, -1))
+    return entries
+
+
+def protocol_settings(
+    train_per_class: int | None, test_per_class: int | None, ood_count: int | None, seed: int
+) -> dict[str, Any]:
+    """The parameters a build is made with (stored in each ``protocol.json``; equal ones are reused)."""
+    return {
+        "train_per_class": train_per_class,
+        "test_per_class": test_per_class,
+        "ood_count": ood_count,
+        "seed": seed,
+        "version": FORMAT_VERSION,
+    }
+
+
+def _is_up_to_date(data_dir: Path, settings: dict[str, Any]) -> bool:
+    for name in PROTOCOL_NAMES:
+        path = data_dir / "benchmark_imglist" / name / PROTOCOL_FILE
+        try:
+            protocol = read_json(path)
+        except (FileNotFoundError, ValueError):
+            return False
+        if protocol.get("settings") != settings:
+            return False
+        lists = [protocol["id"][k] for k in ("train", "val", "test")] + [protocol["ood"]["val"]]
+        lists += [*protocol["ood"]["near"].values(), *protocol["ood"]["far"].values()]
+        if not all((path.parent / name).is_file() for name in lists):
+            return False
+    return True
+
+
+def _build(root: Path, data_dir: Path, settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Write images_classic/ and benchmark_imglist/ of both protocols under ``root``; return the protocols."""
+    images_root = root / "images_classic"
+    val_rng, digit_rng, noise_rng, photo_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(settings["seed"]).spawn(4)
+    )
+    train_images, train_labels = load_split(data_dir, train=True)
+    test_images, test_labels = load_split(data_dir, train=False)
+    # The same subsets as the training datamodule: subset_indices with the data seed, all ten classes.
+    train_idx = subset_indices(train_labels, range(10), settings["train_per_class"], settings["seed"])
+    test_idx = subset_indices(test_labels, range(10), settings["test_per_class"], settings["seed"])
+    val_idx, id_test_idx = _split_val(test_labels, test_idx, val_rng)
+
+    train_paths = _write_fashion(images_root, "train", train_images, train_labels, train_idx)
+    test_paths = _write_fashion(images_root, "test", test_images, test_labels, test_idx)
+    ood_count = settings["ood_count"]
+    far = {
+        "digits": _write_digits(images_root, ood_count, digit_rng),
+        "noise": _write_noise(images_root, min(NUM_NOISE, ood_count or NUM_NOISE), noise_rng),
+    }
+    photos = _write_photos(images_root, min(NUM_PHOTOS, ood_count or NUM_PHOTOS), photo_rng)
+
+    def entries(paths: dict[int, str], labels: np.ndarray, indices: np.ndarray, classes: Sequence[int]) -> list:
+        remap = {c: i for i, c in enumerate(classes)}
+        return [(paths[int(i)], remap[int(labels[i])]) for i in indices if int(labels[i]) in remap]
+
+    pixels = train_images[train_idx].astype(np.float64) / 255.0
+    mean, std = float(pixels.mean()), float(pixels.std())
+    protocols = {}
+    for name in PROTOCOL_NAMES:
+        classes = tuple(range(10)) if name == "fashion_mnist" else SPLIT_ID_CLASSES
+        list_dir = root / "benchmark_imglist" / name
+        id_lists = {split: f"{split}_{name}.txt" for split in ("train", "val", "test")}
+        write_image_list(list_dir / id_lists["train"], entries(train_paths, train_labels, train_idx, classes))
+        write_image_list(list_dir / id_lists["val"], entries(test_paths, test_labels, val_idx, classes))
+        write_image_list(list_dir / id_lists["test"], entries(test_paths, test_labels, id_test_idx, classes))
+        write_image_list(list_dir / "val_ood.txt", photos)
+        near: dict[str, str] = {}
+        if name == "fashion_mnist_split":
+            near_entries = [(test_paths[int(i)], -1) for i in test_idx if int(test_labels[i]) in SPLIT_NEAR_CLASSES]
+            near["fashion_mnist_6to9"] = "test_fashion_mnist_6to9.txt"
+            write_image_list(list_dir / near["fashion_mnist_6to9"], near_entries)
+        far_lists = {key: f"test_{key}.txt" for key in far}
+        for key, list_name in far_lists.items():
+            write_image_list(list_dir / list_name, far[key])
+        protocol = {
+            "id_name": name,
+            "num_classes": len(classes),
+            "classes": [CLASSES[c] for c in classes],
+            "image_size": IMAGE_SIZE,
+            "settings": settings,
+            "id": id_lists,
+            "ood": {"val": "val_ood.txt", "near": near, "far": far_lists},
+            # The training normalisation (NORMALIZE), as the OOD study's `default` preprocessor uses it.
+            "normalize": {"mean": list(NORMALIZE["mean"]), "std": list(NORMALIZE["std"])},
+            "train_pixel_stats": {"mean": mean, "std": std},
+        }
+        write_text(list_dir / PROTOCOL_FILE, json.dumps(protocol, indent=2) + "\n")
+        protocols[name] = protocol
+    return protocols
+
+
+def prepare_ood_protocols(
+    data_dir: str | os.PathLike[str],
+    train_per_class: int | None = None,
+    test_per_class: int | None = None,
+    ood_count: int | None = None,
+    seed: int = 1997,
+) -> dict[str, Any]:
+    """Write both OOD protocols (see the module docstring) under ``data_dir``, unless already there.
+
+    Needs the raw files (``install_raw``). Everything is built in a temporary folder; then the
+    old ``benchmark_imglist/`` loses its protocol files, ``images_classic/`` and
+    ``benchmark_imglist/`` are renamed into place (lists and ``protocol.json`` last), so an
+    interrupted build is never mistaken for a finished one.
+
+    Returns:
+        The settings of the build.
+
+    Raises:
+        FileNotFoundError / ValueError: the raw files are missing or malformed.
+        ValueError: a subset size is out of range.
+    """
+    data_dir = Path(data_dir)
+    for key, value in (("train_per_class", train_per_class), ("test_per_class", test_per_class), ("ood_count", ood_count)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{key}={value!r} must be a positive integer or None (all)")
+    settings = protocol_settings(train_per_class, test_per_class, ood_count, seed)
+    verify_raw(data_dir)
+    if _is_up_to_date(data_dir, settings):
+        log.info("Fashion-MNIST OOD protocols under %s are up to date", data_dir)
+        return settings
+    tmp = data_dir / f".ood.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        protocols = _build(tmp, data_dir, settings)
+        for name in PROTOCOL_NAMES:
+            (data_dir / "benchmark_imglist" / name / PROTOCOL_FILE).unlink(missing_ok=True)
+        _replace_dir(tmp / "images_classic", data_dir / "images_classic")
+        _replace_dir(tmp / "benchmark_imglist", data_dir / "benchmark_imglist")
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    for name, protocol in protocols.items():
+        log.info("wrote the %s protocol under %s (%d ID classes)", name, data_dir, protocol["num_classes"])
+    return settings

@@ -1,0 +1,31 @@
+"""Write the Fashion-MNIST report (src/experiments/fashion_mnist_report.py).
+
+    python src/experiments/scripts/fashion_mnist_report.py --results-dir data/results/fashion_mnist \
+        --reports-dir data/reports/fashion_mnist --data-dir data/datasets/fashion_mnist
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from src.experiments.fashion_mnist_report import make_fashion_mnist_report  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results-dir", type=Path, required=True, help="holds <protocol>/runs/<run>/results.json")
+    parser.add_argument("--reports-dir", type=Path, required=True, help="holds <protocol>/ood/; README.md goes here")
+    parser.add_argument("--data-dir", type=Path, default=None, help="the dataset root, for the list sizes")
+    args = parser.parse_args(argv)
+    make_fashion_mnist_report(args.results_dir, args.reports_dir, args.data_dir)
+    print((args.reports_dir / "README.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
