@@ -63,13 +63,15 @@ log = logging.getLogger(__name__)
 
 #: where Debian's ``dataset-fashion-mnist`` installs the original (gzipped) files
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
-#: torchvision's FashionMNIST file names (uncompressed) -> (IDX magic number, array shape)
+#: torchvision's FashionMNIST file names (uncompressed) -> (IDX magic number, dimensions after the count)
 RAW_FILES: dict[str, tuple[int, tuple[int, ...]]] = {
-    "train-images-idx3-ubyte": (2051, (60000, 28, 28)),
-    "train-labels-idx1-ubyte": (2049, (60000,)),
-    "t10k-images-idx3-ubyte": (2051, (10000, 28, 28)),
-    "t10k-labels-idx1-ubyte": (2049, (10000,)),
+    "train-images-idx3-ubyte": (2051, (28, 28)),
+    "train-labels-idx1-ubyte": (2049, ()),
+    "t10k-images-idx3-ubyte": (2051, (28, 28)),
+    "t10k-labels-idx1-ubyte": (2049, ()),
 }
+#: the real dataset's sizes (a smaller, well-formed set of files is accepted: test fixtures, subsets)
+NUM_TRAIN, NUM_TEST = 60000, 10000
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 IMAGE_SIZE = 28
 #: mean / std of the 60,000 training images' pixels in [0, 1] (tests recompute them from the files),
@@ -106,27 +108,34 @@ def how_to_obtain(data_dir: str | os.PathLike[str]) -> str:
     )
 
 
-def check_idx(path: str | os.PathLike[str], magic: int, shape: Sequence[int]) -> None:
-    """Check that ``path`` is an uncompressed IDX file with ``magic`` and exactly ``shape`` (uint8 data).
+def check_idx(path: str | os.PathLike[str], magic: int, dims: Sequence[int]) -> int:
+    """Check that ``path`` is an uncompressed IDX file of uint8 items with ``magic`` and item shape ``dims``.
+
+    Returns:
+        N, the number of items in the file.
 
     Raises:
-        ValueError: wrong magic number, dimensions or size (e.g. a truncated or still-gzipped file).
+        ValueError: wrong magic number or dimensions, or a size that does not match the header (a
+            truncated file, or one still gzipped); the message names the file.
     """
     path = Path(path)
+    n_header = 4 + 4 * (1 + len(dims))
     with path.open("rb") as f:
-        header = f.read(4 + 4 * len(shape))
-    expected_size = len(header) + int(np.prod(shape))
-    if len(header) < 4 + 4 * len(shape):
-        raise ValueError(f"{path} is not an IDX file: it is only {len(header)} bytes long")
-    values = np.frombuffer(header, dtype=">i4")
-    if int(values[0]) != magic or tuple(int(v) for v in values[1:]) != tuple(shape):
+        header = f.read(n_header)
+    if len(header) < n_header:
+        raise ValueError(f"{path} is not an IDX file: it is only {len(header)} bytes long; replace the file")
+    values = tuple(int(v) for v in np.frombuffer(header, dtype=">i4"))
+    if values[0] != magic or values[2:] != tuple(dims):
         raise ValueError(
-            f"{path} is not the expected IDX file: header {tuple(int(v) for v in values)}, expected magic {magic} "
-            f"and shape {tuple(shape)} (a gzipped file must be decompressed, or named .gz in a source folder)"
+            f"{path} is not the expected IDX file: header {values}, expected magic {magic} and items of shape "
+            f"{tuple(dims)} (a gzipped file must be decompressed, or named .gz in a source folder)"
         )
+    count = values[1]
+    expected = n_header + count * int(np.prod(dims, dtype=np.int64))
     size = path.stat().st_size
-    if size != expected_size:
-        raise ValueError(f"{path} is truncated or padded: {size} bytes, expected {expected_size}; replace the file")
+    if size != expected:
+        raise ValueError(f"{path} is truncated or padded: {size} bytes, expected {expected}; replace the file")
+    return count
 
 
 def missing_raw_files(data_dir: str | os.PathLike[str]) -> list[str]:
@@ -135,20 +144,32 @@ def missing_raw_files(data_dir: str | os.PathLike[str]) -> list[str]:
     return [name for name in RAW_FILES if not (raw / name).is_file()]
 
 
-def verify_raw(data_dir: str | os.PathLike[str]) -> None:
-    """Check that the four raw files are present and well-formed.
+def _verify_files(folder: Path) -> dict[str, int]:
+    """``check_idx`` on the four files in ``folder``, and equal image and label counts per split."""
+    counts = {name: check_idx(folder / name, magic, dims) for name, (magic, dims) in RAW_FILES.items()}
+    for split in ("train", "t10k"):
+        n_images, n_labels = counts[f"{split}-images-idx3-ubyte"], counts[f"{split}-labels-idx1-ubyte"]
+        if n_images != n_labels:
+            raise ValueError(
+                f"{folder}: {split}-images-idx3-ubyte holds {n_images} images but {split}-labels-idx1-ubyte "
+                f"{n_labels} labels; the files are from different sets: replace them"
+            )
+    return counts
+
+
+def verify_raw(data_dir: str | os.PathLike[str]) -> dict[str, int]:
+    """Check that the four raw files are present and well-formed; return the item count of each.
 
     Raises:
         FileNotFoundError: a file is missing (the message says how to obtain them).
-        ValueError: a file is malformed (see ``check_idx``).
+        ValueError: a file is malformed (see ``check_idx``), or images and labels differ in number.
     """
     missing = missing_raw_files(data_dir)
     if missing:
         raise FileNotFoundError(
             f"Fashion-MNIST not found at {raw_folder(data_dir)}: missing {', '.join(missing)}. " + how_to_obtain(data_dir)
         )
-    for name, (magic, shape) in RAW_FILES.items():
-        check_idx(raw_folder(data_dir) / name, magic, shape)
+    return _verify_files(raw_folder(data_dir))
 
 
 def _source_files(source_dir: Path) -> dict[str, Path] | None:
@@ -217,7 +238,7 @@ def install_raw(
     if files is None:
         if not download:
             raise FileNotFoundError(
-                f"Fashion-MNIST not found: {raw} is incomplete and {DEBIAN_DIR} does not hold the files. "
+                f"Fashion-MNIST not found: {raw} is missing or malformed and {DEBIAN_DIR} does not hold the files. "
                 + how_to_obtain(data_dir)
             )
         from torchvision.datasets import FashionMNIST  # the download path only
@@ -233,10 +254,12 @@ def install_raw(
     try:
         for name, src in files.items():
             opener = gzip.open if src.suffix == ".gz" else open
-            with opener(src, "rb") as fin, (tmp / name).open("wb") as fout:
-                shutil.copyfileobj(fin, fout, length=1 << 20)
-            magic, shape = RAW_FILES[name]
-            check_idx(tmp / name, magic, shape)
+            try:
+                with opener(src, "rb") as fin, (tmp / name).open("wb") as fout:
+                    shutil.copyfileobj(fin, fout, length=1 << 20)
+            except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError
+                raise ValueError(f"cannot read {src} ({err}); replace the file") from err
+        _verify_files(tmp)
         _replace_dir(tmp, raw)
     finally:
         if tmp.exists():

@@ -103,7 +103,8 @@ def detector_table(ood: pd.DataFrame, column: str) -> pd.DataFrame:
     """Detector × run group of ``column`` (e.g. ``far_AUROC_mean``), rows in the study's order."""
     order = list(dict.fromkeys(ood["detector"]))
     table = ood.pivot_table(index="detector", columns="group", values=column, dropna=False)
-    return table.reindex(order).round(2).reset_index()
+    table = table.reindex(order).round(2).reset_index()
+    return table.astype(object).where(table.notna(), None)  # None prints as `–`, NaN would print "nan"
 
 
 def _records(df: pd.DataFrame) -> list[dict[str, Any]]:

@@ -98,23 +98,41 @@ class InputCache:
     Only deterministic inputs are kept: the ``default`` preprocessor and the plain views of
     ``barlowtwins`` when the detector reads only v3; random Barlow Twins views are drawn anew
     each time, as without the cache. Decoding and preprocessing then happen once per list
-    instead of once per detector, run and APS candidate. Memory: the float32 tensors of every
-    list used (for the CIFAR-10 protocol a few GB; the demo a few MB).
+    instead of once per detector, run and APS candidate. The batches are stored on ``device``
+    (the study's), so they are copied there once and stay the same tensor objects, which lets
+    a network share its encoder outputs across detectors (``OODNetwork.share_encodings`` with
+    ``holds``). Memory: the float32 tensors of every list used, on ``device`` (for the CIFAR-10
+    protocol a few GB; Fashion-MNIST under 1 GB; the demo a few MB).
     """
 
-    def __init__(self, protocol: Protocol, batch_size: int = 200, num_workers: int = 0) -> None:
+    def __init__(
+        self, protocol: Protocol, batch_size: int = 200, num_workers: int = 0, device: torch.device | None = None
+    ) -> None:
         self.protocol = protocol
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.device = device
         self._store: dict[tuple[str, str], list[Batch]] = {}
+        self._tensors: dict[int, torch.Tensor] = {}
 
     def loader(self, split: str, kind: str, augmented_views: bool) -> Iterable[Batch]:
         if kind == "barlowtwins" and augmented_views:
             return self.protocol.loader(split, kind, self.batch_size, self.num_workers, augmented_views)
         key = (split, kind)
         if key not in self._store:
-            self._store[key] = list(self.protocol.loader(split, kind, self.batch_size, self.num_workers, False))
+            batches = []
+            for data, y in self.protocol.loader(split, kind, self.batch_size, self.num_workers, False):
+                if self.device is not None:
+                    data = to_device(data, self.device)
+                for tensor in data if isinstance(data, (list, tuple)) else [data]:
+                    self._tensors[id(tensor)] = tensor
+                batches.append((data, y))
+            self._store[key] = batches
         return self._store[key]
+
+    def holds(self, x: torch.Tensor) -> bool:
+        """True if ``x`` is one of the stored input tensors (the object itself, not a copy)."""
+        return self._tensors.get(id(x)) is x
 
 
 @dataclass

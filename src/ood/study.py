@@ -7,7 +7,7 @@ deterministic ``ssl`` model gets ``ood_scores: null`` from the probabilistic det
 scores behind each table go to ``<output_dir>/scores/<run>.npz`` for the report's figures.
 Finally ``runs.json`` (the list of all records) is rewritten. Several detectors in one call
 (``run_studies``, the script's ``--postprocessor-name all``) load each model once and share the
-decoded input batches.
+decoded input batches and, per model, the encoder's outputs for them.
 """
 
 from __future__ import annotations
@@ -118,8 +118,10 @@ def run_studies(
 
     Each run's model is loaded once for all its detectors; with ``share_inputs`` the decoded,
     preprocessed deterministic input batches are computed once for the whole study
-    (:class:`~src.ood.evaluator.InputCache`). Every detector folder gets the same files as a
-    one-detector study (records, scores, ``runs.json``), and finished records are reused.
+    (:class:`~src.ood.evaluator.InputCache`) and each run's encoder output for each of them
+    once (``OODNetwork.share_encodings``; the stochastic heads still sample on every call).
+    Every detector folder gets the same files as a one-detector study (records, scores,
+    ``runs.json``), and finished records are reused.
     """
     runs_dir = Path(runs_dir)
     dirs = {name: Path(out) for name, out in outputs.items()}
@@ -133,7 +135,7 @@ def run_studies(
         except OSError as err:
             raise OSError(f"--output-dir {out} cannot be created ({err.strerror}); choose a writable path") from err
     dev = resolve_device(device)
-    inputs = InputCache(protocol, batch_size, num_workers) if share_inputs else None
+    inputs = InputCache(protocol, batch_size, num_workers, device=dev) if share_inputs else None
     records: dict[str, list[dict[str, Any]]] = {name: [] for name in dirs}
     for run in tqdm(runs, desc=f"{', '.join(dirs)} runs", disable=not progress):
         net = None  # loaded on first need, then shared by the run's detectors
@@ -160,6 +162,8 @@ def run_studies(
                     np.random.seed(seed)
                 if net is None:
                     net = load_ood_network(run["model_path"], run["finetuner_path"], run["model_name"], dev)
+                    if inputs is not None:  # each shared input batch goes through the encoder once per run
+                        net.share_encodings(inputs.holds)
                 result = evaluate(net, detector, protocol, batch_size, num_workers, progress, inputs=inputs)
                 record["ood_scores"] = result.rows
                 save_scores(output_dir / "scores" / f"{run['run_name']}.npz", result.scores)

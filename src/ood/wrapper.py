@@ -18,6 +18,7 @@ Every call draws fresh MC noise for the Bayes models, with the checkpoint's ``mc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,33 @@ class OODNetwork:
         if return_dist:
             out.append(dist)
         return out
+
+    def share_encodings(self, reusable: Callable[[Tensor], bool]) -> None:
+        """Remember the encoder output [B, E] of each input batch that ``reusable`` accepts.
+
+        For a study that feeds the same input tensors to several detectors (``InputCache``):
+        the encoder is deterministic in eval mode and draws no random numbers, so its output
+        for a batch can be computed once and reused by every later detector and APS candidate
+        of this network; the stochastic heads still sample afresh on every call. Only calls
+        under ``torch.no_grad`` are shared (ODIN differentiates through the encoder), and an
+        entry is used only for the very tensor it was computed from, unmodified (same object,
+        same version counter).
+        """
+        encode = self.model.encode
+        memo: dict[int, tuple[Tensor, int, Tensor]] = {}
+
+        def shared_encode(x: Tensor) -> Tensor:
+            if torch.is_grad_enabled() or not reusable(x):
+                return encode(x)
+            hit = memo.get(id(x))
+            if hit is not None and hit[0] is x and hit[1] == x._version:
+                return hit[2]
+            out = encode(x)
+            memo[id(x)] = (x, x._version, out)
+            return out
+
+        # An instance attribute shadows the method, so the model's own forward uses it too.
+        self.model.encode = shared_encode
 
     def feature_list(self, x: Tensor) -> list[Tensor]:
         """The five ResNet maps GRAM uses (spec §5.2): relu(bn1(conv1 x)), layer1, layer2, layer3,

@@ -83,7 +83,7 @@ def test_every_paper_stage_with_its_output() -> None:
     assert not missing, missing[:10]
     for name, out in expected.items():
         assert out in got[name][1], (name, got[name][1])
-    paper = {n for n in got if not n.startswith("demo_")}
+    paper = {n for n in got if not n.startswith(("demo_", "fmnist_"))}
     assert paper == set(expected)  # nothing extra either
 
 
@@ -121,8 +121,13 @@ def test_hydra_stage_commands_compose(kind: str) -> None:
             assert cfg.output_path == outs[0], name  # the stage's out is the pipeline's output_path
             if kind == "run_pipeline":
                 assert cfg.train.name in name or name.startswith("imagenet_ssl@") or name.startswith("demo_")
+            if name.startswith("fmnist_"):
+                split = name.split("@")[1].startswith("fashion_mnist_split")
+                assert cfg.dataset.num_classes == (6 if split else 10), name
+                assert list(cfg.dataset.classes or range(10)) == list(range(6 if split else 10)), name
             checked += 1
-    assert checked == (8 + 180 + 6 if kind == "run_pipeline" else 16)
+    # paper stages + demo + Fashion-MNIST (params.yaml's grid: 2 protocols x (2 losses + 2 models x 2 losses))
+    assert checked == (8 + 180 + 6 + 12 if kind == "run_pipeline" else 16)
 
 
 def test_ablation_vicreg_stages_depend_on_their_own_loss_config() -> None:
@@ -163,6 +168,29 @@ def test_dry_run_lists_the_chain() -> None:
         timeout=300,
     )
     assert "Running stage 'imagenet_ssl@barlow_twins'" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_fashion_mnist_chain() -> None:
+    """fmnist_report pulls in exactly the Fashion-MNIST stages; each OOD study waits for its runs."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", "dag", "--dot", "fmnist_report"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    nodes = {line.strip().strip(";").strip('"') for line in proc.stdout.splitlines() if line.strip().endswith('";')}
+    nodes = {n for n in nodes if "->" not in n}
+    fmnist = {n for n in stages() if n.startswith("fmnist_")}
+    assert nodes == fmnist, sorted(nodes ^ fmnist)
+    assert len(fmnist) == 1 + 12 + 2 + 2 + 1
+    run = "fmnist_pretrain_bayes@fashion_mnist_split-ssl_bayes_h-vicreg-0.001-12-1997"
+    assert f'"{run}" -> "fmnist_ood@fashion_mnist_split";' in proc.stdout
+    assert f'"{run}" -> "fmnist_ood@fashion_mnist";' not in proc.stdout
+    assert '"fmnist_data" -> "fmnist_pretrain_ssl@fashion_mnist-vicreg-1997";' in proc.stdout
+    cmd, outs = stages()["fmnist_ood@fashion_mnist_split"]
+    assert "--postprocessor-name all" in cmd and outs == ["data/results/ood/fashion_mnist_split"]
 
 
 def test_missing_dataset_stops_at_once_with_a_clear_message(tmp_path: Path) -> None:

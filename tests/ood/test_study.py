@@ -166,3 +166,46 @@ def test_several_detectors_share_each_model_and_the_inputs(
             if record["model_name"] == "ssl":
                 assert record == pick[record["run_name"]]
     assert all(r["ood_scores"] is None for r in shared["sigmamean"] if r["model_name"] == "ssl")
+
+
+def test_shared_encodings_change_no_score_and_run_the_encoder_once_per_batch(
+    study_setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The encoder output memo (OODNetwork.share_encodings) against the same study without it:
+    identical records for every run, stochastic ones included (the encoder draws no random
+    numbers, so the heads' draws are unchanged), and one encoder pass per input batch and run."""
+    from src.ood import study
+    from src.ood.wrapper import OODNetwork
+
+    data_root, runs_dir = study_setup
+    names = ["msp", "mds", "sigmamean", "kldivsimk"]
+    calls: list[list[int]] = []  # per loaded network: the id of every tensor the encoder saw
+    real_load = study.load_ood_network
+
+    def counting_load(*args, **kwargs):  # type: ignore[no-untyped-def]
+        net = real_load(*args, **kwargs)
+        encoder = net.model.encoder
+        forward = encoder.forward
+        seen: list[int] = []
+        calls.append(seen)
+
+        def counted(x):  # type: ignore[no-untyped-def]
+            seen.append(id(x))
+            return forward(x)
+
+        encoder.forward = counted
+        return net
+
+    monkeypatch.setattr(study, "load_ood_network", counting_load)
+    kwargs = dict(batch_size=128, progress=False, seed=5)
+    shared = study.run_studies(runs_dir, "demo", data_root, {n: tmp_path / "a" / n for n in names}, **kwargs)
+    shared_calls = list(calls)
+    calls.clear()
+    monkeypatch.setattr(OODNetwork, "share_encodings", lambda self, reusable: None)
+    plain = study.run_studies(runs_dir, "demo", data_root, {n: tmp_path / "b" / n for n in names}, **kwargs)
+    assert shared == plain
+    # with sharing, each input batch (a tensor kept by the InputCache) is encoded once per run
+    assert len(shared_calls) == len(calls) == len(RUNS)
+    for with_memo, without in zip(shared_calls, calls):
+        assert len(with_memo) == len(set(with_memo)) > 0
+        assert len(without) > len(with_memo)

@@ -1,0 +1,134 @@
+"""The Fashion-MNIST report on synthetic run and OOD outputs, and the GPU script's commands."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from src.experiments.fashion_mnist_report import make_fashion_mnist_report
+from src.experiments.scripts import fashion_mnist_gpu
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNS = {
+    "ssl_vicreg_seed_1": ("ssl", "vicreg", None, 0.80),
+    "ssl_vicreg_seed_2": ("ssl", "vicreg", None, 0.90),
+    "ssl_bayes_z_vicreg_beta_0.001_mc_2_seed_1": ("ssl_bayes_z", "vicreg", 0.001, 0.70),
+}
+
+
+def write_inputs(root: Path) -> tuple[Path, Path]:
+    results, reports = root / "results", root / "reports"
+    for protocol in ("fashion_mnist", "fashion_mnist_split"):
+        for name, (model, loss, beta, acc) in RUNS.items():
+            run = results / protocol / "runs" / name
+            run.mkdir(parents=True)
+            meta = {"model_name": model, "cl_loss_name": loss}
+            if beta is not None:
+                meta |= {"beta_scale": beta, "mc_samples": 2}
+            (run / "results.json").write_text(
+                json.dumps(
+                    {
+                        "metrics": {"val_online_acc": acc - 0.1},
+                        "metadata": meta,
+                        "offline_metrics": {"test_offline_acc": acc},
+                    }
+                )
+            )
+            config = {
+                "dataset": {"batch_size": 32},
+                "train": {"trainer": {"max_epochs": 3}},
+                "finetune": {"trainer": {"max_epochs": 2}},
+            }
+            (run / "hydra_config.yaml").write_text(yaml.safe_dump(config))
+        near = math.nan if protocol == "fashion_mnist" else 60.0
+        rows = [
+            {
+                "detector": det,
+                "group": group,
+                "near_AUROC_mean": near,
+                "near_AUROC_std": 0.0,
+                "far_AUROC_mean": far + (group == "ssl_vicreg"),
+                "far_AUROC_std": 0.0,
+                "near_FPR@95_mean": near,
+                "near_FPR@95_std": 0.0,
+                "far_FPR@95_mean": 100 - far,
+                "far_FPR@95_std": 0.0,
+                "seeds": 1,
+            }
+            for det, far in [("msp", 70.0), ("mds", 95.0)]
+            for group in ("ssl_vicreg", "ssl_bayes_z_vicreg_beta_0.001_mc_2")
+        ]
+        ood = reports / protocol / "ood"
+        ood.mkdir(parents=True)
+        pd.DataFrame(rows).to_csv(ood / "ood_report.csv", index=False)
+        (ood / "auroc_heatmap.png").write_bytes(b"\x89PNG\r\n\x1a\nfake")
+    return results, reports
+
+
+def test_report_tables_and_summary(tmp_path: Path) -> None:
+    results, reports = write_inputs(tmp_path)
+    summary = make_fashion_mnist_report(results, reports)
+    text = (reports / "README.md").read_text()
+    assert text.startswith("# Fashion-MNIST report")
+    assert "pretraining 3 epochs, finetuning 2 epochs, batch size 32" in text
+    # seeds averaged: (0.80 + 0.90) / 2 = 85 %, std 7.07
+    assert "85.00 ± 7.07" in text and "| 70.00 " in text
+    # the ten-class protocol has no near-OOD table; the split protocol has both
+    full, split = text.split("## `fashion_mnist_split`")
+    assert "near-OOD AUROC" not in full and "near-OOD AUROC" in split and "far-OOD FPR@95" in split
+    assert "| mds " in full and "96.00" in full  # mds, far AUROC of the ssl group (95 + 1)
+    assert sorted(p.name for p in (reports / "figures").iterdir()) == [
+        "fashion_mnist_auroc_heatmap.png",
+        "fashion_mnist_split_auroc_heatmap.png",
+    ]
+    assert summary["protocols"]["fashion_mnist"]["best_far_auroc"] == {
+        "value": 96.0,
+        "detector": "mds",
+        "group": "ssl_vicreg",
+    }
+    assert "best_near_auroc" not in summary["protocols"]["fashion_mnist"]
+    assert summary["protocols"]["fashion_mnist_split"]["best_near_auroc"]["value"] == 60.0
+    on_disk = json.loads((reports / "summary.json").read_text())  # strict JSON: no NaN
+    assert on_disk["protocols"]["fashion_mnist"]["ood"][0]["near_AUROC_mean"] is None
+
+
+def test_report_names_the_missing_stage(tmp_path: Path) -> None:
+    results, reports = write_inputs(tmp_path)
+    (reports / "fashion_mnist_split" / "ood" / "ood_report.csv").unlink()
+    with pytest.raises(FileNotFoundError, match=r"fmnist_ood_report@fashion_mnist_split"):
+        make_fashion_mnist_report(results, reports)
+    with pytest.raises(FileNotFoundError, match="fmnist_pretrain"):
+        make_fashion_mnist_report(tmp_path / "nothing", reports)
+
+
+def test_gpu_script_commands_match_the_dvc_stages(capsys: pytest.CaptureFixture[str]) -> None:
+    args = fashion_mnist_gpu.parse_args(["--epochs", "3", "--source-dir", "/data/fmnist"])
+    steps = fashion_mnist_gpu.commands(args)
+    phases = [phase for phase, _, _ in steps]
+    assert phases[0] == "data" and "--source-dir" in steps[0][1]
+    assert phases.count("pretrain fashion_mnist") == phases.count("pretrain fashion_mnist_split") == 6
+    assert phases[-1] == "ood report fashion_mnist_split"
+    runs = {done.parent.name for _, _, done in steps if done is not None}
+    assert "ssl_barlow_twins_seed_1997" in runs and "ssl_bayes_z_vicreg_beta_0.001_mc_12_seed_1997" in runs
+    bayes = next(cmd for phase, cmd, done in steps if done is not None and "bayes_h_vicreg" in str(done))
+    for override in ("+model/task/ssl@train=ssl_bayes_h", "model/loss=mc_vicreg", "train.trainer.max_epochs=3"):
+        assert override in bayes
+    # the printed commands are those the dvc.yaml stages run (same scripts, same override keys)
+    dvc = (ROOT / "dvc.yaml").read_text()
+    for key in ("+model/task@finetune=finetune", "finetune.offline_learning_rate", "--postprocessor-name all"):
+        assert key in dvc
+    out = subprocess.run(
+        [sys.executable, "src/experiments/scripts/fashion_mnist_gpu.py", "--dry-run", "--protocols", "fashion_mnist"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.count("run_pipeline.py") == 6 and "fashion_mnist_split" not in out
