@@ -243,9 +243,19 @@ def install_raw(
             )
         from torchvision.datasets import FashionMNIST  # the download path only
 
-        for train in (True, False):
-            FashionMNIST(str(data_dir), train=train, download=True)
-        verify_raw(data_dir)
+        # Into a temporary root, checked, then renamed into place: torchvision would skip the
+        # download if malformed files of the right names were already in `raw`.
+        data_dir.mkdir(parents=True, exist_ok=True)
+        tmp_root = data_dir / f".download.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            for train in (True, False):
+                FashionMNIST(str(tmp_root), train=train, download=True)
+            _verify_files(raw_folder(tmp_root))
+            raw.parent.mkdir(parents=True, exist_ok=True)
+            _replace_dir(raw_folder(tmp_root), raw)
+        finally:
+            if tmp_root.exists():
+                shutil.rmtree(tmp_root)
         return raw
 
     raw.parent.mkdir(parents=True, exist_ok=True)

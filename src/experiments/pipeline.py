@@ -163,6 +163,7 @@ def pretrain(cfg: DictConfig, output_path: Path) -> dict[str, Any]:
     """Fit the SSL model, then validate its final weights (spec §13.2)."""
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
+    datamodule.check_batches()
     name, kwargs = ssl_model_kwargs(cfg, datamodule.train_iters_per_epoch)
     model = SSL_MODELS[name](**kwargs, seed=cfg.seed)
 
@@ -202,6 +203,7 @@ def finetune(cfg: DictConfig, output_path: Path, model_ckpt_path: str | Path) ->
     root = output_path / "finetune"
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
+    datamodule.check_batches()
     pl_module = load_ssl_model(model_ckpt_path, cfg.train.name)
     pl_module.train()  # the reference's loaded module is never put in eval mode (Quirk Q15b)
     kwargs = to_plain(cfg.finetune.kwargs)

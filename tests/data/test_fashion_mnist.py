@@ -115,6 +115,28 @@ def test_missing_data_says_how_to_get_it(tmp_path: Path, monkeypatch) -> None:
     assert not (tmp_path / "data" / "FashionMNIST").exists()
 
 
+def test_download_path_replaces_malformed_files(tmp_path: Path, monkeypatch) -> None:
+    """--download: torchvision's download (faked: no network here) into a temporary root, then renamed."""
+    import torchvision.datasets
+
+    monkeypatch.setattr(fm, "DEBIAN_DIR", tmp_path / "no-such-dir")
+    calls = []
+
+    class FakeFashionMNIST:
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            calls.append((Path(root).parent, train, download))
+            write_source(Path(root) / "FashionMNIST" / "raw", gz=False)
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", FakeFashionMNIST)
+    raw = fm.raw_folder(tmp_path / "data")
+    raw.mkdir(parents=True)
+    (raw / "train-images-idx3-ubyte").write_bytes(b"broken")
+    fm.install_raw(tmp_path / "data", download=True)
+    assert [c[1:] for c in calls] == [(True, True), (False, True)] and calls[0][0] == tmp_path / "data"
+    assert fm.verify_raw(tmp_path / "data")["train-images-idx3-ubyte"] == 10 * TRAIN_PER_CLASS
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["FashionMNIST"]  # no temporary root left
+
+
 def test_malformed_files_are_refused(tmp_path: Path) -> None:
     write_source(tmp_path / "src", gz=False)
     path = tmp_path / "src" / "train-images-idx3-ubyte"
@@ -189,6 +211,14 @@ def test_split_classes_and_subsets(data_dir: Path) -> None:
             FashionMNISTDataModule(data_dir=data_dir, task="ssl", classes=bad)
     with pytest.raises(ValueError, match="dataset.train_per_class"):
         FashionMNISTDataModule(data_dir=data_dir, task="ssl", train_per_class=0)
+    # a val split smaller than one batch (drop_last) is refused before any training
+    small = FashionMNISTDataModule(data_dir=data_dir, task="ssl", train_per_class=2, batch_size=8)
+    small.setup("fit")
+    with pytest.raises(ValueError, match=r"val split .* has 4 samples, fewer than dataset.batch_size=8"):
+        small.check_batches()
+    fits = FashionMNISTDataModule(data_dir=data_dir, task="ssl", train_per_class=2, batch_size=4)
+    fits.setup("fit")
+    fits.check_batches()
 
 
 # ---------------------------------------------------------------------------------------- OOD protocols

@@ -245,6 +245,30 @@ class BaseDataModule(pl.LightningDataModule, abc.ABC):
 
     # ------------------------------------------------------------------ sizes
 
+    def check_batches(self, splits: tuple[str, ...] = ("train", "val")) -> None:
+        """Fail early when a set split would yield no batch at all.
+
+        With ``drop_last`` a split smaller than the batch size gives an empty loader: training
+        would do nothing, and the val metrics that early stopping and checkpointing monitor
+        (``val_online_acc``) would never exist, which Lightning reports only after the first epoch.
+
+        Raises:
+            ValueError: a split has no sample, or fewer than ``batch_size`` with ``drop_last``; the
+                message names the split, the sizes and the keys to change.
+        """
+        for split in splits:
+            dataset = getattr(self, f"{split}_ds", None)
+            if dataset is None:
+                continue
+            n = len(dataset)  # type: ignore[arg-type]
+            if n == 0 or (self.drop_last and n < self.batch_size):
+                raise ValueError(
+                    f"the {split} split of {type(self).__name__} ({self.data_dir}) has {n} samples, fewer than "
+                    f"dataset.batch_size={self.batch_size} with dataset.drop_last={self.drop_last}, so it yields no "
+                    f"batch (and no {split} metrics for early stopping); lower dataset.batch_size, set "
+                    "dataset.drop_last=false, or give the split more data (dataset.val_split, a larger subset)"
+                )
+
     @property
     def num_training_samples(self) -> int:
         """N_train, the length of the train set.

@@ -1,11 +1,12 @@
 """Fashion-MNIST on one GPU: a short but real run of the whole chain, then the report's tables.
 
-    python src/experiments/scripts/fashion_mnist_gpu.py                 # 20 epochs, both protocols
+    python src/experiments/scripts/fashion_mnist_gpu.py                 # 20 epochs, both protocols, 2,000/class
     python src/experiments/scripts/fashion_mnist_gpu.py --epochs 10 --protocols fashion_mnist_split
     python src/experiments/scripts/fashion_mnist_gpu.py --dry-run       # print the commands only
 
 The same commands as the DVC stages (``fmnist_*`` in dvc.yaml), with GPU-sized settings and without
-DVC (GPU machines often lack it): the full data, the six model × loss combinations (``ssl``,
+DVC (GPU machines often lack it): 2,000 training images per class (``--train-per-class all`` for the
+full 6,000) and the full test set, the six model × loss combinations (``ssl``,
 ``ssl_bayes_h``, ``ssl_bayes_z`` × Barlow Twins, VICReg; β = 0.001, 12 MC samples, one seed) per
 protocol, every detector, and the report, all under ``--output-root`` (``data/gpu/fashion_mnist``).
 It prints the report at the end with the card, date and wall time of each phase. Finished runs are
@@ -39,6 +40,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output-root", type=Path, default=Path("data/gpu/fashion_mnist"))
     parser.add_argument("--source-dir", type=Path, default=None, help="folder with the four original files")
     parser.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS))
+    parser.add_argument(
+        "--train-per-class",
+        default="2000",
+        help="training images per class (a seeded subset, also the OOD fit list); `all` for the 6,000",
+    )
+    parser.add_argument("--test-per-class", default="all", help="test images per class; `all` for the 1,000")
     parser.add_argument("--epochs", type=int, default=20, help="pretraining epochs")
     parser.add_argument("--finetune-epochs", type=int, default=5)
     parser.add_argument("--finetune-lr", type=float, default=0.01, help="the linear head's lr (few epochs)")
@@ -47,7 +54,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--beta-scale", type=float, default=0.001)
     parser.add_argument("--mc-samples", type=int, default=12)
     parser.add_argument("--seed", type=int, default=1997)
-    parser.add_argument("--channels-last", action="store_true", help="NHWC encoder (faster under autocast)")
+    parser.add_argument(
+        "--channels-last",
+        choices=["auto", "true", "false"],
+        default="auto",
+        help="NHWC encoder, faster under GPU autocast (auto: on when CUDA is available)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     return parser.parse_args(argv)
 
@@ -64,8 +76,22 @@ def commands(args: argparse.Namespace) -> list[tuple[str, list[str], Path | None
     py = sys.executable
     out = args.output_root
     data = out / "data"
+    channels_last = args.channels_last
+    if channels_last == "auto":
+        import torch
+
+        channels_last = "true" if torch.cuda.is_available() else "false"
     steps: list[tuple[str, list[str], Path | None]] = []
-    prepare = [py, "src/experiments/scripts/prepare_fashion_mnist.py", "--output-root", str(data)]
+    prepare = [
+        py,
+        "src/experiments/scripts/prepare_fashion_mnist.py",
+        "--output-root",
+        str(data),
+        "--train-per-class",
+        args.train_per_class,
+        "--test-per-class",
+        args.test_per_class,
+    ]
     if args.source_dir is not None:
         prepare += ["--source-dir", str(args.source_dir)]
     steps.append(("data", prepare, None))  # itself skips an up-to-date build
@@ -80,13 +106,15 @@ def commands(args: argparse.Namespace) -> list[tuple[str, list[str], Path | None
                 f"dataset.data_dir={data}",
                 f"dataset.num_workers={args.num_workers}",
                 f"dataset.batch_size={args.batch_size}",
+                f"dataset.train_per_class={args.train_per_class}",
+                f"dataset.test_per_class={args.test_per_class}",
                 f"+model/task/ssl@train={model}",
                 f"model/loss={loss if model == 'ssl' else 'mc_' + loss}",
                 "+model/task@finetune=finetune",
                 f"train.trainer.max_epochs={args.epochs}",
                 f"finetune.trainer.max_epochs={args.finetune_epochs}",
                 f"finetune.offline_learning_rate={args.finetune_lr}",
-                f"train.channels_last={str(args.channels_last).lower()}",
+                f"train.channels_last={channels_last}",
                 f"seed={args.seed}",
                 f"output_path={runs / name}",
                 f"hydra.run.dir={runs / name / '.hydra_run'}",

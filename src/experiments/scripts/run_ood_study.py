@@ -19,13 +19,16 @@ if str(ROOT) not in sys.path:  # runnable as a plain script from the repository 
     sys.path.insert(0, str(ROOT))
 
 from src.ood.detectors import DETECTORS, STUDY_ORDER  # noqa: E402
+from src.ood.protocol import PROTOCOLS  # noqa: E402
 from src.ood.study import run_studies, run_study  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs-dir", type=Path, required=True, help="folder of run folders (run_pipeline outputs)")
-    parser.add_argument("--in-dataset", required=True, help="ID dataset of the protocol: cifar10 or demo")
+    parser.add_argument(
+        "--in-dataset", required=True, help=f"ID dataset of the protocol: one of {', '.join(sorted(PROTOCOLS))}"
+    )
     parser.add_argument(
         "--data-root-dir", type=Path, required=True, help="root of benchmark_imglist/ and images_classic/"
     )
