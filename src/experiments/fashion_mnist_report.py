@@ -107,6 +107,14 @@ def detector_table(ood: pd.DataFrame, column: str) -> pd.DataFrame:
     return table.astype(object).where(table.notna(), None)  # None prints as `–`, NaN would print "nan"
 
 
+def _settings_text(settings: dict[str, Any] | None) -> str:
+    """``train_per_class=30, test_per_class=all, …`` from a protocol's build settings."""
+    if not settings:
+        return "settings not recorded"
+    keys = ("train_per_class", "test_per_class", "ood_count", "seed")
+    return ", ".join(f"{k}={'all' if settings.get(k) is None else settings.get(k)}" for k in keys)
+
+
 def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
     """Rows as dicts with None for missing values (NaN is not JSON)."""
     return df.astype(object).where(df.notna(), None).to_dict(orient="records")
@@ -207,7 +215,7 @@ def make_fashion_mnist_report(results_dir: Path, reports_dir: Path, data_dir: Pa
         "Stochastic SSL (Barlow Twins and VICReg; deterministic, Bayes-H, Bayes-Z; ResNet-18 with the CIFAR "
         "stem) on the real Fashion-MNIST (Debian's `dataset-fashion-mnist`), with nine OOD detectors under two "
         "protocols in OpenOOD v1.5's layout. Produced by `dvc repro fmnist_report` "
-        f"({settings_line}; data subset {summary.get('settings')}).",
+        f"({settings_line}; data: {_settings_text(summary.get('settings'))}).",
         "",
         "Probabilistic detectors (sigmamean, logpprior, kldivsimk) give no score for deterministic models; "
         "sigmamean, kldivsimk and gram keep the reference's score orientation (see the project README). "
