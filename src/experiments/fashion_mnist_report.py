@@ -107,6 +107,10 @@ def detector_table(ood: pd.DataFrame, column: str) -> pd.DataFrame:
     return table.astype(object).where(table.notna(), None)  # None prints as `–`, NaN would print "nan"
 
 
+def _epochs(n: Any) -> str:
+    return f"{n} epoch" if n == 1 else f"{n} epochs"
+
+
 def _settings_text(settings: dict[str, Any] | None) -> str:
     """``train_per_class=30, test_per_class=all, …`` from a protocol's build settings."""
     if not settings:
@@ -156,7 +160,7 @@ def make_fashion_mnist_report(results_dir: Path, reports_dir: Path, data_dir: Pa
             pngs.append(target)
         first = runs.iloc[0]
         settings_line = (
-            f"pretraining {first.get('pretrain_epochs')} epochs, finetuning {first.get('finetune_epochs')} epochs, "
+            f"pretraining {_epochs(first.get('pretrain_epochs'))}, finetuning {_epochs(first.get('finetune_epochs'))}, "
             f"batch size {first.get('batch_size')}"
         )
         lines = [f"## {PROTOCOL_TITLES[protocol]}", ""]
