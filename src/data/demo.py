@@ -44,10 +44,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFilter
-from sklearn.datasets import load_digits, load_sample_images
+from sklearn.datasets import load_digits
 
 from src.data.dataset.imglist import write_image_list
+from src.data.ood_sources import (
+    replace_dir,
+    save_png,
+    stratified_split,
+    upscale_digit,
+    write_noise,
+    write_photo_patches,
+)
 from src.utils.io import read_json
 
 log = logging.getLogger(__name__)
@@ -115,36 +122,9 @@ def _is_up_to_date(output_root: Path, image_size: int, seed: int) -> bool:
     return all((list_dir / name).is_file() for name in LISTS.values())
 
 
-def _save_png(image: Image.Image, images_root: Path, rel_path: str) -> None:
-    path = images_root / rel_path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, format="PNG")
-
-
 def _digit_image(digit: np.ndarray, image_size: int) -> np.ndarray:
-    """An 8×8 digit (values 0–16) as an ``image_size``² RGB uint8 array, bilinearly upscaled."""
-    # Resizing in float ('F' mode) before quantising avoids rounding the 17 grey levels twice.
-    grey = Image.fromarray((digit * (255.0 / 16.0)).astype(np.float32))
-    grey = grey.resize((image_size, image_size), Image.Resampling.BILINEAR)
-    arr = np.clip(np.rint(np.asarray(grey)), 0, 255).astype(np.uint8)
-    return np.repeat(arr[:, :, None], 3, axis=2)
-
-
-def _stratified_split(
-    labels: np.ndarray, classes: Sequence[int], fractions: Sequence[float], rng: np.random.Generator
-) -> list[list[int]]:
-    """Indices of ``labels`` split per class into ``len(fractions) + 1`` parts (the last takes the rest).
-
-    Each class is shuffled once and cut at ``round(fraction * count)`` boundaries, so every part
-    keeps the class proportions and the parts are disjoint. Each part is sorted.
-    """
-    parts: list[list[int]] = [[] for _ in range(len(fractions) + 1)]
-    for c in classes:
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        bounds = np.cumsum([round(f * len(idx)) for f in fractions])
-        for part, chunk in zip(parts, np.split(idx, bounds), strict=True):
-            part.extend(int(i) for i in chunk)
-    return [sorted(part) for part in parts]
+    """An 8×8 digit (values 0–16) as an ``image_size``² RGB uint8 array (grey replicated), bilinearly upscaled."""
+    return np.repeat(upscale_digit(digit, image_size)[:, :, None], 3, axis=2)
 
 
 def _write_digits(
@@ -165,7 +145,7 @@ def _write_digits(
     for i in order:
         arr = _digit_image(digits[i], image_size)
         rel = f"{folder}/{int(labels[i])}/{i:04d}.png"
-        _save_png(Image.fromarray(arr), images_root, rel)
+        save_png(arr, images_root / rel)
         entries.append((rel, int(labels[i]) if list_label is None else list_label))
         arrays.append(arr)
     return entries, arrays
@@ -173,40 +153,12 @@ def _write_digits(
 
 def _write_photos(images_root: Path, image_size: int, rng: np.random.Generator) -> list[tuple[str, int]]:
     """Random square colour crops of scikit-learn's sample photographs, resized to ``image_size``."""
-    samples = load_sample_images()
-    sources = [(Path(name).stem, Image.fromarray(img)) for name, img in zip(samples.filenames, samples.images)]
-    entries = []
-    for i in range(NUM_PHOTOS):
-        name, photo = sources[int(rng.integers(len(sources)))]
-        side = int(rng.integers(PHOTO_CROP_RANGE[0], PHOTO_CROP_RANGE[1] + 1))
-        left = int(rng.integers(photo.width - side + 1))
-        top = int(rng.integers(photo.height - side + 1))
-        patch = photo.crop((left, top, left + side, top + side))
-        patch = patch.resize((image_size, image_size), Image.Resampling.BILINEAR)
-        rel = f"photos/{name}/{i:04d}.png"
-        _save_png(patch, images_root, rel)
-        entries.append((rel, -1))
-    return entries
+    return write_photo_patches(images_root, NUM_PHOTOS, image_size, rng, PHOTO_CROP_RANGE)
 
 
 def _write_noise(images_root: Path, image_size: int, rng: np.random.Generator) -> list[tuple[str, int]]:
     """Uniform RGB noise (first half) and Gaussian-blurred, contrast-stretched RGB noise (second half)."""
-    entries = []
-    for i in range(NUM_NOISE):
-        arr = rng.integers(0, 256, size=(image_size, image_size, 3), dtype=np.uint8)
-        kind = "uniform"
-        if i >= NUM_NOISE // 2:
-            kind = "blur"
-            radius = float(rng.uniform(*BLUR_RADIUS_RANGE))
-            blurred = np.asarray(Image.fromarray(arr).filter(ImageFilter.GaussianBlur(radius)), dtype=np.float64)
-            # Blurring averages the noise towards mid-grey; stretching restores full contrast so the
-            # images differ from the digits by structure, not by a trivially low dynamic range.
-            lo, hi = blurred.min(), blurred.max()
-            arr = np.rint((blurred - lo) * (255.0 / max(hi - lo, 1.0))).astype(np.uint8)
-        rel = f"noise/{kind}/{i:04d}.png"
-        _save_png(Image.fromarray(arr), images_root, rel)
-        entries.append((rel, -1))
-    return entries
+    return write_noise(images_root, NUM_NOISE, image_size, rng, BLUR_RADIUS_RANGE, channels=3)
 
 
 def _build(root: Path, image_size: int, seed: int) -> dict[str, Any]:
@@ -218,8 +170,8 @@ def _build(root: Path, image_size: int, seed: int) -> dict[str, Any]:
     digits = load_digits()
     images, labels = digits.images, digits.target
 
-    train, val, test = _stratified_split(labels, range(NUM_CLASSES), (TRAIN_FRACTION, VAL_FRACTION), id_rng)
-    val_ood, near_test = _stratified_split(labels, NEAR_CLASSES, (VAL_OOD_FRACTION,), near_rng)
+    train, val, test = stratified_split(labels, range(NUM_CLASSES), (TRAIN_FRACTION, VAL_FRACTION), id_rng)
+    val_ood, near_test = stratified_split(labels, NEAR_CLASSES, (VAL_OOD_FRACTION,), near_rng)
 
     # (list key, image folder, digit indices, list label: None keeps the class, -1 marks OOD)
     digit_parts = [
@@ -300,17 +252,7 @@ def prepare_demo_data(output_root: Path, image_size: int = 16, seed: int = 1997)
     tmp.mkdir()
     try:
         protocol = _build(tmp, image_size, seed)
-        if output_root.exists():
-            old = output_root.parent / f".{output_root.name}.old-{tag}"
-            os.replace(output_root, old)
-            try:
-                os.replace(tmp, output_root)
-            except BaseException:
-                os.replace(old, output_root)  # put the previous build back rather than leave nothing
-                raise
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, output_root)
+        replace_dir(tmp, output_root)  # the previous build is put back if the rename fails
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

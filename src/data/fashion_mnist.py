@@ -52,11 +52,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFilter
-from sklearn.datasets import load_digits, load_sample_images
+from sklearn.datasets import load_digits
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from src.data.dataset.imglist import write_image_list
+from src.data.ood_sources import (
+    replace_dir,
+    save_png,
+    stratified_split,
+    upscale_digit,
+    write_noise,
+    write_photo_patches,
+)
 from src.utils.io import read_json, write_text
 
 log = logging.getLogger(__name__)
@@ -185,21 +192,6 @@ def _source_files(source_dir: Path) -> dict[str, Path] | None:
     return found
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Rename ``tmp`` to ``final``, replacing an existing ``final`` (put back if the rename fails)."""
-    if final.exists():
-        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(final, old)
-        try:
-            os.replace(tmp, final)
-        except BaseException:
-            os.replace(old, final)
-            raise
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)
-
-
 def install_raw(
     data_dir: str | os.PathLike[str], source_dir: str | os.PathLike[str] | None = None, download: bool = False
 ) -> Path:
@@ -252,7 +244,7 @@ def install_raw(
                 FashionMNIST(str(tmp_root), train=train, download=True)
             _verify_files(raw_folder(tmp_root))
             raw.parent.mkdir(parents=True, exist_ok=True)
-            _replace_dir(raw_folder(tmp_root), raw)
+            replace_dir(raw_folder(tmp_root), raw)
         finally:
             if tmp_root.exists():
                 shutil.rmtree(tmp_root)
@@ -270,7 +262,7 @@ def install_raw(
             except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError
                 raise ValueError(f"cannot read {src} ({err}); replace the file") from err
         _verify_files(tmp)
-        _replace_dir(tmp, raw)
+        replace_dir(tmp, raw)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -315,18 +307,9 @@ def subset_indices(
 
 def _split_val(labels: np.ndarray, indices: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Per class, ``VAL_FRACTION`` of ``indices`` (at least one) to val and the rest to test; both sorted."""
-    val, test = [], []
-    for c in np.unique(labels[indices]):
-        idx = rng.permutation(indices[labels[indices] == c])
-        n_val = max(1, round(VAL_FRACTION * len(idx))) if len(idx) > 1 else 0
-        val.append(idx[:n_val])
-        test.append(idx[n_val:])
-    return np.sort(np.concatenate(val)), np.sort(np.concatenate(test))
-
-
-def _save_png(array: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, format="PNG")
+    subset = labels[indices]
+    val, test = stratified_split(subset, np.unique(subset), (VAL_FRACTION,), rng, min_first=1)
+    return indices[val], indices[test]
 
 
 def _write_fashion(
@@ -336,7 +319,7 @@ def _write_fashion(
     paths = {}
     for i in indices:
         rel = f"fashion_mnist/{split}/{int(labels[i])}/{int(i):05d}.png"
-        _save_png(images[i], images_root / rel)
+        save_png(images[i], images_root / rel)
         paths[int(i)] = rel
     return paths
 
@@ -349,48 +332,8 @@ def _write_digits(images_root: Path, count: int | None, rng: np.random.Generator
         order = np.sort(rng.choice(order, size=count, replace=False))
     entries = []
     for i in order:
-        # Resize in float ('F' mode) before quantising, so the 17 grey levels are rounded once.
-        grey = Image.fromarray((digits.images[i] * (255.0 / 16.0)).astype(np.float32))
-        grey = grey.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
         rel = f"digits/{int(digits.target[i])}/{int(i):04d}.png"
-        _save_png(np.clip(np.rint(np.asarray(grey)), 0, 255).astype(np.uint8), images_root / rel)
-        entries.append((rel, -1))
-    return entries
-
-
-def _write_noise(images_root: Path, count: int, rng: np.random.Generator) -> list[tuple[str, int]]:
-    """Uniform grey noise (first half) and Gaussian-blurred, contrast-stretched grey noise (second half)."""
-    entries = []
-    for i in range(count):
-        arr = rng.integers(0, 256, size=(IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
-        kind = "uniform"
-        if i >= count // 2:
-            kind = "blur"
-            radius = float(rng.uniform(*BLUR_RADIUS_RANGE))
-            blurred = np.asarray(Image.fromarray(arr).filter(ImageFilter.GaussianBlur(radius)), dtype=np.float64)
-            # Blurring pulls the noise to mid-grey; stretching restores full contrast, so the images differ
-            # from the clothes by structure, not by a trivially narrow range of values.
-            lo, hi = blurred.min(), blurred.max()
-            arr = np.rint((blurred - lo) * (255.0 / max(hi - lo, 1.0))).astype(np.uint8)
-        rel = f"noise/{kind}/{i:04d}.png"
-        _save_png(arr, images_root / rel)
-        entries.append((rel, -1))
-    return entries
-
-
-def _write_photos(images_root: Path, count: int, rng: np.random.Generator) -> list[tuple[str, int]]:
-    """Random square grey crops of scikit-learn's two sample photographs, resized to 28×28."""
-    samples = load_sample_images()
-    sources = [(Path(n).stem, Image.fromarray(img).convert("L")) for n, img in zip(samples.filenames, samples.images)]
-    entries = []
-    for i in range(count):
-        name, photo = sources[int(rng.integers(len(sources)))]
-        side = int(rng.integers(PHOTO_CROP_RANGE[0], PHOTO_CROP_RANGE[1] + 1))
-        left = int(rng.integers(photo.width - side + 1))
-        top = int(rng.integers(photo.height - side + 1))
-        patch = photo.crop((left, top, left + side, top + side)).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
-        rel = f"photos/{name}/{i:04d}.png"
-        _save_png(np.asarray(patch), images_root / rel)
+        save_png(upscale_digit(digits.images[i], IMAGE_SIZE), images_root / rel)
         entries.append((rel, -1))
     return entries
 
@@ -442,9 +385,13 @@ def _build(root: Path, data_dir: Path, settings: dict[str, Any]) -> dict[str, di
     ood_count = settings["ood_count"]
     far = {
         "digits": _write_digits(images_root, ood_count, digit_rng),
-        "noise": _write_noise(images_root, min(NUM_NOISE, ood_count or NUM_NOISE), noise_rng),
+        "noise": write_noise(
+            images_root, min(NUM_NOISE, ood_count or NUM_NOISE), IMAGE_SIZE, noise_rng, BLUR_RADIUS_RANGE, channels=1
+        ),
     }
-    photos = _write_photos(images_root, min(NUM_PHOTOS, ood_count or NUM_PHOTOS), photo_rng)
+    photos = write_photo_patches(
+        images_root, min(NUM_PHOTOS, ood_count or NUM_PHOTOS), IMAGE_SIZE, photo_rng, PHOTO_CROP_RANGE, grey=True
+    )
 
     def entries(paths: dict[int, str], labels: np.ndarray, indices: np.ndarray, classes: Sequence[int]) -> list:
         remap = {c: i for i, c in enumerate(classes)}
@@ -522,8 +469,8 @@ def prepare_ood_protocols(
         protocols = _build(tmp, data_dir, settings)
         for name in PROTOCOL_NAMES:
             (data_dir / "benchmark_imglist" / name / PROTOCOL_FILE).unlink(missing_ok=True)
-        _replace_dir(tmp / "images_classic", data_dir / "images_classic")
-        _replace_dir(tmp / "benchmark_imglist", data_dir / "benchmark_imglist")
+        replace_dir(tmp / "images_classic", data_dir / "images_classic")
+        replace_dir(tmp / "benchmark_imglist", data_dir / "benchmark_imglist")
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
