@@ -87,7 +87,8 @@ class Protocol:
                 + ", ".join(missing)
                 + f". Expected OpenOOD v1.5's layout: {self.list_dir}/<list>.txt and the images under "
                 f"{self.images_root}/ (for cifar10, download OpenOOD v1.5's benchmark_imglist and images_classic; "
-                "for the demo, run src/experiments/scripts/prepare_demo_data.py)"
+                "for the demo, run src/experiments/scripts/prepare_demo_data.py; for fashion_mnist and "
+                "fashion_mnist_split, src/experiments/scripts/prepare_fashion_mnist.py)"
             )
 
     # -- preprocessing ------------------------------------------------------------------------------
