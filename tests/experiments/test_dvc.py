@@ -142,12 +142,10 @@ def test_ablation_vicreg_stages_depend_on_their_own_loss_config() -> None:
         assert "data/results/ablation/cifar10" in ood and "src/ood" in ood
 
 
-def test_dry_run_lists_the_chain() -> None:
-    # `dvc repro --dry` stops at the first stage whose dependency is produced by an earlier,
-    # not yet run stage (a fresh clone has no data/datasets/demo), so the demo chain is read
-    # from the DAG instead: demo_report must pull in exactly the demo stages.
+def dag(target: str) -> tuple[set[str], str]:
+    """(stage names, dot text) of ``dvc dag --dot <target>``: the stages ``target`` pulls in."""
     proc = subprocess.run(
-        [sys.executable, "-m", "dvc", "dag", "--dot", "demo_report"],
+        [sys.executable, "-m", "dvc", "dag", "--dot", target],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -155,11 +153,18 @@ def test_dry_run_lists_the_chain() -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     nodes = {line.strip().strip(";").strip('"') for line in proc.stdout.splitlines() if line.strip().endswith('";')}
-    nodes = {n for n in nodes if "->" not in n}
+    return {n for n in nodes if "->" not in n}, proc.stdout
+
+
+def test_dry_run_lists_the_chain() -> None:
+    # `dvc repro --dry` stops at the first stage whose dependency is produced by an earlier,
+    # not yet run stage (a fresh clone has no data/datasets/demo), so the demo chain is read
+    # from the DAG instead: demo_report must pull in exactly the demo stages.
+    nodes, dot = dag("demo_report")
     demo = {n for n in stages() if n.startswith("demo_")}
     assert nodes == demo, sorted(nodes ^ demo)
-    assert '"demo_data" -> "demo_pretrain@ssl_bayes_z_vicreg";' in proc.stdout
-    assert '"demo_ood_report" -> "demo_report";' in proc.stdout
+    assert '"demo_data" -> "demo_pretrain@ssl_bayes_z_vicreg";' in dot
+    assert '"demo_ood_report" -> "demo_report";' in dot
     proc = subprocess.run(
         [sys.executable, "-m", "dvc", "repro", "--dry", "imagenet_ssl@barlow_twins"],
         cwd=ROOT,
@@ -172,23 +177,14 @@ def test_dry_run_lists_the_chain() -> None:
 
 def test_fashion_mnist_chain() -> None:
     """fmnist_report pulls in exactly the Fashion-MNIST stages; each OOD study waits for its runs."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "dvc", "dag", "--dot", "fmnist_report"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    nodes = {line.strip().strip(";").strip('"') for line in proc.stdout.splitlines() if line.strip().endswith('";')}
-    nodes = {n for n in nodes if "->" not in n}
+    nodes, dot = dag("fmnist_report")
     fmnist = {n for n in stages() if n.startswith("fmnist_")}
     assert nodes == fmnist, sorted(nodes ^ fmnist)
     assert len(fmnist) == 1 + 12 + 2 + 2 + 1
     run = "fmnist_pretrain_bayes@fashion_mnist_split-ssl_bayes_h-vicreg-0.001-12-1997"
-    assert f'"{run}" -> "fmnist_ood@fashion_mnist_split";' in proc.stdout
-    assert f'"{run}" -> "fmnist_ood@fashion_mnist";' not in proc.stdout
-    assert '"fmnist_data" -> "fmnist_pretrain_ssl@fashion_mnist-vicreg-1997";' in proc.stdout
+    assert f'"{run}" -> "fmnist_ood@fashion_mnist_split";' in dot
+    assert f'"{run}" -> "fmnist_ood@fashion_mnist";' not in dot
+    assert '"fmnist_data" -> "fmnist_pretrain_ssl@fashion_mnist-vicreg-1997";' in dot
     cmd, outs = stages()["fmnist_ood@fashion_mnist_split"]
     assert "--postprocessor-name all" in cmd and outs == ["data/results/ood/fashion_mnist_split"]
 
