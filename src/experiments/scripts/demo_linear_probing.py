@@ -10,14 +10,9 @@ the small demo. Each step still skips work whose output exists.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from src.experiments.scripts import evaluate_linear_probing, pre_embed_datasets, summarize_evaluation  # noqa: E402
+from src.experiments.scripts import evaluate_linear_probing, pre_embed_datasets, summarize_evaluation
 
 CONFIG = "src/experiments/conf/linear_probing/demo.yaml"
 

@@ -32,35 +32,30 @@ import argparse
 import logging
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[3]
-if str(ROOT) not in sys.path:  # runnable as a plain script from the repository root
-    sys.path.insert(0, str(ROOT))
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
 
-import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-from pytorch_lightning.callbacks import Callback, LearningRateMonitor, ModelCheckpoint  # noqa: E402
-from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
-
-from src.data.datamodule.transfer_learning import (  # noqa: E402
+from src.data.datamodule.transfer_learning import (
     PrecomputedRepresentationsDatamodule,
     get_transfer_learning_datamodule,
 )
-from src.experiments.scripts.pre_embed_datasets import (  # noqa: E402
+from src.experiments.scripts.pre_embed_datasets import (
     load_probe_config,
     num_workers_from_env,
     run_model_info,
 )
-from src.task.evaluation import (  # noqa: E402
+from src.task.evaluation import (
     PRETRAINED_BASELINES,
     LinearProbingClassifier,
     PreEmbeddedLinearProbingClassifier,
 )
-from src.utils.io import read_json, write_json  # noqa: E402
+from src.utils.io import read_json, write_json
 
 log = logging.getLogger("evaluate_linear_probing")
 

@@ -27,10 +27,9 @@ import sys
 import time
 from pathlib import Path
 
+#: the repository root: the subprocesses run there, with it on PYTHONPATH (a GPU machine may have the
+#: project copied but not installed)
 ROOT = Path(__file__).resolve().parents[3]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
 PROTOCOLS = ("fashion_mnist", "fashion_mnist_split")
 COMBINATIONS = [(model, loss) for model in ("ssl", "ssl_bayes_h", "ssl_bayes_z") for loss in ("barlow_twins", "vicreg")]
 

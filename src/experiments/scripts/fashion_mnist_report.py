@@ -7,14 +7,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from src.experiments.fashion_mnist_report import make_fashion_mnist_report  # noqa: E402
+from src.experiments.fashion_mnist_report import make_fashion_mnist_report
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,24 +35,19 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[3]
-if str(ROOT) not in sys.path:  # runnable as a plain script from the repository root
-    sys.path.insert(0, str(ROOT))
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
 
-import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from src.data.datamodule.transfer_learning import (  # noqa: E402
+from src.data.datamodule.transfer_learning import (
     TRANSFER_DATAMODULES,
     EmbeddingWriter,
     get_transfer_learning_datamodule,
 )
-from src.task.evaluation import PRETRAINED_BASELINES, LinearProbingClassifier  # noqa: E402
+from src.task.evaluation import PRETRAINED_BASELINES, LinearProbingClassifier
 
 log = logging.getLogger("pre_embed_datasets")
 

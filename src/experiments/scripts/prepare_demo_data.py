@@ -14,13 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-# Stage commands run this file directly (`python src/experiments/scripts/...`, no PYTHONPATH),
-# which puts only this folder on sys.path; add the repository root so `src` imports.
-_REPO_ROOT = Path(__file__).resolve().parents[3]
-if str(_REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(_REPO_ROOT))
-
-from src.data.demo import prepare_demo_data  # noqa: E402
+from src.data.demo import prepare_demo_data
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

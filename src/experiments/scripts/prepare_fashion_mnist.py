@@ -19,11 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
-_REPO_ROOT = Path(__file__).resolve().parents[3]
-if str(_REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(_REPO_ROOT))
-
-from src.data.fashion_mnist import install_raw, prepare_ood_protocols  # noqa: E402
+from src.data.fashion_mnist import install_raw, prepare_ood_protocols
 
 
 def _optional_int(text: str) -> int | None:

@@ -11,16 +11,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
-if str(ROOT) not in sys.path:  # runnable as a plain script from the repository root
-    sys.path.insert(0, str(ROOT))
-
-from src.ood.detectors import DETECTORS, STUDY_ORDER  # noqa: E402
-from src.ood.protocol import PROTOCOLS  # noqa: E402
-from src.ood.study import run_studies, run_study  # noqa: E402
+from src.ood.detectors import DETECTORS, STUDY_ORDER
+from src.ood.protocol import PROTOCOLS
+from src.ood.study import run_studies, run_study
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -8,21 +8,16 @@ Outputs go to ``output_path`` (see ``src/experiments/pipeline.py``); ``-m`` mult
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
-if str(ROOT) not in sys.path:  # runnable as a plain script from the repository root
-    sys.path.insert(0, str(ROOT))
+import hydra
+import torch.multiprocessing as mp
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
-import hydra  # noqa: E402
-import torch.multiprocessing as mp  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: E402
-from hydra.types import RunMode  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from src.experiments.pipeline import run_pipeline  # noqa: E402
+from src.experiments.pipeline import run_pipeline
 
 
 def shared_output_path_error(sweep_overrides: list[str]) -> str | None:

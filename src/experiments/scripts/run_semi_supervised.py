@@ -14,18 +14,11 @@ go to ``output_path`` (see ``src/experiments/semi_supervised.py``).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import hydra
+import torch.multiprocessing as mp
+from omegaconf import DictConfig
 
-ROOT = Path(__file__).resolve().parents[3]
-if str(ROOT) not in sys.path:  # runnable as a plain script from the repository root
-    sys.path.insert(0, str(ROOT))
-
-import hydra  # noqa: E402
-import torch.multiprocessing as mp  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from src.experiments.semi_supervised import run_semi_supervised  # noqa: E402
+from src.experiments.semi_supervised import run_semi_supervised
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="semi_supervised")

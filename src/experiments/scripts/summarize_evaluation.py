@@ -22,17 +22,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[3]
-if str(ROOT) not in sys.path:  # runnable as a plain script from the repository root
-    sys.path.insert(0, str(ROOT))
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-
-from src.utils.io import read_json, write_text  # noqa: E402
+from src.utils.io import read_json, write_text
 
 log = logging.getLogger("summarize_evaluation")
 
