@@ -63,7 +63,7 @@ from benchmarks._timing import (
 from benchmarks.train_step import TrainSize, module_kwargs
 from src.data.datamodule.base import BaseDataModule
 from src.data.datamodule.cifar import CIFAR10DataModule
-from src.utils.checkpoint import SSL_MODELS
+from src.task import SSL_MODELS
 
 NAME = "epoch_throughput"
 

@@ -54,9 +54,9 @@ from benchmarks._timing import (
 )
 from src.model.loss.barlow_twins import BarlowTwinsLoss, barlow_twins_terms
 from src.model.loss.vicreg import VICRegLoss, vicreg_terms
-from src.task.bayesian_ssl import HBayesianSelfSupervisedLearning, ZBayesianSelfSupervisedLearning
+from src.task import SSL_MODELS
+from src.task.bayesian_ssl import HBayesianSelfSupervisedLearning
 from src.task.ssl import BaseSelfSupervisedLearning, Batch
-from src.utils.checkpoint import SSL_MODELS
 from src.utils.precision import at_least_fp32, autocast_off
 
 NAME = "train_step"
@@ -212,15 +212,13 @@ def reference_shared_step(module: BaseSelfSupervisedLearning, batch: Batch) -> d
     are the module's own; only the projection over samples and the MC loss are looped.
     """
     x1, x2 = module.unpack(batch)
-    if isinstance(module, HBayesianSelfSupervisedLearning):
+    if module.stochastic_space == "H":
         v1, v2 = module(x1), module(x2)  # encoder → Gaussian head → M samples, view 1 then view 2
-        z1, z2 = reference_project_h(module, v1[1]), reference_project_h(module, v2[1])
-        views = (v1, v2)
-    elif isinstance(module, ZBayesianSelfSupervisedLearning):
+        z1, z2 = reference_project_h(module, v1.samples), reference_project_h(module, v2.samples)
+    elif module.stochastic_space == "Z":
         v1 = module.project(module(x1))  # 2-D projector, then Gaussian head and M samples
         v2 = module.project(module(x2))
-        z1, z2 = v1[1], v2[1]
-        views = (v1, v2)
+        z1, z2 = v1.samples, v2.samples
     else:
         z1 = module.projection_head(module(x1))
         z2 = module.projection_head(module(x2))
@@ -228,7 +226,7 @@ def reference_shared_step(module: BaseSelfSupervisedLearning, batch: Batch) -> d
         out["loss"] = out["cl_loss"]
         return out
     out = reference_mc_loss(module.cl_loss, z1, z2)
-    kl = 0.5 * (module.kl(*views[0][1:4]) + module.kl(*views[1][1:4]))  # type: ignore[attr-defined]
+    kl = 0.5 * (module.kl(v1.samples, v1.mu, v1.log_var) + module.kl(v2.samples, v2.mu, v2.log_var))  # type: ignore[attr-defined]
     out["kl_prior_loss"] = kl
     out["weighted_kl_prior_loss"] = module.beta_scale * kl  # type: ignore[attr-defined]
     out["loss"] = out["cl_loss"] + out["weighted_kl_prior_loss"]

@@ -99,7 +99,7 @@ def model_kwargs(
 
 
 def build_model(model_name: str, loss: str, **overrides: Any) -> torch.nn.Module:
-    from src.utils.checkpoint import SSL_MODELS
+    from src.task import SSL_MODELS
 
     return SSL_MODELS[model_name](**model_kwargs(model_name, loss, **overrides))
 

@@ -34,7 +34,8 @@ from src.model.loss.vicreg import VICRegLoss
 from src.ood.detectors import build_detector
 from src.ood.report import make_report
 from src.ood.study import discover_runs, run_study
-from src.utils.checkpoint import CheckpointError, load_checkpoint, load_ssl_model
+from src.task.checkpoint import load_ssl_model
+from src.utils.checkpoint import CheckpointError, load_checkpoint
 from src.utils.io import atomic_write, read_json, write_text
 from tests.conftest import build_model, three_view_batch
 from tests.data.conftest import write_cifar10, write_image_folder
@@ -206,7 +207,7 @@ def test_image_list_line_with_a_bad_label(tmp_path: Path) -> None:
 
 # ============================================================================ 5. unknown OOD detector
 def test_unknown_detector_name() -> None:
-    with pytest.raises(ValueError, match=r"--postprocessor-name 'msq' is not a known detector; use one of .*'msp'"):
+    with pytest.raises(ValueError, match=r"--postprocessor-name: 'msq' is not a known detector; known: edsimk, gram, .*, msp, "):
         build_detector("msq")
 
 

@@ -30,7 +30,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import hydra
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -38,11 +37,13 @@ from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMon
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from src.data.datamodule import datamodule_from_config
 from src.model.callbacks.fault_guard import NonFiniteLossGuard
 from src.model.callbacks.online_finetuner import OnlineFineTuner
 from src.model.callbacks.resume_state import ResumeState
+from src.task import SSL_MODELS
+from src.task.checkpoint import load_ssl_model
 from src.task.finetuning import LastLayerFinetuner
-from src.utils.checkpoint import SSL_MODELS, load_ssl_model
 from src.utils.checkpoint_io import AtomicCheckpointIO
 from src.utils.io import read_json, write_json, write_text
 from src.utils.loggers import get_lightning_loggers
@@ -55,7 +56,6 @@ RESULTS_FILE = "results.json"
 #: during finetuning does not pretrain again
 PRETRAIN_DONE_FILE = "checkpoints/pretrain_done.json"
 LAST_CKPT = "last.ckpt"
-_MODEL_TARGETS = {f"{cls.__module__}.{cls.__name__}": name for name, cls in SSL_MODELS.items()}
 
 
 def generate_run_id(length: int = 8) -> str:
@@ -146,17 +146,18 @@ def fit_resuming(trainer: pl.Trainer, model: pl.LightningModule, datamodule: Any
 
 
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
-    return hydra.utils.instantiate(cfg.dataset, _convert_="all")
+    """The datamodule of ``cfg.dataset``, through the datamodule registry (no import by name)."""
+    return datamodule_from_config(to_plain(cfg.dataset))
 
 
 def ssl_model_kwargs(cfg: DictConfig, train_iters_per_epoch: int) -> tuple[str, dict[str, Any]]:
     """The model name and its plain constructor arguments from ``train.kwargs``."""
     kwargs = to_plain(cfg.train.kwargs)
-    target = kwargs.pop("_target_", None)
-    if target not in _MODEL_TARGETS:
-        raise ValueError(f"train.kwargs._target_={target!r} is not an SSL model; known: {sorted(_MODEL_TARGETS)}")
+    if "_target_" not in kwargs:
+        raise ValueError(f"train.kwargs has no `_target_` naming an SSL model (one of {SSL_MODELS.targets()})")
+    name = SSL_MODELS.name_of_target(kwargs.pop("_target_"))
     kwargs["train_iters_per_epoch"] = train_iters_per_epoch
-    return _MODEL_TARGETS[target], kwargs
+    return name, kwargs
 
 
 def pretrain(cfg: DictConfig, output_path: Path) -> dict[str, Any]:

@@ -21,7 +21,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -30,6 +29,7 @@ from src.experiments.pipeline import (
     RESULTS_FILE,
     _merge,
     build_callbacks,
+    build_datamodule,
     fit_resuming,
     relative,
     reliability_callbacks,
@@ -37,8 +37,8 @@ from src.experiments.pipeline import (
     sigterm_exits_nonzero,
     trainer_kwargs,
 )
+from src.task.checkpoint import load_ssl_model
 from src.task.semi_supervised import SemiSupervised
-from src.utils.checkpoint import load_ssl_model
 from src.utils.checkpoint_io import AtomicCheckpointIO
 from src.utils.io import read_json, write_json
 from src.utils.loggers import get_lightning_loggers
@@ -74,7 +74,7 @@ def pretrained_checkpoint(run: dict[str, Any], run_path: Path) -> Path:
 
 def train(cfg: DictConfig, run: dict[str, Any], run_path: Path, output_path: Path) -> dict[str, Any]:
     """Finetune and test (§12.3); returns ``{"metrics": test dict, "ckpt_path": best checkpoint or None}``."""
-    datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.dataset, _convert_="all")
+    datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
 
     metadata = run.get("metadata") or {}

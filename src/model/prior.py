@@ -12,6 +12,10 @@ import torch
 from torch import Tensor, nn
 
 from src.utils.distribution import LOG_2PI, log_standard_normal
+from src.utils.registry import Registry
+
+#: the priors, by ``model.prior.name`` (configs use ``_target_``); ``latent_dim`` is set by the model
+PRIORS: Registry[type[nn.Module]] = Registry("prior", config_key="model.prior")
 
 
 def _check_samples(x: Tensor, latent_dim: int, name: str) -> None:
@@ -19,6 +23,7 @@ def _check_samples(x: Tensor, latent_dim: int, name: str) -> None:
         raise ValueError(f"{name}.log_prob expects samples [mc_samples, batch, {latent_dim}], got {tuple(x.shape)}")
 
 
+@PRIORS.register("standard")
 class StandardPrior(nn.Module):
     """N(0, I). ``log_prob(x)[b, d] = (1/M) sum_m log N(x[m, b, d]; 0, 1)``."""
 
@@ -38,6 +43,7 @@ class StandardPrior(nn.Module):
         return f"latent_dim={self.latent_dim}"
 
 
+@PRIORS.register("mog")
 class MoGPrior(nn.Module):
     """The reference's per-dimension mixture of K Gaussians with the MC mean inside the log-sum-exp.
 
@@ -84,30 +90,10 @@ class MoGPrior(nn.Module):
         return f"latent_dim={self.latent_dim}, num_components={self.num_components}"
 
 
-PRIORS: dict[str, type[nn.Module]] = {"standard": StandardPrior, "mog": MoGPrior}
-_TARGETS: dict[str, str] = {f"{cls.__module__}.{cls.__name__}": key for key, cls in PRIORS.items()}
-
-
 def build_prior(spec: dict[str, Any] | None, latent_dim: int) -> nn.Module:
     """Build a prior from plain values (the composed ``model.prior`` node as a dict).
 
     ``latent_dim`` is always set by the model (L for Bayes-H, Z for Bayes-Z), as the
     reference overrides it at build time. ``None`` means the standard prior.
     """
-    spec = dict(spec or {"name": "standard"})
-    target = spec.pop("_target_", None)
-    name = spec.pop("name", None)
-    if target is not None:
-        if target not in _TARGETS:
-            raise ValueError(f"model.prior._target_={target!r} is not a known prior; known: {sorted(_TARGETS)}")
-        key = _TARGETS[target]
-    elif name in PRIORS:
-        key = name
-    else:
-        raise ValueError(f"model.prior.name={name!r} is not a known prior; use one of {sorted(PRIORS)}")
-    spec.pop("_partial_", None)
-    spec["latent_dim"] = latent_dim
-    try:
-        return PRIORS[key](**spec)
-    except TypeError as err:
-        raise TypeError(f"model.prior ({key}): {err}") from err
+    return PRIORS.build(dict(spec or {"name": "standard"}), latent_dim=latent_dim)

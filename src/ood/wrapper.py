@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from src.task.bayesian_ssl import HBayesianSelfSupervisedLearning, ZBayesianSelfSupervisedLearning
-from src.utils.checkpoint import CheckpointError, load_checkpoint, load_ssl_model
+from src.task.checkpoint import load_ssl_model
+from src.utils.checkpoint import CheckpointError, load_checkpoint
 
 
 class OODNetwork:
@@ -43,11 +43,7 @@ class OODNetwork:
     @property
     def stochastic_space(self) -> str | None:
         """``"H"`` for Bayes-H, ``"Z"`` for Bayes-Z, None for the deterministic model."""
-        if isinstance(self.model, HBayesianSelfSupervisedLearning):
-            return "H"
-        if isinstance(self.model, ZBayesianSelfSupervisedLearning):
-            return "Z"
-        return None
+        return getattr(self.model, "stochastic_space", None)
 
     @property
     def prior(self) -> nn.Module:

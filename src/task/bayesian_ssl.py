@@ -13,7 +13,7 @@ projector output). Everything over M is batched; no Python loop over samples.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -21,9 +21,23 @@ from torch.distributions import Normal
 
 from src.model.prior import build_prior
 from src.model.stochastic import GaussianHead, distribution, kl_term, moment_stats, sample
-from src.task.ssl import BaseSelfSupervisedLearning, Batch
+from src.task.ssl import SSL_MODELS, BaseSelfSupervisedLearning, Batch
 
-StochasticOutput = tuple[Tensor, Tensor, Tensor, Tensor, Normal]
+
+class StochasticOutput(NamedTuple):
+    """What the Gaussian head gives for one batch, in the reference's tuple order (so ``out[1]`` still
+    means the samples), with names."""
+
+    #: [B, D] the MC mean of the samples: what probes and downstream consumers see
+    repr: Tensor
+    #: [M, B, D] reparameterised draws mu + sigma * eps, the MC dimension first
+    samples: Tensor
+    #: [B, D] posterior mean
+    mu: Tensor
+    #: [B, D] posterior log-variance
+    log_var: Tensor
+    #: the posterior as a torch Normal (built without argument validation)
+    q: Normal
 
 
 def _legacy_head_hook(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
@@ -42,11 +56,10 @@ class BaseBayesianSelfSupervisedLearning(BaseSelfSupervisedLearning):
         mc_samples: M >= 1.
         prior_name, sigma: metadata (``sigma`` is ignored, as in the reference, Q7).
 
-    Subclasses set ``rv_name`` and define ``stochastic_in_dim()`` (input width of the
-    Gaussian head) and ``stochastic_dim()`` (its output width D).
+    Subclasses set ``stochastic_space`` (``"H"`` or ``"Z"``) and ``rv_name`` and define
+    ``stochastic_in_dim()`` (input width of the Gaussian head) and ``stochastic_dim()`` (its output width D).
     """
 
-    stochastic = True
     #: name of the random variable in logged metrics (``h`` or ``z``)
     rv_name: str = ""
 
@@ -83,7 +96,7 @@ class BaseBayesianSelfSupervisedLearning(BaseSelfSupervisedLearning):
         """(repr [B, D], samples [M, B, D], mu [B, D], log_var [B, D], q) from a pre-activation u."""
         mu, log_var = self.gaussian_head(u)
         samples = sample(mu, log_var, self.mc_samples)
-        return samples.mean(0), samples, mu, log_var, distribution(mu, log_var)
+        return StochasticOutput(samples.mean(0), samples, mu, log_var, distribution(mu, log_var))
 
     def kl(self, samples: Tensor, mu: Tensor, log_var: Tensor) -> Tensor:
         return kl_term(samples, mu, log_var, self.prior)
@@ -93,12 +106,13 @@ class BaseBayesianSelfSupervisedLearning(BaseSelfSupervisedLearning):
     ) -> dict[str, Any]:
         """MC contrastive loss on (z1, z2) plus β · ½ (KL̂₁ + KL̂₂); the step's output dict."""
         out: dict[str, Any] = dict(self.cl_loss(z1, z2))
-        kl = 0.5 * (self.kl(*views[0][1:4]) + self.kl(*views[1][1:4]))
+        v1, v2 = views
+        kl = 0.5 * (self.kl(v1.samples, v1.mu, v1.log_var) + self.kl(v2.samples, v2.mu, v2.log_var))
         out["kl_prior_loss"] = kl
         out["weighted_kl_prior_loss"] = self.beta_scale * kl
         out["loss"] = out["cl_loss"] + out["weighted_kl_prior_loss"]
-        out[f"q_{self.rv_name}1"] = views[0][4]
-        out[f"q_{self.rv_name}2"] = views[1][4]
+        out[f"q_{self.rv_name}1"] = v1.q
+        out[f"q_{self.rv_name}2"] = v2.q
         return out
 
     def log_step_outputs(self, out: dict[str, Any], phase: str, batch_size: int) -> None:
@@ -118,6 +132,7 @@ class BaseBayesianSelfSupervisedLearning(BaseSelfSupervisedLearning):
                 )
 
 
+@SSL_MODELS.register("ssl_bayes_h")
 class HBayesianSelfSupervisedLearning(BaseBayesianSelfSupervisedLearning):
     """Bayes-H (``ssl_bayes_h``): a Gaussian over the representation h (width L = E).
 
@@ -125,6 +140,7 @@ class HBayesianSelfSupervisedLearning(BaseBayesianSelfSupervisedLearning):
     slice with its own BatchNorm statistics, giving [M, B, Z].
     """
 
+    stochastic_space = "H"
     rv_name = "h"
 
     def __init__(self, **kwargs: Any) -> None:
@@ -134,7 +150,7 @@ class HBayesianSelfSupervisedLearning(BaseBayesianSelfSupervisedLearning):
             raise ValueError(
                 f"Bayes-H needs latent_dim == the encoder output width ({self.encoder_out_dim} for "
                 f"{self.hparams['encoder']}), got latent_dim={latent_dim}: the projector and probes "
-                "take the sampled representation (spec Quirk Q8)"
+                "take the sampled representation (T-Q8)"
             )
 
     def stochastic_in_dim(self) -> int:
@@ -156,10 +172,11 @@ class HBayesianSelfSupervisedLearning(BaseBayesianSelfSupervisedLearning):
         m = self.mc_samples
         # One projector call over [2M, B, L]: slices are independent, and the closed-form
         # running-statistics update over view-1 then view-2 slices equals the two sequential calls.
-        z = self.project(torch.cat([v1[1], v2[1]]))
+        z = self.project(torch.cat([v1.samples, v2.samples]))
         return self.stochastic_loss(z[:m], z[m:], (v1, v2))
 
 
+@SSL_MODELS.register("ssl_bayes_z")
 class ZBayesianSelfSupervisedLearning(BaseBayesianSelfSupervisedLearning):
     """Bayes-Z (``ssl_bayes_z``): a Gaussian over the embedding z (width Z).
 
@@ -167,6 +184,7 @@ class ZBayesianSelfSupervisedLearning(BaseBayesianSelfSupervisedLearning):
     project(h) -> (repr [B, Z], z [M, B, Z], mu, log_var, q).
     """
 
+    stochastic_space = "Z"
     rv_name = "z"
 
     def stochastic_in_dim(self) -> int:
@@ -187,4 +205,4 @@ class ZBayesianSelfSupervisedLearning(BaseBayesianSelfSupervisedLearning):
         x1, x2 = self.unpack(batch)
         v1 = self.project(self(x1))
         v2 = self.project(self(x2))
-        return self.stochastic_loss(v1[1], v2[1], (v1, v2))
+        return self.stochastic_loss(v1.samples, v2.samples, (v1, v2))

@@ -37,7 +37,8 @@ from torchmetrics.classification import (
 )
 
 from src.model.encoder import encoder_out_dim
-from src.utils.checkpoint import load_checkpoint, load_ssl_model
+from src.task.checkpoint import load_ssl_model
+from src.utils.checkpoint import load_checkpoint
 from src.utils.plain import to_plain
 
 #: torchvision supervised baselines: name -> (torchvision builder, weights, representation width)
@@ -225,8 +226,8 @@ class LinearProbingClassifier(pl.LightningModule):
         if self.hparams["frozen_encoder"]:
             self._freeze_encoder()  # Lightning's .train() at fit start would flip BatchNorm back
         out = self.encoder(x)
-        if isinstance(out, tuple):
-            return out[1].transpose(0, 1)
+        if getattr(self.encoder, "stochastic_space", None) == "H":  # Bayes-H gives its StochasticOutput
+            return out.samples.transpose(0, 1)
         return out
 
     def forward(self, x: Tensor) -> Tensor:

@@ -76,13 +76,13 @@ class LastLayerFinetuner(pl.LightningModule):
         """[B, E] or, for Bayes-H with ``use_mc_samples``, the samples [M, B, L]."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.hparams.no_grad):
             out = self.model(x)
-        if isinstance(out, tuple):
+        if self.model.stochastic_space == "H":  # forward gives the StochasticOutput of the representation
             if self.hparams.use_mc_samples:
-                out = out[1]
+                out = out.samples
             elif self.hparams.use_mean_for_repr:
-                out = out[2]
+                out = out.mu
             else:
-                out = out[0]
+                out = out.repr
         return out.detach() if self.hparams.no_grad else out
 
     def features_ood(self, x: Tensor) -> Tensor:
@@ -98,10 +98,10 @@ class LastLayerFinetuner(pl.LightningModule):
 
     def latent_repr(self, x: Tensor) -> torch.distributions.Normal:
         """q(h | x) of Bayes-H as a diagonal Normal with variance exp(log_var) (corrected, Quirk Q19)."""
-        out = self.model(x)
-        if not isinstance(out, tuple):
+        if self.model.stochastic_space != "H":
             raise TypeError("latent_repr needs a Bayes-H model (its forward returns the Gaussian parameters)")
-        return torch.distributions.Normal(out[2], torch.exp(0.5 * out[3]), validate_args=False)
+        out = self.model(x)
+        return torch.distributions.Normal(out.mu, torch.exp(0.5 * out.log_var), validate_args=False)
 
     def _step(self, batch: Any) -> tuple[Tensor, Tensor, Tensor]:
         (_, _, x3), y = batch

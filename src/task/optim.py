@@ -8,46 +8,32 @@ An optimizer spec is the composed ``model.optimizer`` node as a dict, e.g.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from timm.optim import Lars
 from torch import nn
 
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "adamw": torch.optim.AdamW,
-    "adam": torch.optim.Adam,
-    "sgd": torch.optim.SGD,
-    "lars": Lars,
-}
+from src.utils.registry import Registry
 
-_TARGETS: dict[str, str] = {
-    "torch.optim.AdamW": "adamw",
-    "torch.optim.Adam": "adam",
-    "torch.optim.SGD": "sgd",
-    "timm.optim.Lars": "lars",
-    "timm.optim.lars.Lars": "lars",
-    "lightly.utils.lars.LARS": "lars",  # the reference's class; timm's Lars is used instead
-}
+#: optimizers by ``model.optimizer.name`` (configs use ``_target_``; the reference's lightly LARS maps to
+#: timm's ``Lars``, see the deviations document)
+OPTIMIZERS: Registry[type[torch.optim.Optimizer]] = Registry(
+    "optimizer", config_key="model.optimizer", meta_keys=("scale_lr", "lr_linear")
+)
+OPTIMIZERS.add("adamw", torch.optim.AdamW, targets=["torch.optim.AdamW"])
+OPTIMIZERS.add("adam", torch.optim.Adam, targets=["torch.optim.Adam"])
+OPTIMIZERS.add("sgd", torch.optim.SGD, targets=["torch.optim.SGD"])
+OPTIMIZERS.add("lars", Lars, targets=["timm.optim.Lars", "timm.optim.lars.Lars", "lightly.utils.lars.LARS"])
 
 # Keys of an optimizer spec that are not optimizer arguments.
-META_KEYS = frozenset({"_target_", "_partial_", "name", "scale_lr", "lr_linear"})
+META_KEYS = OPTIMIZERS.meta_keys
 
 
 def optimizer_key(spec: dict[str, Any]) -> str:
-    target = spec.get("_target_")
-    if target is not None:
-        if target not in _TARGETS:
-            raise ValueError(f"model.optimizer._target_={target!r} is not a known optimizer; known: {sorted(_TARGETS)}")
-        return _TARGETS[target]
-    name = spec.get("name")
-    if name in OPTIMIZERS:
-        return name
-    raise ValueError(
-        f"model.optimizer needs a `_target_` (one of {sorted(_TARGETS)}) or a `name` "
-        f"(one of {sorted(OPTIMIZERS)}); got {spec!r}"
-    )
+    """The registry name of a ``model.optimizer`` node (its ``_target_``, else its ``name``)."""
+    return OPTIMIZERS.resolve(spec)
 
 
 def effective_lr(spec: dict[str, Any], batch_size: int) -> float:
@@ -118,7 +104,68 @@ class LinearWarmup:
         return 1.0
 
 
-SCHEDULERS = ("cosine", "cosine_warmup", "lambda", "cosine_warm_restarts", "one_cycle")
+#: learning-rate schedulers by ``train.scheduler``; each builder returns a Lightning ``lr_scheduler`` dict
+SCHEDULERS: Registry[Callable[..., dict[str, Any]]] = Registry("scheduler", config_key="train.scheduler")
+
+
+@SCHEDULERS.register("cosine")
+def _cosine(optimizer: torch.optim.Optimizer, *, eta_min: float, max_epochs: int, **_: Any) -> dict[str, Any]:
+    """CosineAnnealingLR over the epochs, stepped per epoch."""
+    if max_epochs < 1:
+        raise ValueError(f"scheduler=cosine needs trainer.max_epochs >= 1, got {max_epochs}")
+    sch = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs, eta_min=eta_min)
+    return {"scheduler": sch, "interval": "epoch"}
+
+
+@SCHEDULERS.register("cosine_warmup")
+def _cosine_warmup(
+    optimizer: torch.optim.Optimizer, *, eta_min_scale: float, max_epochs: int, total_steps: int, **_: Any
+) -> dict[str, Any]:
+    """lightly's CosineWarmupScheduler: 4 epochs of linear warm-up, then cosine to ``eta_min_scale``, per step."""
+    warmup = int(total_steps / max_epochs * 4)
+    fn = CosineWarmup(warmup_steps=warmup, max_steps=total_steps, end_value=eta_min_scale)
+    return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, fn), "interval": "step"}
+
+
+@SCHEDULERS.register("lambda")
+def _linear_warmup(
+    optimizer: torch.optim.Optimizer,
+    *,
+    max_epochs: int,
+    total_steps: int,
+    train_iters_per_epoch: int | None,
+    warmup_epochs: int | None,
+    **_: Any,
+) -> dict[str, Any]:
+    """Linear warm-up over ``warmup_epochs``, then constant, per step (T-Q13: no config sets the epochs)."""
+    if warmup_epochs is None:
+        raise ValueError(
+            "scheduler=lambda needs `warmup_epochs` (add train.kwargs.warmup_epochs=<int>); no shipped config sets it"
+        )
+    per_epoch = train_iters_per_epoch or total_steps // max(1, max_epochs)
+    fn = LinearWarmup(per_epoch * int(warmup_epochs))
+    return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, fn), "interval": "step"}
+
+
+@SCHEDULERS.register("cosine_warm_restarts")
+def _cosine_warm_restarts(
+    optimizer: torch.optim.Optimizer, *, eta_min: float, max_epochs: int, **_: Any
+) -> dict[str, Any]:
+    """CosineAnnealingWarmRestarts with T_0 = max_epochs // 10, T_mult 2, per epoch."""
+    t0 = max_epochs // 10
+    if t0 < 1:
+        raise ValueError(
+            f"scheduler=cosine_warm_restarts needs max_epochs >= 10 (T_0 = max_epochs // 10), got {max_epochs}"
+        )
+    sch = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=t0, T_mult=2, eta_min=eta_min)
+    return {"scheduler": sch, "interval": "epoch"}
+
+
+@SCHEDULERS.register("one_cycle")
+def _one_cycle(optimizer: torch.optim.Optimizer, *, learning_rate: float, total_steps: int, **_: Any) -> dict[str, Any]:
+    """OneCycleLR over all optimizer steps, stepped per step (the reference stepped it per epoch, T-Q13)."""
+    sch = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=total_steps)
+    return {"scheduler": sch, "interval": "step"}
 
 
 def build_scheduler(
@@ -135,39 +182,18 @@ def build_scheduler(
     """A Lightning ``lr_scheduler`` config for scheduler ``name`` (None/"" for no scheduler).
 
     ``learning_rate`` is the *unscaled* config lr, so eta_min = learning_rate * eta_min_scale
-    (Q26). ``one_cycle`` is stepped per optimizer step: the reference stepped it per epoch,
-    which never leaves the warm-up (Q13); this is a documented deviation.
+    (T-Q26). ``one_cycle`` is stepped per optimizer step: the reference stepped it per epoch,
+    which never leaves the warm-up (T-Q13); this is a documented deviation.
     """
     if not name:
         return None
-    eta_min = learning_rate * eta_min_scale
-    if name == "cosine":
-        if max_epochs < 1:
-            raise ValueError(f"scheduler=cosine needs trainer.max_epochs >= 1, got {max_epochs}")
-        sch = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs, eta_min=eta_min)
-        return {"scheduler": sch, "interval": "epoch"}
-    if name == "cosine_warmup":
-        warmup = int(total_steps / max_epochs * 4)
-        fn = CosineWarmup(warmup_steps=warmup, max_steps=total_steps, end_value=eta_min_scale)
-        return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, fn), "interval": "step"}
-    if name == "lambda":
-        if warmup_epochs is None:
-            raise ValueError(
-                "scheduler=lambda needs `warmup_epochs` (add train.kwargs.warmup_epochs=<int>); "
-                "no shipped config sets it"
-            )
-        per_epoch = train_iters_per_epoch or total_steps // max(1, max_epochs)
-        fn = LinearWarmup(per_epoch * int(warmup_epochs))
-        return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, fn), "interval": "step"}
-    if name == "cosine_warm_restarts":
-        t0 = max_epochs // 10
-        if t0 < 1:
-            raise ValueError(
-                f"scheduler=cosine_warm_restarts needs max_epochs >= 10 (T_0 = max_epochs // 10), got {max_epochs}"
-            )
-        sch = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=t0, T_mult=2, eta_min=eta_min)
-        return {"scheduler": sch, "interval": "epoch"}
-    if name == "one_cycle":
-        sch = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=total_steps)
-        return {"scheduler": sch, "interval": "step"}
-    raise ValueError(f"scheduler={name!r} is not known; use one of {SCHEDULERS} or null")
+    return SCHEDULERS.get(name)(
+        optimizer,
+        learning_rate=learning_rate,
+        eta_min=learning_rate * eta_min_scale,
+        eta_min_scale=eta_min_scale,
+        max_epochs=max_epochs,
+        total_steps=total_steps,
+        train_iters_per_epoch=train_iters_per_epoch,
+        warmup_epochs=warmup_epochs,
+    )

@@ -102,7 +102,7 @@ class SemiSupervised(BaseTask):
         if pl_module is None:
             if pl_module_hparams is None:
                 raise ValueError("SemiSupervised needs pl_module (the loaded SSL module) or pl_module_hparams")
-            from src.utils.checkpoint import SSL_MODELS  # the SSL classes; imported late to keep imports acyclic
+            from src.task import SSL_MODELS  # the SSL classes; imported late to keep imports acyclic
 
             pl_module = SSL_MODELS[pl_module_hparams["model_name"]](**pl_module_hparams)
         if pl_module_hparams is None:
@@ -129,8 +129,8 @@ class SemiSupervised(BaseTask):
     def features(self, x: Tensor) -> Tensor:
         """[B, E], or the Bayes-H samples [M, B, L] when ``use_mc_samples``."""
         out = self.model(x)
-        if isinstance(out, tuple):
-            return out[1] if self.hparams["use_mc_samples"] else out[0]
+        if self.model.stochastic_space == "H":  # forward gives the StochasticOutput of the representation
+            return out.samples if self.hparams["use_mc_samples"] else out.repr
         return out
 
     def forward(self, x: Tensor) -> Tensor:

@@ -8,7 +8,7 @@ models (``src.task.bayesian_ssl``) add the Gaussian head and the prior.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -18,8 +18,15 @@ from src.model.loss import build_loss
 from src.model.projector import build_projection_head
 from src.task.base import BaseTask
 from src.utils.plain import to_plain
+from src.utils.registry import Registry
 
 Batch = tuple[tuple[Tensor, Tensor, Tensor], Tensor]
+
+#: the SSL models by ``train.name`` / a checkpoint's ``model_name``; configs name them by
+#: ``train.kwargs._target_``. A new model variant is one class with ``@SSL_MODELS.register("<name>")``.
+SSL_MODELS: Registry[type[BaseSelfSupervisedLearning]] = Registry(
+    "SSL model", config_key="train.name", name_keys=("model_name",)
+)
 
 
 def _legacy_key_hook(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
@@ -52,8 +59,13 @@ class BaseSelfSupervisedLearning(BaseTask):
             ``sch_eta_min_scale``, ``warmup_epochs`` and the stochastic models' arguments).
     """
 
-    #: whether the model produces MC samples [M, B, D] (and so needs an MC loss)
-    stochastic: bool = False
+    #: which space is stochastic: None (deterministic), "H" (the representation) or "Z" (the embedding)
+    stochastic_space: ClassVar[str | None] = None
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether the model draws MC samples [M, B, D] (and so needs an MC loss)."""
+        return self.stochastic_space is not None
 
     def __init__(
         self,
@@ -107,7 +119,7 @@ class BaseSelfSupervisedLearning(BaseTask):
             want = "an MC loss (mc_barlow_twins or mc_vicreg)" if self.stochastic else "barlow_twins or vicreg"
             raise ValueError(
                 f"model {model_name!r} ({type(self).__name__}) needs {want}, got "
-                f"{type(self.cl_loss).__name__}; set model/loss accordingly (spec Quirk Q1)"
+                f"{type(self.cl_loss).__name__}; set model/loss accordingly (T-Q1)"
             )
 
         self.encoder = get_encoder(encoder, dataset)
@@ -179,6 +191,7 @@ class BaseSelfSupervisedLearning(BaseTask):
                 )
 
 
+@SSL_MODELS.register("ssl")
 class SelfSupervisedLearning(BaseSelfSupervisedLearning):
     """Deterministic Barlow Twins / VICReg (``ssl``): forward(x) = encoder(x) [B, E].
 

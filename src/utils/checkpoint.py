@@ -1,4 +1,4 @@
-"""Loading checkpoints safely: ``torch.load(..., weights_only=True)`` and nothing else.
+"""Opening checkpoints safely: ``torch.load(..., weights_only=True)`` and nothing else.
 
 Every checkpoint this project writes holds plain values only, so it opens without
 unpickling arbitrary objects. A file that needs unpickling (e.g. a checkpoint of the
@@ -11,18 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
-
-from src.task.bayesian_ssl import HBayesianSelfSupervisedLearning, ZBayesianSelfSupervisedLearning
-from src.task.ssl import SelfSupervisedLearning
-
-#: model name (``train.name`` / ``metadata.model_name``) -> Lightning module class
-SSL_MODELS: dict[str, type[pl.LightningModule]] = {
-    "ssl": SelfSupervisedLearning,
-    "ssl_bayes_h": HBayesianSelfSupervisedLearning,
-    "ssl_bayes_z": ZBayesianSelfSupervisedLearning,
-}
 
 
 class CheckpointError(RuntimeError):
@@ -68,44 +57,3 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"checkpoint {path} is not a Lightning checkpoint (no `state_dict` entry)")
     return ckpt
-
-
-def load_ssl_model(
-    path: str | Path, model_name: str | None = None, map_location: str | torch.device | None = "cpu"
-) -> pl.LightningModule:
-    """Rebuild an SSL module from its checkpoint's plain hyper-parameters and load its weights.
-
-    ``model_name`` (``ssl``, ``ssl_bayes_h``, ``ssl_bayes_z``), when given, must match the
-    checkpoint's own ``model_name``.
-    """
-    ckpt = load_checkpoint(path, map_location)
-    hparams = dict(ckpt.get("hyper_parameters") or {})
-    stored = hparams.get("model_name")
-    if stored not in SSL_MODELS:
-        raise CheckpointError(
-            f"checkpoint {path} is not an SSL model checkpoint: hyper_parameters.model_name={stored!r}, "
-            f"expected one of {sorted(SSL_MODELS)}"
-        )
-    if model_name is not None and model_name != stored:
-        raise CheckpointError(
-            f"checkpoint {path} holds a {stored!r} model, but {model_name!r} was asked for; "
-            "check the run directory or the model name"
-        )
-    try:
-        module = SSL_MODELS[stored](**hparams)
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(
-            f"checkpoint {path}: its hyper_parameters do not build a {stored!r} model ({err}); the file was "
-            "written by another version of the code or edited: rerun the stage that writes it"
-        ) from err
-    module.on_load_checkpoint(ckpt)
-    try:
-        module.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()
-        raise CheckpointError(
-            f"checkpoint {path}: its weights do not fit the {stored!r} model its hyper_parameters describe "
-            f"({' '.join(line.strip() for line in first[:3])}); the file is inconsistent: rerun the stage that "
-            "writes it"
-        ) from err
-    return module

@@ -124,7 +124,7 @@ class Registry(Generic[T]):
             return self._entries[name]
         except (KeyError, TypeError):
             raise RegistryError(
-                f"{self.config_key}: {name!r} is not a known {self.kind}; known: {', '.join(self.keys())}"
+                f"{self.config_key}: {name!r} is not a known {self.kind}; known: {self._known()}"
             ) from None
 
     def name_of_target(self, target: str) -> str:
@@ -161,7 +161,7 @@ class Registry(Generic[T]):
                 return str(name)
         accepted = " or ".join(f"`{k}`" for k in ("_target_", *self.name_keys))
         raise RegistryError(
-            f"{self.config_key} needs {accepted} naming a {self.kind} (one of {', '.join(self.keys())}); "
+            f"{self.config_key} needs {accepted} naming a {self.kind} (one of {self._known()}); "
             f"got {dict(spec)!r}"
         )
 
@@ -179,6 +179,9 @@ class Registry(Generic[T]):
             return self.get(name)(**kwargs)  # type: ignore[operator]
         except TypeError as err:
             raise TypeError(f"{self.config_key} ({self.kind} {name!r}): {err}") from err
+
+    def _known(self) -> str:
+        return ", ".join(sorted(self._entries))
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {self.keys()})"

@@ -249,5 +249,5 @@ def test_registry(cifar10_dir: Path) -> None:
     assert DATAMODULES["cifar10"] is CIFAR10DataModule and DATAMODULES["cifar100"] is CIFAR100DataModule
     dm = build_datamodule("cifar10", data_dir=cifar10_dir, task="ssl")
     assert isinstance(dm, CIFAR10DataModule) and dm.batch_size == 256 and dm.seed == 1997
-    with pytest.raises(ValueError, match=r"dataset\.name='mnist'"):
+    with pytest.raises(ValueError, match=r"dataset: 'mnist' is not a known datamodule; known: cifar10, "):
         build_datamodule("mnist", data_dir=cifar10_dir, task="ssl")

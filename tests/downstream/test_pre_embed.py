@@ -10,8 +10,8 @@ import torch
 from src.data.datamodule.transfer_learning import get_transfer_learning_datamodule, load_embeddings
 from src.experiments.scripts.pre_embed_datasets import main as pre_embed_main
 from src.experiments.scripts.pre_embed_datasets import parse_args, pre_embed
+from src.task.checkpoint import load_ssl_model
 from src.task.evaluation import load_pretrained_baseline
-from src.utils.checkpoint import load_ssl_model
 from tests.downstream.conftest import probe_config
 
 SSL = "data/results/imagenet/ssl"

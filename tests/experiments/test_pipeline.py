@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from src.data.demo import prepare_demo_data
 from src.experiments.pipeline import run_pipeline
-from src.utils.checkpoint import load_ssl_model
+from src.task.checkpoint import load_ssl_model
 from tests.conftest import COMBINATIONS
 
 ROOT = Path(__file__).resolve().parents[2]

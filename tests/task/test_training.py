@@ -13,7 +13,9 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
 
 from src.model.callbacks.online_finetuner import OnlineFineTuner
-from src.utils.checkpoint import SSL_MODELS, CheckpointError, load_checkpoint, load_ssl_model
+from src.task import SSL_MODELS
+from src.task.checkpoint import load_ssl_model
+from src.utils.checkpoint import CheckpointError, load_checkpoint
 from tests.conftest import COMBINATIONS, build_model, model_kwargs, three_view_batch
 
 

@@ -1,30 +1,20 @@
-"""Training datamodules and their registry (spec: data_evaluation.md §3).
+"""Training datamodules and their registry ``DATAMODULES``.
 
-``DATAMODULES`` maps a dataset name (the ``dataset.name`` of the config) to its class; a new
-dataset registers with one line here. Hydra configs name the class by ``_target_`` instead.
+``DATAMODULES`` maps a dataset name (the ``dataset.name`` of the config) to its class; configs
+name the class by ``_target_``, which the registry also resolves. Importing this package
+registers every datamodule.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from src.data.datamodule.base import TASK_TYPES, BaseDataModule, split_train_val, task_type
+from src.data.datamodule.base import DATAMODULES, TASK_TYPES, BaseDataModule, split_train_val, task_type
 from src.data.datamodule.cifar import CIFAR10DataModule, CIFAR100DataModule
 from src.data.datamodule.demo import DemoDataModule
 from src.data.datamodule.fashion_mnist import FashionMNISTDataModule
 from src.data.datamodule.imagenet import ImageNetDataModule, SubsetImageNetDataModule
-
-DATAMODULES: dict[str, type[BaseDataModule]] = {
-    "cifar10": CIFAR10DataModule,
-    "cifar100": CIFAR100DataModule,
-    "imagenet": ImageNetDataModule,
-    "imagenet1pct": SubsetImageNetDataModule,
-    "imagenet10pct": SubsetImageNetDataModule,
-    "demo": DemoDataModule,
-    "fashion_mnist": FashionMNISTDataModule,
-    "fashion_mnist_split": FashionMNISTDataModule,
-}
-
 
 def build_datamodule(name: str, **kwargs: Any) -> BaseDataModule:
     """Instantiate the datamodule registered as ``name`` with constructor arguments ``kwargs``.
@@ -32,9 +22,13 @@ def build_datamodule(name: str, **kwargs: Any) -> BaseDataModule:
     Raises:
         ValueError: ``name`` is not registered.
     """
-    if name not in DATAMODULES:
-        raise ValueError(f"dataset.name={name!r} has no datamodule; use one of {sorted(DATAMODULES)}")
-    return DATAMODULES[name](**kwargs)
+    return DATAMODULES.get(name)(**kwargs)
+
+
+def datamodule_from_config(dataset: Mapping[str, Any]) -> BaseDataModule:
+    """The datamodule a composed ``dataset`` config node (plain values) describes: its ``_target_``
+    (or ``name``) selects the class, the other keys are its arguments."""
+    return DATAMODULES.build(dataset)
 
 
 __all__ = [
@@ -48,6 +42,7 @@ __all__ = [
     "ImageNetDataModule",
     "SubsetImageNetDataModule",
     "build_datamodule",
+    "datamodule_from_config",
     "split_train_val",
     "task_type",
 ]

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, random_split
 from torchvision import transforms as T
 
 from src.data.transforms import SupervisedTransform, cifar_ssl_transform
+from src.utils.registry import Registry
 
 if TYPE_CHECKING:
     from src.data.gpu_augment import DeviceSSLAugment
@@ -98,6 +99,11 @@ def split_train_val(
     train_ds, _ = random_split(train_source, lengths, generator=torch.Generator().manual_seed(seed))
     _, val_ds = random_split(val_source, lengths, generator=torch.Generator().manual_seed(seed))
     return train_ds, val_ds
+
+
+#: the training datamodules by ``dataset.name``; configs name them by ``dataset._target_``. A new dataset
+#: is one datamodule class with ``@DATAMODULES.register("<name>")`` (stack it for aliases).
+DATAMODULES: Registry[type[BaseDataModule]] = Registry("datamodule", config_key="dataset")
 
 
 class BaseDataModule(pl.LightningDataModule, abc.ABC):

@@ -29,11 +29,12 @@ import torch
 from torch.utils.data import TensorDataset
 from torchvision.datasets import CIFAR10, CIFAR100
 
-from src.data.datamodule.base import BaseDataModule, split_train_val
+from src.data.datamodule.base import DATAMODULES, BaseDataModule, split_train_val
 from src.data.gpu_augment import DeviceSSLAugment, resolve_augment_on_device
 from src.data.transforms import CIFAR10_NORMALIZE, CIFAR100_NORMALIZE
 
 
+@DATAMODULES.register("cifar10")
 class CIFAR10DataModule(BaseDataModule):
     """CIFAR-10: 32×32 RGB, 10 classes (torchvision label order).
 
@@ -134,6 +135,7 @@ class CIFAR10DataModule(BaseDataModule):
             self.test_ds = self._dataset(False, self.get_transform("test"))
 
 
+@DATAMODULES.register("cifar100")
 class CIFAR100DataModule(CIFAR10DataModule):
     """CIFAR-100 with its 100 fine labels; the same splits as CIFAR-10 (no config uses it in the paper)."""
 

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from src.data.datamodule.base import BaseDataModule
+from src.data.datamodule.base import DATAMODULES, BaseDataModule
 from src.data.dataset.imglist import ImageListDataset
 from src.data.demo import ID_NAME, prepare_demo_data, protocol_path, read_protocol
 
@@ -20,6 +20,7 @@ from src.data.demo import ID_NAME, prepare_demo_data, protocol_path, read_protoc
 DEMO_DATA_SEED = 1997
 
 
+@DATAMODULES.register("demo")
 class DemoDataModule(BaseDataModule):
     """Train/val/test splits of the demo's in-distribution digits, CIFAR-style transforms.
 

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from src.data.datamodule.base import BaseDataModule, split_train_val
+from src.data.datamodule.base import DATAMODULES, BaseDataModule, split_train_val
 from src.data.fashion_mnist import CLASSES, NORMALIZE, install_raw, load_split, subset_indices, verify_raw
 from src.data.transforms import fashion_mnist_ssl_transform
 
@@ -81,6 +81,8 @@ class FashionMNISTDataset(Dataset):
         return (self.transform(image) if self.transform is not None else image), int(self.targets[index])
 
 
+@DATAMODULES.register("fashion_mnist")
+@DATAMODULES.register("fashion_mnist_split")
 class FashionMNISTDataModule(BaseDataModule):
     """Fashion-MNIST: 28×28 grey expanded to RGB, 10 classes (or ``classes``), torchvision label order.
 

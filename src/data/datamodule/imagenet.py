@@ -26,7 +26,7 @@ import torch
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from src.data.datamodule.base import BaseDataModule
+from src.data.datamodule.base import DATAMODULES, BaseDataModule
 from src.data.dataset.image_file import load_rgb_image
 from src.data.transforms import IMAGENET_NORMALIZE, ImageNetSupervisedTransform, imagenet_ssl_transform
 
@@ -45,6 +45,7 @@ def class_folders(folder: Path) -> list[str]:
     return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
 
 
+@DATAMODULES.register("imagenet")
 class ImageNetDataModule(BaseDataModule):
     """ImageNet-1k from ``<data_dir>/train`` and ``<data_dir>/val``.
 
@@ -173,6 +174,8 @@ class ImageNetDataModule(BaseDataModule):
             self.test_ds = self._image_folder("val", self.get_transform("test"), False)
 
 
+@DATAMODULES.register("imagenet1pct")
+@DATAMODULES.register("imagenet10pct")
 class SubsetImageNetDataModule(ImageNetDataModule):
     """An ImageNet 1 % / 10 % subset root (semi-supervised stages; §2.4, §3.5).
 

@@ -71,8 +71,8 @@ class OnlineFineTuner(pl.Callback):
         # no_grad gives the same values without building a graph.
         with torch.no_grad():
             out = pl_module(x)
-            if isinstance(out, tuple):
-                out = pl_module(x)[0]  # Bayes-H: second forward, fresh draw, MC-mean repr
+            if pl_module.stochastic_space == "H":
+                out = pl_module(x).repr  # Bayes-H: second forward, fresh draw, MC-mean repr
         return out
 
     def shared_step(self, pl_module: pl.LightningModule, batch: Any) -> tuple[Tensor, Tensor]:

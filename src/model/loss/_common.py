@@ -7,7 +7,15 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
+
+from src.utils.registry import Registry
+
+#: every contrastive loss, by the name a config's ``type`` or a checkpoint may use; configs name them by
+#: ``_target_`` (``model.loss._target_``). ``name`` (the loss family) and ``loss_kwargs`` are metadata.
+LOSSES: Registry[type[nn.Module]] = Registry(
+    "loss", config_key="model.loss", name_keys=("type",), meta_keys=("name", "loss_kwargs")
+)
 
 
 def off_diagonal(c: Tensor) -> Tensor:

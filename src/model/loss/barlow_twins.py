@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from src.model.loss._common import (
+    LOSSES,
     check_batch_size,
     check_pair,
     gather_views,
@@ -53,6 +54,7 @@ def barlow_twins_terms(z1: Tensor, z2: Tensor, batch_size: int, lambda_coeff: fl
     }
 
 
+@LOSSES.register("barlow_twins")
 class BarlowTwinsLoss(nn.Module):
     """Barlow Twins on a pair of ``[B, D]`` embeddings; returns the dict of named terms.
 
@@ -98,6 +100,7 @@ class BarlowTwinsLoss(nn.Module):
         )
 
 
+@LOSSES.register("mc_barlow_twins")
 class MCBarlowTwinsLoss(BarlowTwinsLoss):
     """Barlow Twins over MC samples ``[M, B, D]`` (spec §7.3).
 

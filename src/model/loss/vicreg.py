@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from src.model.loss._common import (
+    LOSSES,
     check_batch_size,
     check_pair,
     gather_views,
@@ -77,6 +78,7 @@ def vicreg_terms(
     }
 
 
+@LOSSES.register("vicreg")
 class VICRegLoss(nn.Module):
     """VICReg on a pair of ``[B, D]`` embeddings; returns the dict of named terms.
 
@@ -139,6 +141,7 @@ class VICRegLoss(nn.Module):
         )
 
 
+@LOSSES.register("mc_vicreg")
 class MCVICRegLoss(VICRegLoss):
     """VICReg over MC samples ``[M, B, D]``: per-pair losses in one batch, each term averaged over M."""
 

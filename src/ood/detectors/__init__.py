@@ -13,8 +13,10 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from src.ood.detectors.base import Detector
+from src.utils.registry import Registry
 
-DETECTORS: dict[str, type[Detector]] = {}
+#: every detector by name (``--postprocessor-name``), in registration order
+DETECTORS: Registry[type[Detector]] = Registry("detector", config_key="--postprocessor-name")
 #: where the detectors' configs live (APS mode, arguments, sweep)
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "experiments" / "conf" / "ood"
 #: the reference's study order
@@ -23,10 +25,7 @@ STUDY_ORDER = ("msp", "mds", "sigmamean", "logpprior", "umds", "gram", "odin", "
 
 def register(cls: type[Detector]) -> type[Detector]:
     """Class decorator: add ``cls`` to ``DETECTORS`` under ``cls.name``."""
-    if cls.name in DETECTORS and DETECTORS[cls.name] is not cls:
-        raise ValueError(f"two detectors are named {cls.name!r}")
-    DETECTORS[cls.name] = cls
-    return cls
+    return DETECTORS.add(cls.name, cls)
 
 
 for _module in pkgutil.iter_modules([str(Path(__file__).parent)]):
@@ -49,8 +48,7 @@ def detector_config(name: str, config_dir: Path = CONFIG_DIR) -> dict[str, Any]:
 
 def build_detector(name: str, corrected_sign: bool = False, config_dir: Path = CONFIG_DIR) -> Detector:
     """Detector ``name`` built from its config; an unknown name is a clear error."""
-    if name not in DETECTORS:
-        raise ValueError(f"--postprocessor-name {name!r} is not a known detector; use one of {sorted(DETECTORS)}")
+    DETECTORS.get(name)  # an unknown name: a RegistryError listing the known ones
     cfg = detector_config(name, config_dir)
     sweep = cfg["sweep"] if cfg["aps_mode"] else {}
     return DETECTORS[name](**cfg["args"], sweep=sweep, corrected_sign=corrected_sign)
