@@ -161,8 +161,7 @@ class Registry(Generic[T]):
                 return str(name)
         accepted = " or ".join(f"`{k}`" for k in ("_target_", *self.name_keys))
         raise RegistryError(
-            f"{self.config_key} needs {accepted} naming a {self.kind} (one of {self._known()}); "
-            f"got {dict(spec)!r}"
+            f"{self.config_key} needs {accepted} naming a {self.kind} (one of {self._known()}); got {dict(spec)!r}"
         )
 
     def build(self, spec: Mapping[str, Any] | str, /, **overrides: Any) -> Any:

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from src.data.demo import prepare_demo_data
-from src.experiments.pipeline import run_pipeline
+from src.train.pipeline import run_pipeline
 from tests.conftest import build_model
 
 ROOT = Path(__file__).resolve().parents[2]

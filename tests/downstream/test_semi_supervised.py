@@ -13,8 +13,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from src.experiments.semi_supervised import pretrained_checkpoint, run_semi_supervised
 from src.task.semi_supervised import SemiSupervised
+from src.train.semi_supervised import pretrained_checkpoint, run_semi_supervised
 from tests.conftest import build_model
 from tests.downstream.conftest import CONF, ROOT, subprocess_env, write_imagenet
 

@@ -14,8 +14,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from src.data.demo import prepare_demo_data
-from src.experiments.pipeline import run_pipeline
 from src.task.checkpoint import load_ssl_model
+from src.train.pipeline import run_pipeline
 from tests.conftest import COMBINATIONS
 
 ROOT = Path(__file__).resolve().parents[2]

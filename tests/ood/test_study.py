@@ -12,10 +12,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from src.data.demo import prepare_demo_data
-from src.experiments.pipeline import run_pipeline
 from src.ood.detectors import DETECTORS, STUDY_ORDER, build_detector
 from src.ood.report import make_report
 from src.ood.study import run_study
+from src.train.pipeline import run_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = ["digits89", "nearood", "photos", "noise", "farood"]

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from src.data.demo import prepare_demo_data
-from src.experiments.pipeline import run_pipeline
-from src.model.callbacks.fault_guard import NonFiniteLossError
 from src.task.bayesian_ssl import ZBayesianSelfSupervisedLearning
+from src.train.callbacks.fault_guard import NonFiniteLossError
+from src.train.pipeline import run_pipeline
 from src.utils.checkpoint import load_checkpoint
 from tests.experiments.test_pipeline import compose_run
 

@@ -11,10 +11,10 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from src.model.callbacks.online_finetuner import OnlineFineTuner
 from src.model.stochastic import MAX_LOG_VAR, MAX_MU, MIN_LOG_VAR, MIN_MU
 from src.task.bayesian_ssl import HBayesianSelfSupervisedLearning, ZBayesianSelfSupervisedLearning
 from src.task.ssl import SelfSupervisedLearning
+from src.train.callbacks.online_finetuner import OnlineFineTuner
 from tests.conftest import COMBINATIONS, build_model, model_kwargs, three_view_batch
 
 LOG_2PI = math.log(2 * math.pi)

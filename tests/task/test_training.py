@@ -12,9 +12,9 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
 
-from src.model.callbacks.online_finetuner import OnlineFineTuner
 from src.task import SSL_MODELS
 from src.task.checkpoint import load_ssl_model
+from src.train.callbacks.online_finetuner import OnlineFineTuner
 from src.utils.checkpoint import CheckpointError, load_checkpoint
 from tests.conftest import COMBINATIONS, build_model, model_kwargs, three_view_batch
 

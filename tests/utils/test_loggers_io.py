@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
+from src.train.loggers import get_lightning_loggers
 from src.utils.io import atomic_write, read_json, write_json
-from src.utils.loggers import get_lightning_loggers
 
 
 def test_csv_only_by_default(tmp_path: Path) -> None:

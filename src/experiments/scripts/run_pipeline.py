@@ -3,7 +3,7 @@
     python src/experiments/scripts/run_pipeline.py dataset=demo \
         +model/task/ssl@train=ssl_bayes_z model/loss=mc_barlow_twins +model/task@finetune=finetune
 
-Outputs go to ``output_path`` (see ``src/experiments/pipeline.py``); ``-m`` multiruns work.
+Outputs go to ``output_path`` (see ``src/train/pipeline.py``); ``-m`` multiruns work.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from src.experiments.pipeline import run_pipeline
+from src.train.pipeline import run_pipeline
 
 
 def shared_output_path_error(sweep_overrides: list[str]) -> str | None:

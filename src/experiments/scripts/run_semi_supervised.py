@@ -9,7 +9,7 @@ The DVC stage command (spec: data_evaluation.md §14.3), e.g.:
         '+logging.wandb_logger_kwargs.tags=["semi_supervised", "imagenet", "1pct"]'
 
 With wandb off (the default) the wandb options are ignored with a warning (Quirk Q1). Outputs
-go to ``output_path`` (see ``src/experiments/semi_supervised.py``).
+go to ``output_path`` (see ``src/train/semi_supervised.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import hydra
 import torch.multiprocessing as mp
 from omegaconf import DictConfig
 
-from src.experiments.semi_supervised import run_semi_supervised
+from src.train.semi_supervised import run_semi_supervised
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="semi_supervised")

@@ -22,31 +22,23 @@ on CPU a resumed run ends with the same weights and metrics as an uninterrupted 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import secrets
 import string
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from src.data.datamodule import datamodule_from_config
-from src.model.callbacks.fault_guard import NonFiniteLossGuard
-from src.model.callbacks.online_finetuner import OnlineFineTuner
-from src.model.callbacks.resume_state import ResumeState
 from src.task import SSL_MODELS
 from src.task.checkpoint import load_ssl_model
 from src.task.finetuning import LastLayerFinetuner
-from src.utils.checkpoint_io import AtomicCheckpointIO
+from src.train.trainer import build_trainer, merge_metrics, relative, sigterm_exits_nonzero
 from src.utils.io import read_json, write_json, write_text
-from src.utils.loggers import get_lightning_loggers
 from src.utils.plain import to_plain
 
 log = logging.getLogger(__name__)
@@ -55,94 +47,6 @@ RESULTS_FILE = "results.json"
 #: written once pretraining (fit + final validation) is complete, so a rerun after a kill
 #: during finetuning does not pretrain again
 PRETRAIN_DONE_FILE = "checkpoints/pretrain_done.json"
-LAST_CKPT = "last.ckpt"
-
-
-def generate_run_id(length: int = 8) -> str:
-    """An 8-character lowercase/digit id, the format of wandb's ``generate_id``."""
-    alphabet = string.ascii_lowercase + string.digits
-    return "".join(secrets.choice(alphabet) for _ in range(length))
-
-
-def relative(path: str | Path) -> str:
-    """``path`` relative to the working directory when inside it (results files stay portable)."""
-    path = Path(path).resolve()
-    try:
-        return str(path.relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
-
-
-def trainer_kwargs(trainer_cfg: DictConfig | dict[str, Any], debug: DictConfig | None) -> dict[str, Any]:
-    """The configured Trainer arguments, adapted to the machine and the debug mode.
-
-    fp16 autocast (``16-mixed``) is a GPU feature: without CUDA the run uses ``32-true``.
-    So is ``sync_batchnorm``: torch's DDP refuses SyncBatchNorm on CPU modules, so CPU
-    processes keep per-process BatchNorm statistics.
-    """
-    kwargs = to_plain(trainer_cfg)
-    precision = str(kwargs.get("precision", "32-true"))
-    if precision in ("16-mixed", "16") and not torch.cuda.is_available():
-        log.info("trainer.precision=%s needs a GPU; running with 32-true on this machine", precision)
-        kwargs["precision"] = "32-true"
-    if kwargs.get("sync_batchnorm") and (kwargs.get("accelerator") == "cpu" or not torch.cuda.is_available()):
-        log.info("trainer.sync_batchnorm needs GPUs; CPU processes keep their own BatchNorm statistics")
-        kwargs["sync_batchnorm"] = False
-    if debug:
-        kwargs.update(to_plain(debug))
-    return kwargs
-
-
-def build_callbacks(
-    callbacks_cfg: DictConfig | None, checkpoint_dir: Path, has_logger: bool, **probe: Any
-) -> list[Callback]:
-    """Callbacks of a phase in the reference's order; unknown names are an error."""
-    callbacks: list[Callback] = []
-    for name, args in (to_plain(callbacks_cfg) or {}).items():
-        args = dict(args or {})
-        if name == "checkpoint":
-            # overwrite model.ckpt in place rather than writing model-v1.ckpt
-            callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, enable_version_counter=False, **args))
-        elif name == "early_stopping":
-            callbacks.append(EarlyStopping(**args))
-        elif name == "online_finetuner":
-            callbacks.append(OnlineFineTuner(**probe, **args))
-        elif name == "learning_rate_monitor":
-            if has_logger:  # Lightning refuses the monitor without a logger (Quirk Q18g)
-                callbacks.append(LearningRateMonitor(**args))
-        else:
-            raise ValueError(
-                f"callbacks.{name} is not a known callback; use checkpoint, early_stopping, online_finetuner "
-                "or learning_rate_monitor"
-            )
-    return callbacks
-
-
-def reliability_callbacks(callbacks: list[Callback], checkpoint_dir: Path, check_every_n_steps: int) -> list[Callback]:
-    """The callbacks every training phase gets on top of the configured ones.
-
-    ``ResumeState`` (RNG streams, stop flag) and ``NonFiniteLossGuard`` always; a
-    last-checkpoint writer when no configured checkpoint keeps ``last.ckpt``, so that every
-    phase can resume.
-    """
-    extra: list[Callback] = [ResumeState(), NonFiniteLossGuard(check_every_n_steps)]
-    if not any(isinstance(c, ModelCheckpoint) and c.save_last for c in callbacks):
-        extra.append(ModelCheckpoint(dirpath=checkpoint_dir, save_top_k=0, save_last=True))
-    return callbacks + extra
-
-
-def resume_from(checkpoint_dir: Path) -> str | None:
-    """``last.ckpt`` of an interrupted phase, if there is one (the phase then continues from it)."""
-    last = checkpoint_dir / LAST_CKPT
-    if last.is_file():
-        log.info("resuming from %s", last)
-        return str(last)
-    return None
-
-
-def fit_resuming(trainer: pl.Trainer, model: pl.LightningModule, datamodule: Any, ckpt_path: str | None) -> None:
-    """``trainer.fit``, resuming from ``ckpt_path`` (weights-only loading) when given."""
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
 
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
@@ -160,6 +64,12 @@ def ssl_model_kwargs(cfg: DictConfig, train_iters_per_epoch: int) -> tuple[str, 
     return name, kwargs
 
 
+def generate_run_id(length: int = 8) -> str:
+    """An 8-character lowercase/digit id, the format of wandb's ``generate_id``."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
 def pretrain(cfg: DictConfig, output_path: Path) -> dict[str, Any]:
     """Fit the SSL model, then validate its final weights (spec §13.2)."""
     datamodule = build_datamodule(cfg)
@@ -168,33 +78,25 @@ def pretrain(cfg: DictConfig, output_path: Path) -> dict[str, Any]:
     name, kwargs = ssl_model_kwargs(cfg, datamodule.train_iters_per_epoch)
     model = SSL_MODELS[name](**kwargs, seed=cfg.seed)
 
-    loggers = get_lightning_loggers(cfg.logging, output_path)
-    ckpt_dir = output_path / "checkpoints"
-    callbacks = build_callbacks(
-        cfg.train.get("callbacks"),
-        ckpt_dir,
-        bool(loggers),
+    phase = build_trainer(
+        cfg.train.trainer,
+        output_path,
+        callbacks_cfg=cfg.train.get("callbacks"),
+        logging_cfg=cfg.logging,
+        debug=cfg.get("debug"),
         encoder_output_dim=int(cfg.train.kwargs.latent_dim),
         num_classes=int(cfg.dataset.num_classes),
     )
-    kwargs = trainer_kwargs(cfg.train.trainer, cfg.get("debug"))
-    trainer = pl.Trainer(
-        default_root_dir=output_path,
-        callbacks=reliability_callbacks(callbacks, ckpt_dir, int(kwargs.get("log_every_n_steps", 50))),
-        logger=loggers or False,
-        plugins=[AtomicCheckpointIO()],
-        **kwargs,
-    )
-    fit_resuming(trainer, model, datamodule, resume_from(ckpt_dir))
+    trainer = phase.trainer
+    phase.fit(model, datamodule)
     metrics = trainer.validate(model, datamodule=datamodule)
     if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
         # The DDP pretraining is over and the other ranks stop here (see _run_pipeline); a group
         # left behind would make rank 0's later single-device trainers wait for them forever.
         torch.distributed.destroy_process_group()
-    ckpt = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
     return {
-        "metrics": _merge(metrics),
-        "ckpt_path": ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None,
+        "metrics": merge_metrics(metrics),
+        "ckpt_path": phase.best_checkpoint(),
         "train_iters_per_epoch": datamodule.train_iters_per_epoch,
     }
 
@@ -211,32 +113,17 @@ def finetune(cfg: DictConfig, output_path: Path, model_ckpt_path: str | Path) ->
     kwargs.pop("_target_", None)
     model = LastLayerFinetuner(pl_module=pl_module, **kwargs)
 
-    loggers = get_lightning_loggers(cfg.logging, root)
-    ckpt_dir = root / "checkpoints"
-    callbacks = build_callbacks(cfg.finetune.get("callbacks"), ckpt_dir, bool(loggers))
-    kwargs = trainer_kwargs(cfg.finetune.trainer, cfg.get("debug"))
-    trainer = pl.Trainer(
-        default_root_dir=root,
-        callbacks=reliability_callbacks(callbacks, ckpt_dir, int(kwargs.get("log_every_n_steps", 50))),
-        logger=loggers or False,
-        plugins=[AtomicCheckpointIO()],
-        **kwargs,
+    phase = build_trainer(
+        cfg.finetune.trainer,
+        root,
+        callbacks_cfg=cfg.finetune.get("callbacks"),
+        logging_cfg=cfg.logging,
+        debug=cfg.get("debug"),
     )
-    fit_resuming(trainer, model, datamodule, resume_from(ckpt_dir))
-    trainer.validate(model, datamodule=datamodule)
-    metrics = trainer.test(model, datamodule=datamodule)
-    ckpt = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
-    return {
-        "metrics": _merge(metrics),
-        "ckpt_path": ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None,
-    }
-
-
-def _merge(results: list[dict[str, Any]]) -> dict[str, float]:
-    merged: dict[str, float] = {}
-    for r in results:
-        merged.update({k: float(v) for k, v in r.items()})
-    return merged
+    phase.fit(model, datamodule)
+    phase.trainer.validate(model, datamodule=datamodule)
+    metrics = phase.trainer.test(model, datamodule=datamodule)
+    return {"metrics": merge_metrics(metrics), "ckpt_path": phase.best_checkpoint()}
 
 
 def save_hydra_config(cfg: DictConfig, output_path: Path) -> None:
@@ -245,10 +132,6 @@ def save_hydra_config(cfg: DictConfig, output_path: Path) -> None:
     OmegaConf.set_struct(cfg, False)
     cfg.output_path = str(output_path)
     write_text(output_path / "hydra_config.yaml", OmegaConf.to_yaml(cfg))
-
-
-#: exit status of a run stopped by SIGTERM (128 + 15, what a shell reports for the signal)
-SIGTERM_EXIT = 143
 
 
 def run_pipeline(cfg: DictConfig) -> dict[str, Any] | None:
@@ -260,16 +143,6 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any] | None:
     """
     with sigterm_exits_nonzero():
         return _run_pipeline(cfg)
-
-
-@contextlib.contextmanager
-def sigterm_exits_nonzero() -> Iterator[None]:
-    """Turn Lightning's ``SIGTERMException`` (a ``SystemExit`` with status 0) into status 143."""
-    try:
-        yield
-    except SIGTERMException as err:
-        log.error("stopped by SIGTERM; run the same command again to resume from the last checkpoint")
-        raise SystemExit(SIGTERM_EXIT) from err
 
 
 def _run_pipeline(cfg: DictConfig) -> dict[str, Any] | None:

@@ -23,25 +23,12 @@ from typing import Any
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
 
-from src.experiments.pipeline import (
-    RESULTS_FILE,
-    _merge,
-    build_callbacks,
-    build_datamodule,
-    fit_resuming,
-    relative,
-    reliability_callbacks,
-    resume_from,
-    sigterm_exits_nonzero,
-    trainer_kwargs,
-)
 from src.task.checkpoint import load_ssl_model
 from src.task.semi_supervised import SemiSupervised
-from src.utils.checkpoint_io import AtomicCheckpointIO
+from src.train.pipeline import RESULTS_FILE, build_datamodule
+from src.train.trainer import build_trainer, merge_metrics, relative, sigterm_exits_nonzero
 from src.utils.io import read_json, write_json
-from src.utils.loggers import get_lightning_loggers
 from src.utils.plain import to_plain
 
 log = logging.getLogger(__name__)
@@ -97,26 +84,18 @@ def train(cfg: DictConfig, run: dict[str, Any], run_path: Path, output_path: Pat
         extra["beta_scale"] = metadata["beta_scale"]
     model = SemiSupervised(pl_module=pl_module, **kwargs, **extra)
 
-    loggers = get_lightning_loggers(cfg.logging, output_path)
-    ckpt_dir = output_path / "checkpoints"
-    callbacks = build_callbacks(cfg.train.get("callbacks"), ckpt_dir, bool(loggers))
-    kwargs = trainer_kwargs(cfg.train.trainer, cfg.get("debug"))
-    trainer = pl.Trainer(
-        default_root_dir=output_path,
-        callbacks=reliability_callbacks(callbacks, ckpt_dir, int(kwargs.get("log_every_n_steps", 50))),
-        logger=loggers or False,
-        plugins=[AtomicCheckpointIO()],
-        **kwargs,
+    phase = build_trainer(
+        cfg.train.trainer,
+        output_path,
+        callbacks_cfg=cfg.train.get("callbacks"),
+        logging_cfg=cfg.logging,
+        debug=cfg.get("debug"),
     )
-    # an interrupted run continues from its last.ckpt (see src/experiments/pipeline.py)
-    fit_resuming(trainer, model, datamodule, resume_from(ckpt_dir))
-    # no checkpoint: the final in-memory weights are tested, as in the reference (Q3)
-    metrics = trainer.test(model, datamodule=datamodule)
-    ckpt = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
-    return {
-        "metrics": _merge(metrics),
-        "ckpt_path": ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None,
-    }
+    # an interrupted run continues from its last.ckpt (see src/train/pipeline.py)
+    phase.fit(model, datamodule)
+    # no checkpoint: the final in-memory weights are tested, as in the reference (D-Q3)
+    metrics = phase.trainer.test(model, datamodule=datamodule)
+    return {"metrics": merge_metrics(metrics), "ckpt_path": phase.best_checkpoint()}
 
 
 def run_semi_supervised(cfg: DictConfig) -> dict[str, Any] | None:

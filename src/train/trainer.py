@@ -1,0 +1,196 @@
+"""One trainer builder for every training phase: pretraining, the offline finetune, semi-supervised
+finetuning and the linear probes.
+
+:func:`build_trainer` turns a phase's config (``trainer``, ``callbacks``) into a Lightning ``Trainer``
+with the configured callbacks in the reference's order, the loggers of the ``logging`` node, the
+project's reliability callbacks (resume state, non-finite-loss guard, a ``last.ckpt`` writer) and
+atomic weights-only checkpoint I/O. The returned :class:`TrainingPhase` fits resuming from the
+phase's ``last.ckpt`` and knows its best checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import Logger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from src.train.callbacks.fault_guard import NonFiniteLossGuard
+from src.train.callbacks.online_finetuner import OnlineFineTuner
+from src.train.callbacks.resume_state import ResumeState
+from src.train.checkpoint_io import AtomicCheckpointIO
+from src.train.loggers import get_lightning_loggers
+from src.utils.plain import to_plain
+
+log = logging.getLogger(__name__)
+
+LAST_CKPT = "last.ckpt"
+#: exit status of a run stopped by SIGTERM (128 + 15, what a shell reports for the signal)
+SIGTERM_EXIT = 143
+#: the callbacks a phase's ``callbacks`` node may name
+CALLBACK_NAMES = ("checkpoint", "early_stopping", "online_finetuner", "learning_rate_monitor")
+
+
+def trainer_kwargs(trainer_cfg: Mapping[str, Any], debug: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The configured Trainer arguments, adapted to the machine and the debug mode.
+
+    fp16 autocast (``16-mixed``) is a GPU feature: without CUDA the run uses ``32-true``.
+    So is ``sync_batchnorm``: torch's DDP refuses SyncBatchNorm on CPU modules, so CPU
+    processes keep per-process BatchNorm statistics.
+    """
+    kwargs = to_plain(trainer_cfg)
+    precision = str(kwargs.get("precision", "32-true"))
+    if precision in ("16-mixed", "16") and not torch.cuda.is_available():
+        log.info("trainer.precision=%s needs a GPU; running with 32-true on this machine", precision)
+        kwargs["precision"] = "32-true"
+    if kwargs.get("sync_batchnorm") and (kwargs.get("accelerator") == "cpu" or not torch.cuda.is_available()):
+        log.info("trainer.sync_batchnorm needs GPUs; CPU processes keep their own BatchNorm statistics")
+        kwargs["sync_batchnorm"] = False
+    if debug:
+        kwargs.update(to_plain(debug))
+    return kwargs
+
+
+def build_callbacks(
+    callbacks_cfg: Mapping[str, Any] | None, checkpoint_dir: Path, has_logger: bool, **probe: Any
+) -> list[Callback]:
+    """Callbacks of a phase in the reference's order; unknown names are an error.
+
+    ``probe`` holds the online probe's arguments that come from elsewhere in the config
+    (``encoder_output_dim``, ``num_classes``).
+    """
+    callbacks: list[Callback] = []
+    for name, args in (to_plain(callbacks_cfg) or {}).items():
+        args = dict(args or {})
+        if name == "checkpoint":
+            # overwrite model.ckpt in place rather than writing model-v1.ckpt
+            callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, enable_version_counter=False, **args))
+        elif name == "early_stopping":
+            callbacks.append(EarlyStopping(**args))
+        elif name == "online_finetuner":
+            callbacks.append(OnlineFineTuner(**probe, **args))
+        elif name == "learning_rate_monitor":
+            if has_logger:  # Lightning refuses the monitor without a logger (T-Q18g)
+                callbacks.append(LearningRateMonitor(**args))
+        else:
+            raise ValueError(f"callbacks.{name} is not a known callback; use one of {', '.join(CALLBACK_NAMES)}")
+    return callbacks
+
+
+def reliability_callbacks(callbacks: list[Callback], checkpoint_dir: Path, check_every_n_steps: int) -> list[Callback]:
+    """The callbacks every training phase gets on top of the configured ones.
+
+    ``ResumeState`` (RNG streams, stop flag) and ``NonFiniteLossGuard`` always; a
+    last-checkpoint writer when no configured checkpoint keeps ``last.ckpt``, so that every
+    phase can resume.
+    """
+    extra: list[Callback] = [ResumeState(), NonFiniteLossGuard(check_every_n_steps)]
+    if not any(isinstance(c, ModelCheckpoint) and c.save_last for c in callbacks):
+        extra.append(ModelCheckpoint(dirpath=checkpoint_dir, save_top_k=0, save_last=True))
+    return callbacks + extra
+
+
+@dataclass
+class TrainingPhase:
+    """A configured Trainer and where its phase keeps checkpoints."""
+
+    trainer: pl.Trainer
+    #: the phase's configured callbacks (the reliability ones excluded)
+    callbacks: list[Callback]
+    checkpoint_dir: Path
+
+    def resume_checkpoint(self) -> str | None:
+        """``last.ckpt`` of an interrupted run of this phase, if there is one (the fit continues from it)."""
+        last = self.checkpoint_dir / LAST_CKPT
+        if last.is_file():
+            log.info("resuming from %s", last)
+            return str(last)
+        return None
+
+    def fit(self, model: pl.LightningModule, datamodule: Any) -> None:
+        """``trainer.fit``, resuming from the phase's ``last.ckpt`` (loaded weights-only) when it exists."""
+        self.trainer.fit(model, datamodule=datamodule, ckpt_path=self.resume_checkpoint(), weights_only=True)
+
+    def best_checkpoint(self) -> str | None:
+        """The best checkpoint of the first configured ``ModelCheckpoint``, if any was written."""
+        ckpt = next((c for c in self.callbacks if isinstance(c, ModelCheckpoint)), None)
+        return ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
+
+
+def build_trainer(
+    trainer_cfg: Mapping[str, Any],
+    root: Path,
+    *,
+    callbacks_cfg: Mapping[str, Any] | None = None,
+    logging_cfg: Mapping[str, Any] | None = None,
+    loggers: Sequence[Logger] | None = None,
+    callbacks: Sequence[Callback] = (),
+    debug: Mapping[str, Any] | None = None,
+    checkpoint_dir: Path | None = None,
+    reliability: bool = True,
+    **probe: Any,
+) -> TrainingPhase:
+    """The Trainer of one phase, writing under ``root``.
+
+    Args:
+        trainer_cfg: the phase's ``trainer`` node (Lightning Trainer arguments).
+        root: the phase's output folder (``default_root_dir``; loggers write below it).
+        callbacks_cfg: the phase's ``callbacks`` node (see :func:`build_callbacks`).
+        logging_cfg: the ``logging`` node; its loggers are rooted at ``root``. Ignored when ``loggers`` is given.
+        loggers: explicit loggers instead of those of ``logging_cfg``.
+        callbacks: further callbacks, after the configured ones.
+        debug: the ``debug`` node; its keys override the Trainer arguments.
+        checkpoint_dir: where checkpoints go (default ``root / "checkpoints"``).
+        reliability: add the resume-state, non-finite-loss and ``last.ckpt`` callbacks and the atomic
+            weights-only checkpoint I/O (every training phase; off only for throw-away trainers).
+        **probe: online-probe arguments for :func:`build_callbacks`.
+    """
+    checkpoint_dir = checkpoint_dir or root / "checkpoints"
+    if loggers is None:
+        loggers = get_lightning_loggers(logging_cfg or {}, root)
+    configured = build_callbacks(callbacks_cfg, checkpoint_dir, bool(loggers), **probe) + list(callbacks)
+    kwargs = trainer_kwargs(trainer_cfg, debug)
+    all_callbacks = configured
+    plugins: list[Any] = []
+    if reliability:
+        all_callbacks = reliability_callbacks(configured, checkpoint_dir, int(kwargs.get("log_every_n_steps", 50)))
+        plugins.append(AtomicCheckpointIO())
+    trainer = pl.Trainer(
+        default_root_dir=root, callbacks=all_callbacks, logger=list(loggers) or False, plugins=plugins, **kwargs
+    )
+    return TrainingPhase(trainer=trainer, callbacks=configured, checkpoint_dir=checkpoint_dir)
+
+
+def merge_metrics(results: list[dict[str, Any]]) -> dict[str, float]:
+    """The metric dicts ``trainer.validate``/``test`` return, merged into one of floats."""
+    merged: dict[str, float] = {}
+    for r in results:
+        merged.update({k: float(v) for k, v in r.items()})
+    return merged
+
+
+def relative(path: str | Path) -> str:
+    """``path`` relative to the working directory when inside it (results files stay portable)."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+@contextlib.contextmanager
+def sigterm_exits_nonzero() -> Iterator[None]:
+    """Turn Lightning's ``SIGTERMException`` (a ``SystemExit`` with status 0) into status 143."""
+    try:
+        yield
+    except SIGTERMException as err:
+        log.error("stopped by SIGTERM; run the same command again to resume from the last checkpoint")
+        raise SystemExit(SIGTERM_EXIT) from err
