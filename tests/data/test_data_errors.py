@@ -24,7 +24,7 @@ from src.experiments.scripts import demo_linear_probing, demo_report, run_ood_st
 from src.model.loss.barlow_twins import BarlowTwinsLoss
 from src.model.loss.vicreg import VICRegLoss
 from src.ood.detectors import build_detector
-from src.ood.report import make_report
+from src.reports.ood import make_report
 from src.ood.study import discover_runs, run_study
 from src.task.checkpoint import load_ssl_model
 from src.train.pipeline import build_datamodule

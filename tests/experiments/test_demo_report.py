@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from src.experiments.demo_report import make_demo_report
+from src.reports.demo import make_demo_report
 
 
 def write_inputs(root: Path, ssl_acc: float, best_far: float) -> tuple[Path, Path, Path]:

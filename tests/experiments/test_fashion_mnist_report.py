@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from src.experiments.fashion_mnist_report import make_fashion_mnist_report
 from src.experiments.scripts import fashion_mnist_gpu
+from src.reports.fashion_mnist import make_fashion_mnist_report
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = {

@@ -10,8 +10,8 @@ import pytest
 from src.data.demo import prepare_demo_data
 from src.experiments.scripts import run_ood_study
 from src.ood.detectors import build_detector
-from src.ood.report import make_report
 from src.ood.study import discover_runs, run_study
+from src.reports.ood import make_report
 
 
 def _q(path: Path | str) -> str:

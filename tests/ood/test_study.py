@@ -13,8 +13,8 @@ from hydra import compose, initialize_config_dir
 
 from src.data.demo import prepare_demo_data
 from src.ood.detectors import DETECTORS, STUDY_ORDER, build_detector
-from src.ood.report import make_report
 from src.ood.study import run_study
+from src.reports.ood import make_report
 from src.train.pipeline import run_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from src.experiments.demo_report import make_demo_report
+from src.reports.demo import make_demo_report
 
 
 def main(argv: list[str] | None = None) -> None:

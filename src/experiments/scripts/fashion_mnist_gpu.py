@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         for protocol in args.protocols:
             print((args.output_root / "reports" / protocol / "ood" / "ood_report.md").read_text())
     else:
-        from src.experiments.fashion_mnist_report import make_fashion_mnist_report
+        from src.reports.fashion_mnist import make_fashion_mnist_report
 
         make_fashion_mnist_report(args.output_root / "results", args.output_root / "reports", args.output_root / "data")
         print((args.output_root / "reports" / "README.md").read_text())

@@ -1,4 +1,4 @@
-"""Write the Fashion-MNIST report (src/experiments/fashion_mnist_report.py).
+"""Write the Fashion-MNIST report (src/reports/fashion_mnist.py).
 
     python src/experiments/scripts/fashion_mnist_report.py --results-dir data/results/fashion_mnist \
         --reports-dir data/reports/fashion_mnist --data-dir data/datasets/fashion_mnist
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from src.experiments.fashion_mnist_report import make_fashion_mnist_report
+from src.reports.fashion_mnist import make_fashion_mnist_report
 
 
 def main(argv: list[str] | None = None) -> None:

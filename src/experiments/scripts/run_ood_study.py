@@ -13,7 +13,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from src.ood.detectors import DETECTORS, STUDY_ORDER
+from src.ood.detectors import DETECTORS, study_order
 from src.ood.protocol import PROTOCOLS
 from src.ood.study import run_studies, run_study
 
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
             f"--postprocessor-name {args.postprocessor_name!r} is not a known detector; use one of "
             f"{', '.join(sorted(DETECTORS))}, or `all` for every detector"
         )
-    names = STUDY_ORDER if args.postprocessor_name == "all" else (args.postprocessor_name,)
+    names = study_order() if args.postprocessor_name == "all" else [args.postprocessor_name]
     outputs = {name: args.output_dir / name for name in names} if args.postprocessor_name == "all" else None
     common = dict(
         device=args.device,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from src.ood.report import make_report
+from src.reports.ood import make_report
 
 
 def main(argv: list[str] | None = None) -> None:

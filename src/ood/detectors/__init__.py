@@ -19,8 +19,10 @@ from src.utils.registry import Registry
 DETECTORS: Registry[type[Detector]] = Registry("detector", config_key="--postprocessor-name")
 #: where the detectors' configs live (APS mode, arguments, sweep)
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "experiments" / "conf" / "ood"
-#: the reference's study order
-STUDY_ORDER = ("msp", "mds", "sigmamean", "logpprior", "umds", "gram", "odin", "kldivsimk", "edsimk")
+#: the paper's nine detectors, in the reference's study order (a fixed set: the paper's stages)
+PAPER_DETECTORS = ("msp", "mds", "sigmamean", "logpprior", "umds", "gram", "odin", "kldivsimk", "edsimk")
+#: kept for the paper's scripts and reports: the reference's study order
+STUDY_ORDER = PAPER_DETECTORS
 
 
 def register(cls: type[Detector]) -> type[Detector]:
@@ -31,6 +33,14 @@ def register(cls: type[Detector]) -> type[Detector]:
 for _module in pkgutil.iter_modules([str(Path(__file__).parent)]):
     if _module.name != "base":
         importlib.import_module(f"{__name__}.{_module.name}")
+
+
+def study_order() -> list[str]:
+    """Every registered detector: the paper's nine in the reference's order, then the others by name.
+
+    ``--postprocessor-name all`` and the reports iterate this, so a registered detector joins them.
+    """
+    return [*(n for n in PAPER_DETECTORS if n in DETECTORS), *sorted(n for n in DETECTORS if n not in PAPER_DETECTORS)]
 
 
 def detector_config(name: str, config_dir: Path = CONFIG_DIR) -> dict[str, Any]:
@@ -54,4 +64,14 @@ def build_detector(name: str, corrected_sign: bool = False, config_dir: Path = C
     return DETECTORS[name](**cfg["args"], sweep=sweep, corrected_sign=corrected_sign)
 
 
-__all__ = ["CONFIG_DIR", "DETECTORS", "STUDY_ORDER", "Detector", "build_detector", "detector_config", "register"]
+__all__ = [
+    "CONFIG_DIR",
+    "DETECTORS",
+    "PAPER_DETECTORS",
+    "STUDY_ORDER",
+    "Detector",
+    "build_detector",
+    "detector_config",
+    "register",
+    "study_order",
+]

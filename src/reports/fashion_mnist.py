@@ -22,7 +22,7 @@ import pandas as pd
 import yaml
 
 from src.data.fashion_mnist import PROTOCOL_NAMES
-from src.ood.report import run_group
+from src.reports.ood import run_group
 from src.utils.io import read_json, write_json, write_text
 
 PROTOCOL_TITLES = {

@@ -1,0 +1,1 @@
+"""Downstream evaluation of pretrained models: pre-embedding, linear probing and transfer, their summary."""
