@@ -174,7 +174,8 @@ def verify_raw(data_dir: str | os.PathLike[str]) -> dict[str, int]:
     missing = missing_raw_files(data_dir)
     if missing:
         raise FileNotFoundError(
-            f"Fashion-MNIST not found at {raw_folder(data_dir)}: missing {', '.join(missing)}. " + how_to_obtain(data_dir)
+            f"Fashion-MNIST not found at {raw_folder(data_dir)}: missing {', '.join(missing)}. "
+            + how_to_obtain(data_dir)
         )
     return _verify_files(raw_folder(data_dir))
 
@@ -279,9 +280,7 @@ def load_split(data_dir: str | os.PathLike[str], train: bool) -> tuple[np.ndarra
     return images.numpy(), labels.numpy().astype(np.int64)
 
 
-def subset_indices(
-    labels: np.ndarray, classes: Iterable[int], per_class: int | None, seed: int
-) -> np.ndarray:
+def subset_indices(labels: np.ndarray, classes: Iterable[int], per_class: int | None, seed: int) -> np.ndarray:
     """Sorted indices of the samples of ``classes``: all of them, or ``per_class`` drawn per class.
 
     The draw is a seeded permutation of each class (one generator for all classes, in the
@@ -455,7 +454,11 @@ def prepare_ood_protocols(
         ValueError: a subset size is out of range.
     """
     data_dir = Path(data_dir)
-    for key, value in (("train_per_class", train_per_class), ("test_per_class", test_per_class), ("ood_count", ood_count)):
+    for key, value in (
+        ("train_per_class", train_per_class),
+        ("test_per_class", test_per_class),
+        ("ood_count", ood_count),
+    ):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{key}={value!r} must be a positive integer or None (all)")
     settings = protocol_settings(train_per_class, test_per_class, ood_count, seed)

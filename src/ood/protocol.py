@@ -26,8 +26,8 @@ from typing import Any
 from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
+from src.data.augment.transforms import BYOLViewTransform, MultiViewTransform, ToRGB
 from src.data.dataset.imglist import ImageListDataset
-from src.data.transforms import BYOLViewTransform, MultiViewTransform, ToRGB
 from src.utils.io import read_json
 
 HALF_NORMALIZE = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}

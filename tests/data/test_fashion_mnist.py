@@ -230,7 +230,9 @@ def test_protocol_lists(data_dir: Path) -> None:
     assert full.near == {} and set(full.far) == {"digits", "noise"} and full.num_classes == 10
     assert set(split.near) == {"fashion_mnist_6to9"} and split.num_classes == 6
     lists = {
-        (p.id_name, key): read_image_list(p.list_dir / name) for p in (full, split) for key, name in p.all_lists().items()
+        (p.id_name, key): read_image_list(p.list_dir / name)
+        for p in (full, split)
+        for key, name in p.all_lists().items()
     }
     assert len(lists["fashion_mnist", "id/train"]) == 80  # train_per_class=8
     assert len(lists["fashion_mnist", "id/val"]) + len(lists["fashion_mnist", "id/test"]) == 100

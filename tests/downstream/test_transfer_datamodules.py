@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import TensorDataset
 
+from src.data.augment.transforms import IMAGENET_NORMALIZE
 from src.data.datamodule.transfer_learning import (
     EmbeddingWriter,
     Flowers102Split,
@@ -22,7 +23,6 @@ from src.data.datamodule.transfer_learning import (
     probe_transform,
     save_embeddings,
 )
-from src.data.transforms import IMAGENET_NORMALIZE
 from tests.downstream.conftest import WNIDS, write_flowers102, write_sun397
 
 

@@ -16,6 +16,7 @@ from src.data.datamodule.demo import DemoDataModule
 from src.data.datamodule.fashion_mnist import FashionMNISTDataModule
 from src.data.datamodule.imagenet import ImageNetDataModule, SubsetImageNetDataModule
 
+
 def build_datamodule(name: str, **kwargs: Any) -> BaseDataModule:
     """Instantiate the datamodule registered as ``name`` with constructor arguments ``kwargs``.
 

@@ -13,7 +13,7 @@ Batches (PyTorch default collate), for a batch size B and image side H:
 
 A datamodule that sets ``device_augment`` (CIFAR with ``augment_on_device``) has loaders that
 yield ``[X_uint8, Y]``; its ``on_after_batch_transfer`` hook turns them into the ssl layout
-above on the training device (``src/data/gpu_augment.py``).
+above on the training device (``src/data/augment/device_views.py``).
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, random_split
 from torchvision import transforms as T
 
-from src.data.transforms import SupervisedTransform, cifar_ssl_transform
+from src.data.augment.transforms import SupervisedTransform, cifar_ssl_transform
 from src.utils.registry import Registry
 
 if TYPE_CHECKING:
-    from src.data.gpu_augment import DeviceSSLAugment
+    from src.data.augment.device_views import DeviceSSLAugment
 
 # Config task name (`dataset.task`, i.e. `train.name`) -> task type; the type picks the transforms.
 TASK_TYPES: dict[str, str] = {
@@ -99,6 +99,19 @@ def split_train_val(
     train_ds, _ = random_split(train_source, lengths, generator=torch.Generator().manual_seed(seed))
     _, val_ds = random_split(val_source, lengths, generator=torch.Generator().manual_seed(seed))
     return train_ds, val_ds
+
+
+def resolve_augment_on_device(value: bool | str) -> bool:
+    """The ``dataset.augment_on_device`` option: true, false, or "auto" (on when CUDA is available).
+
+    Raises:
+        ValueError: any other value.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return torch.cuda.is_available()
+    raise ValueError(f"dataset.augment_on_device must be true, false or auto, got {value!r}")
 
 
 #: the training datamodules by ``dataset.name``; configs name them by ``dataset._target_``. A new dataset

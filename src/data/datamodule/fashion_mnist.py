@@ -29,9 +29,9 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from src.data.augment.transforms import fashion_mnist_ssl_transform
 from src.data.datamodule.base import DATAMODULES, BaseDataModule, split_train_val
 from src.data.fashion_mnist import CLASSES, NORMALIZE, install_raw, load_split, subset_indices, verify_raw
-from src.data.transforms import fashion_mnist_ssl_transform
 
 
 def optional_count(value: Any, key: str) -> int | None:

@@ -26,9 +26,9 @@ import torch
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from src.data.augment.transforms import IMAGENET_NORMALIZE, ImageNetSupervisedTransform, imagenet_ssl_transform
 from src.data.datamodule.base import DATAMODULES, BaseDataModule
 from src.data.dataset.image_file import load_rgb_image
-from src.data.transforms import IMAGENET_NORMALIZE, ImageNetSupervisedTransform, imagenet_ssl_transform
 
 SPLITS = ("train", "val")
 # Names listed in an error message; the rest are counted.

@@ -49,12 +49,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision.datasets import ImageFolder
 
+from src.data.augment.transforms import IMAGENET_NORMALIZE, FinetuneViewTransform, Normalization
 from src.data.datamodule.imagenet import ImageNetDataModule
 from src.data.dataset.image_file import load_rgb_image
 from src.data.dataset.imglist import ImageListDataset
 from src.data.demo import ID_NAME as DEMO_ID_NAME
 from src.data.demo import read_protocol
-from src.data.transforms import IMAGENET_NORMALIZE, FinetuneViewTransform, Normalization
 from src.utils.io import atomic_write
 
 log = logging.getLogger(__name__)

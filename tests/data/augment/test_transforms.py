@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from src.data.transforms import (
+from src.data.augment.transforms import (
     CIFAR10_NORMALIZE,
     CIFAR100_NORMALIZE,
     IMAGENET_NORMALIZE,
