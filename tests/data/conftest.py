@@ -13,10 +13,14 @@ batches and ``_load_meta`` for the meta file, both through the module-level
 HWC conversion and the label handling stay torchvision's.
 
 ImageNet: an ``ImageFolder`` tree of small JPEGs, ``<root>/{train,val}/<wnid>/*.JPEG``.
+
+Fashion-MNIST: the four IDX files (gzipped as Debian ships them, or plain) of 10 classes whose
+mean grey level encodes the class; ``fashion_mnist_dir`` installs them and writes both OOD protocols.
 """
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import pickle
@@ -169,3 +173,63 @@ def imagenet_dir(tmp_path: Path) -> Path:
 def make_image_folder() -> Callable[..., None]:
     """The ``write_image_folder`` helper, for tests that build their own trees."""
     return write_image_folder
+
+
+# ---------------------------------------------------------------------------------------- Fashion-MNIST
+
+FMNIST_TRAIN_PER_CLASS, FMNIST_TEST_PER_CLASS = 12, 10
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """``array`` (uint8) as an IDX file: magic 0x0000080<ndim>, big-endian int32 dims, then the bytes."""
+    header = np.array([0x800 + array.ndim, *array.shape], dtype=">i4").tobytes()
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def synthetic_fashion_split(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images whose mean grey level encodes the class (so a test can trace relabelling), shuffled."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(10), n_per_class)
+    rng.shuffle(labels)
+    images = rng.integers(0, 20, size=(len(labels), 28, 28)).astype(np.uint8) + (labels * 20)[:, None, None].astype(
+        np.uint8
+    )
+    return images, labels.astype(np.uint8)
+
+
+def write_fashion_mnist_source(folder: Path, gz: bool = True) -> dict[str, np.ndarray]:
+    """The four Fashion-MNIST files as Debian ships them (``.gz``) or plain; returns the arrays written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    train_x, train_y = synthetic_fashion_split(FMNIST_TRAIN_PER_CLASS, 0)
+    test_x, test_y = synthetic_fashion_split(FMNIST_TEST_PER_CLASS, 1)
+    arrays = {
+        "train-images-idx3-ubyte": train_x,
+        "train-labels-idx1-ubyte": train_y,
+        "t10k-images-idx3-ubyte": test_x,
+        "t10k-labels-idx1-ubyte": test_y,
+    }
+    for name, array in arrays.items():
+        data = idx_bytes(array)
+        if gz:
+            (folder / f"{name}.gz").write_bytes(gzip.compress(data))
+        else:
+            (folder / name).write_bytes(data)
+    return arrays
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.ndarray]]:
+    """A folder with the four gzipped files, and the arrays in them."""
+    folder = tmp_path_factory.mktemp("debian") / "fashion-mnist"
+    return folder, write_fashion_mnist_source(folder)
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_dir(tmp_path_factory: pytest.TempPathFactory, fashion_mnist_source) -> Path:
+    """A Fashion-MNIST root: the raw files installed and both OOD protocols written (8 / 10 per class, 12 OOD)."""
+    from src.data.prepare.fashion_mnist_data import install_raw, prepare_ood_protocols
+
+    root = tmp_path_factory.mktemp("fmnist") / "fashion_mnist"
+    install_raw(root, fashion_mnist_source[0])
+    prepare_ood_protocols(root, train_per_class=8, test_per_class=10, ood_count=12, seed=3)
+    return root

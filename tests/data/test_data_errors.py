@@ -14,7 +14,7 @@ from PIL import Image
 
 from src.data.datamodule import CIFAR10DataModule, DemoDataModule, ImageNetDataModule
 from src.data.dataset import ImageDecodeError, ImageListDataset, ImageListError, load_rgb_image
-from src.data.demo import prepare_demo_data
+from src.data.prepare.demo_data import prepare_demo_data
 from src.train.pipeline import build_datamodule
 from tests.data.conftest import write_cifar10, write_image_folder
 

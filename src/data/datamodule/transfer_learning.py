@@ -53,8 +53,8 @@ from src.data.augment.transforms import IMAGENET_NORMALIZE, FinetuneViewTransfor
 from src.data.datamodule.imagenet import ImageNetDataModule
 from src.data.dataset.image_file import load_rgb_image
 from src.data.dataset.imglist import ImageListDataset
-from src.data.demo import ID_NAME as DEMO_ID_NAME
-from src.data.demo import read_protocol
+from src.data.prepare.demo_data import ID_NAME as DEMO_ID_NAME
+from src.data.prepare.demo_data import read_protocol
 from src.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -560,7 +560,7 @@ class ImagenetDatamodule(BaseLinearProbingDatamodule):
 
 
 class DemoLinearProbingDatamodule(BaseLinearProbingDatamodule):
-    """The embedded demo (``src/data/demo.py``): its train / val / test ID lists.
+    """The embedded demo (``src/data/prepare/demo_data.py``): its train / val / test ID lists.
 
     The demo models are pretrained on ``image_size``-pixel digits with the demo's own
     statistics, so the probe transform squash-resizes to that size (unless ``image_size`` is

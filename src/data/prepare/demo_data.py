@@ -47,7 +47,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 from src.data.dataset.imglist import write_image_list
-from src.data.ood_sources import (
+from src.data.prepare.ood_sources import (
     replace_dir,
     save_png,
     stratified_split,

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from src.data.datamodule import SubsetImageNetDataModule
-from src.experiments.scripts.build_imagenet_subset import SubsetBuildError, build_subset, main, read_split_file
+from src.data.prepare.imagenet_subset import SubsetBuildError, build_subset, read_split_file
+from src.experiments.scripts.build_imagenet_subset import main
 
 WNIDS = ("n01440764", "n01443537", "n02102040")
 # Listed images of the first two classes; the third class has none.
