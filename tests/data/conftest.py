@@ -14,6 +14,10 @@ HWC conversion and the label handling stay torchvision's.
 
 ImageNet: an ``ImageFolder`` tree of small JPEGs, ``<root>/{train,val}/<wnid>/*.JPEG``.
 
+Transfer datasets (linear probe): torchvision's ``SUN397/`` tree plus ``Partitions/Training_01.txt`` /
+``Testing_01.txt``, torchvision's ``flowers-102/{jpg/, imagelabels.mat, setid.mat}`` (scipy ``savemat``)
+and an ImageNet ``{train,val}/<wnid>/*.JPEG`` root, all under ``transfer_root``.
+
 Fashion-MNIST: the four IDX files (gzipped as Debian ships them, or plain) of 10 classes whose
 mean grey level encodes the class; ``fashion_mnist_dir`` installs them and writes both OOD protocols.
 """
@@ -233,3 +237,83 @@ def fashion_mnist_dir(tmp_path_factory: pytest.TempPathFactory, fashion_mnist_so
     install_raw(root, fashion_mnist_source[0])
     prepare_ood_protocols(root, train_per_class=8, test_per_class=10, ood_count=12, seed=3)
     return root
+
+
+# ---------------------------------------------------------------------------------------- transfer datasets
+
+SUN_CLASSES = ("/a/abbey", "/a/apartment_building/outdoor", "/b/bedroom")
+IMAGE_SIDE = 12
+
+
+def write_image(path: Path, rng: np.random.Generator, side: int = IMAGE_SIDE, fmt: str = "JPEG") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, size=(side, side + 3, 3), dtype=np.uint8)).save(path, format=fmt)
+
+
+def write_sun397(root: Path, per_split: int = 2, seed: int = 0) -> Path:
+    """``root/SUN397``: 3 classes (one with a sub-class), ``per_split`` train and test images each, one extra image."""
+    rng = np.random.default_rng(seed)
+    data = root / "SUN397"
+    data.mkdir(parents=True)
+    (data / "ClassName.txt").write_text("".join(f"{c}\n" for c in SUN_CLASSES))
+    train, test = [], []
+    for c in SUN_CLASSES:
+        for i in range(2 * per_split):
+            rel = f"{c}/sun_{c.replace('/', '')}{i:03d}.jpg"
+            write_image(data / rel.lstrip("/"), rng)
+            (train if i < per_split else test).append(rel)
+    write_image(data / "b" / "bedroom" / "sun_notinpartition.jpg", rng)  # on disk, in no partition
+    (data / "Partitions").mkdir()
+    # a duplicated line counts once (the reference reads the lines into a set)
+    (data / "Partitions" / "Training_01.txt").write_text("\n".join([*train, train[0]]) + "\n")
+    (data / "Partitions" / "Testing_01.txt").write_text("\n".join(test) + "\n")
+    return root
+
+
+def write_flowers102(root: Path, num_classes: int = 3, seed: int = 0) -> Path:
+    """``root/flowers-102``: per class 2 train, 2 val and 1 test image; labels 1-based in the .mat file."""
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(seed)
+    base = root / "flowers-102"
+    labels, trn, val, tst = [], [], [], []
+    image_id = 0
+    for c in range(num_classes):
+        for part in (trn, trn, val, val, tst):
+            image_id += 1
+            labels.append(c + 1)
+            part.append(image_id)
+            write_image(base / "jpg" / f"image_{image_id:05d}.jpg", rng)
+    savemat(base / "imagelabels.mat", {"labels": np.asarray([labels], dtype=np.uint8)})
+    savemat(
+        base / "setid.mat",
+        {k: np.asarray([v], dtype=np.uint16) for k, v in (("trnid", trn), ("valid", val), ("tstid", tst))},
+    )
+    return root
+
+
+def write_imagenet(root: Path, train_per_class: int = 3, val_per_class: int = 2, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", train_per_class), ("val", val_per_class)):
+        for wnid in WNIDS:
+            for i in range(n):
+                write_image(root / split / wnid / f"{wnid}_{i}.JPEG", rng)
+    return root
+
+
+@pytest.fixture(scope="session")
+def transfer_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``SUN397/`` and ``flowers-102/`` (the probe's ``data/datasets``) and ``imagenet/``."""
+    root = tmp_path_factory.mktemp("datasets")
+    write_sun397(root)
+    write_flowers102(root)
+    write_imagenet(root / "imagenet")
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo dataset at 8 px."""
+    from src.data.prepare.demo_data import prepare_demo_data
+
+    return prepare_demo_data(tmp_path_factory.mktemp("demo_data") / "demo", image_size=8)

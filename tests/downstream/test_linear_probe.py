@@ -11,8 +11,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from src.data.datamodule.transfer_learning import save_embeddings
-from src.experiments.scripts.evaluate_linear_probing import evaluate
+from src.data.dataset.embeddings import save_embeddings
+from src.downstream.linear_probe import evaluate, probe_runs
 from src.experiments.scripts.evaluate_linear_probing import main as evaluate_main
 from src.experiments.scripts.summarize_evaluation import main as summarize_main
 from src.task.evaluation import LinearProbingClassifier, PreEmbeddedLinearProbingClassifier
@@ -213,3 +213,25 @@ def test_probe_on_images_works_for_datasets_without_a_test_split(
     demo = probe_config(tmp_path / "demo.yaml", "demo", demo_root, tmp_path / "lp", max_epochs=1, batch_size=64)
     metrics = evaluate(demo, backbone_experiment_dir=run, test_mode=False)
     assert 0.0 <= metrics["test/accuracy"] <= 1.0
+
+
+def test_probe_runs_embeds_and_probes_every_finished_run(runs_root: Path, demo_root: Path, tmp_path: Path) -> None:
+    """The demo chain: each finished run is pre-embedded (Bayes-H keeps its MC samples) and probed in test mode."""
+    runs_dir = runs_root / "data/results/imagenet/ssl"
+    (runs_dir.parent / "unfinished").mkdir(exist_ok=True)  # no results.json: not a run of runs_dir anyway
+    config = probe_config(tmp_path / "demo.yaml", "demo", demo_root, tmp_path / "lp", max_epochs=1, batch_size=256)
+    emb = tmp_path / "embeddings" / "demo"  # <dataset>/<model> below it, as the probe checks
+    metrics = probe_runs(runs_dir, config, emb)
+    assert sorted(metrics) == sorted(p.name for p in runs_dir.iterdir() if (p / "results.json").is_file())
+    assert len(metrics) == 3 and all(set(m) == {"test/accuracy", "test/ece"} for m in metrics.values())
+    shapes = {run: torch.load(emb / run / "test.pt", weights_only=True)["reps"].shape[1:] for run in metrics}
+    assert shapes["ssl_barlow_twins"] == (512,) and shapes["ssl_bayes_z_barlow_beta_0.01"] == (512,)
+    assert shapes["ssl_bayes_h_barlow_beta_0.001"] == (3, 512)  # the run's train.mc_samples
+    for run, values in metrics.items():
+        version = tmp_path / "lp" / run / "demo" / "lightning_logs" / "version_0"
+        assert json.loads((version / "metrics.json").read_text()) == values
+        (ckpt,) = (version / "checkpoints").iterdir()
+        assert ckpt.name.startswith("epoch=0-")  # test mode: the last epoch
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    assert probe_runs(runs_dir, config, emb) == metrics  # finished: nothing is recomputed
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == stamps

@@ -100,6 +100,7 @@ def compose_semi(overrides: list[str]) -> DictConfig:
         return compose(config_name="semi_supervised", overrides=overrides)
 
 
+@pytest.mark.slow
 def test_run_semi_supervised_on_the_demo(runs_root: Path, demo_root: Path, chdir: Path) -> None:
     """Outputs, schema and ranges; the run's relative checkpoint path falls back to <run>/checkpoints (Q27)."""
     run = runs_root / "data/results/imagenet/ssl/ssl_barlow_twins"
@@ -142,6 +143,7 @@ def test_run_semi_supervised_on_the_demo(runs_root: Path, demo_root: Path, chdir
     assert (out / "results.json").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_dvc_stage_command_composes_and_runs(runs_root: Path, chdir: Path) -> None:
     """The §14.3 command, byte for byte (wandb options ignored, Q1), plus tiny-run overrides, as a subprocess."""
     ssl_dir = chdir / "data/results/imagenet/ssl"

@@ -1,4 +1,4 @@
-"""Transfer datasets in their real on-disk formats, the probe protocol and the embedding files."""
+"""The linear-probe datamodules (src/data/datamodule/transfer_learning.py): probe transform, splits, protocol."""
 
 from __future__ import annotations
 
@@ -13,21 +13,17 @@ from torch.utils.data import TensorDataset
 
 from src.data.augment.transforms import IMAGENET_NORMALIZE
 from src.data.datamodule.transfer_learning import (
-    EmbeddingWriter,
-    Flowers102Split,
     PrecomputedRepresentationsDatamodule,
-    SUN397Split,
     get_transfer_learning_datamodule,
-    load_embeddings,
     probe_splits,
     probe_transform,
-    save_embeddings,
 )
-from tests.downstream.conftest import WNIDS, write_flowers102, write_sun397
+from src.data.dataset.embeddings import save_embeddings
+from tests.data.conftest import WNIDS
 
 
 def test_probe_transform_squash_resizes_and_normalises_with_imagenet_statistics() -> None:
-    """§4.6 / Q7: Resize((224, 224)) (aspect ratio not kept, no crop) → ToTensor → ImageNet Normalize."""
+    """D-Q7: Resize((224, 224)) (aspect ratio not kept, no crop) → ToTensor → ImageNet Normalize."""
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, size=(30, 50, 3), dtype=np.uint8))
     out = probe_transform()(image)
@@ -38,61 +34,28 @@ def test_probe_transform_squash_resizes_and_normalises_with_imagenet_statistics(
     assert torch.allclose(out, expected, atol=1e-5)
 
 
-def test_sun397_partition_one(datasets_root: Path) -> None:
-    train = SUN397Split(datasets_root, "train")
-    test = SUN397Split(datasets_root, "test")
-    assert train.classes == ["abbey", "apartment_building/outdoor", "bedroom"]
-    # the duplicated partition line counts once; the image outside the partition is not read
-    assert len(train) == len(test) == 6
-    assert sorted(train.targets) == sorted(test.targets) == [0, 0, 1, 1, 2, 2]
-    assert {p.relative_to(datasets_root / "SUN397").parts[1:-1] for p, _ in train.samples} == {
-        ("abbey",),
-        ("apartment_building", "outdoor"),
-        ("bedroom",),
-    }
-    assert not {p for p, _ in train.samples} & {p for p, _ in test.samples}
-    dm = get_transfer_learning_datamodule(datasets_root, "SUN397", batch_size=4, image_size=8)
+def test_sun397_datamodule_has_no_val(transfer_root: Path) -> None:
+    dm = get_transfer_learning_datamodule(transfer_root, "SUN397", batch_size=4, image_size=8)
     dm.setup("train")
     assert dm.val_ds is None and dm.val_dataloader() is None and list(dm.split_loaders()) == ["train", "test"]
     x, y = next(iter(dm.test_dataloader()))
     assert x.shape == (4, 3, 8, 8) and y.dtype == torch.int64
 
 
-def test_sun397_missing_files_are_named(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"SUN397.*Partitions/Training_01\.txt.*Partitions\.zip"):
-        SUN397Split(tmp_path, "train")
-    write_sun397(tmp_path)
-    missing = next((tmp_path / "SUN397" / "a" / "abbey").glob("sun_*.jpg"))
-    missing.unlink()
-    with pytest.raises(FileNotFoundError, match=missing.name):
-        SUN397Split(tmp_path, "train")
-
-
-def test_flowers102_splits_and_labels(datasets_root: Path) -> None:
-    splits = {s: Flowers102Split(datasets_root, s) for s in ("train", "val", "test")}
-    assert [len(splits[s]) for s in ("train", "val", "test")] == [6, 6, 3]
-    assert splits["train"].targets == [0, 0, 1, 1, 2, 2]  # imagelabels.mat minus 1, in setid order
-    assert splits["train"].samples[0][0].name == "image_00001.jpg"
-    dm = get_transfer_learning_datamodule(datasets_root, "flowers-102", batch_size=4, image_size=8)
+def test_flowers102_datamodule_never_loads_the_test_split(transfer_root: Path) -> None:
+    dm = get_transfer_learning_datamodule(transfer_root, "flowers-102", batch_size=4, image_size=8)
     dm.setup("train")
     # the official test split is never loaded (Q5)
     assert dm.test_ds is None and list(dm.split_loaders()) == ["train", "val"]
     assert len(dm.train_ds) == len(dm.val_ds) == 6  # type: ignore[arg-type]
 
 
-def test_flowers102_missing_files_are_named(tmp_path: Path) -> None:
-    write_flowers102(tmp_path)
-    (tmp_path / "flowers-102" / "setid.mat").unlink()
-    with pytest.raises(FileNotFoundError, match=r"flowers-102/setid\.mat.*imagelabels\.mat"):
-        Flowers102Split(tmp_path, "train")
-
-
-def test_imagenet_probe_datamodule(datasets_root: Path, tmp_path: Path) -> None:
-    dm = get_transfer_learning_datamodule(datasets_root / "imagenet", "imagenet", batch_size=4, image_size=8)
+def test_imagenet_probe_datamodule(transfer_root: Path, tmp_path: Path) -> None:
+    dm = get_transfer_learning_datamodule(transfer_root / "imagenet", "imagenet", batch_size=4, image_size=8)
     dm.setup("train")
     assert dm.train_ds.classes == list(WNIDS) and dm.test_ds is None  # type: ignore[union-attr]
     assert len(dm.train_ds) == 9 and len(dm.val_ds) == 6  # type: ignore[arg-type]
-    shutil.copytree(datasets_root / "imagenet" / "train", tmp_path / "train")
+    shutil.copytree(transfer_root / "imagenet" / "train", tmp_path / "train")
     with pytest.raises(FileNotFoundError, match=r"missing val/"):
         get_transfer_learning_datamodule(tmp_path, "imagenet", batch_size=4).setup()
 
@@ -108,7 +71,7 @@ def test_demo_probe_datamodule_uses_its_lists_and_size(demo_root: Path) -> None:
 
 
 def test_probe_splits_protocol() -> None:
-    """§7.3: test := val when there is no test; outside test mode a stratified 20 % val (global NumPy RNG)."""
+    """test := val when there is no test; outside test mode a stratified 20 % val (global NumPy RNG)."""
     labels = torch.tensor([0] * 10 + [1] * 10 + [2] * 20)
     train = TensorDataset(torch.randn(40, 3), labels)
     val = TensorDataset(torch.randn(6, 3), torch.arange(6) % 3)
@@ -128,39 +91,6 @@ def test_probe_splits_protocol() -> None:
     # SUN397: a test split and no val -> val is split off train, test stays
     _, va, te = probe_splits(train, None, val, test_mode=False)
     assert te is val and len(va) == 8  # type: ignore[arg-type]
-
-
-def test_embedding_file_format(tmp_path: Path) -> None:
-    """Streamed rows, a plain dict that loads with weights_only=True, a TensorDataset from the loader."""
-    reps = torch.randn(10, 3, 4)
-    labels = torch.arange(10) % 4
-    path = tmp_path / "emb" / "train.pt"
-    with EmbeddingWriter(path, 10) as writer:
-        for start in range(0, 10, 4):
-            writer.write(reps[start : start + 4].double(), labels[start : start + 4])
-        assert not path.exists()  # nothing final before commit
-        writer.commit()
-    assert sorted(p.name for p in path.parent.iterdir()) == ["train.pt"]  # buffer removed
-    raw = torch.load(path, weights_only=True)
-    assert set(raw) == {"reps", "labels"} and raw["reps"].dtype == torch.float32 and raw["labels"].dtype == torch.int64
-    ds = load_embeddings(path)
-    assert isinstance(ds, TensorDataset)
-    assert torch.equal(ds.tensors[0], reps) and torch.equal(ds.tensors[1], labels)
-
-    # an interrupted writer leaves nothing behind
-    broken = tmp_path / "emb" / "val.pt"
-    with pytest.raises(RuntimeError), EmbeddingWriter(broken, 10) as writer:
-        writer.write(reps[:4], labels[:4])
-        raise RuntimeError("interrupted")
-    assert sorted(p.name for p in path.parent.iterdir()) == ["train.pt"]
-    with pytest.raises(ValueError, match="4 of 10 rows"):
-        w = EmbeddingWriter(broken, 10)
-        w.write(reps[:4], labels[:4])
-        w.commit()
-
-    # the reference's pickled TensorDataset files are read too
-    torch.save(TensorDataset(reps, labels), tmp_path / "legacy.pt")
-    assert torch.equal(load_embeddings(tmp_path / "legacy.pt").tensors[0], reps)
 
 
 def test_precomputed_datamodule(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from src.experiments.scripts.summarize_evaluation import summarize
+from src.reports.linear_probing import summarize
 
 PROBES = [
     ("ssl_vicreg", "imagenet", 99, 0.61234567, 0.05),
