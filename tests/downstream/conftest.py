@@ -63,7 +63,7 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def chdir(tmp_path: Path) -> Iterator[Path]:
-    """Run the test in ``tmp_path`` (scripts resolve the spec's relative paths from the working directory)."""
+    """Run the test in ``tmp_path`` (scripts resolve the configs' relative paths from the working directory)."""
     old = Path.cwd()
     os.chdir(tmp_path)
     try:

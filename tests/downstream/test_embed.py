@@ -72,7 +72,7 @@ def test_bayes_h_stores_mc_samples_and_bayes_z_the_backbone(
     assert reps.shape == (6, 3, 512)  # train.mc_samples = 3 samples of h per image
     assert (reps.std(dim=1) > 0).all(dim=1).all()  # distinct samples, not the mean repeated
 
-    # Bayes-Z: the MC count is forced to 1 (Q11); the stored rows are the deterministic backbone features
+    # Bayes-Z: the MC count is forced to 1 (D-Q11); the stored rows are the deterministic backbone features
     z_run = runs_root / SSL / "ssl_bayes_z_barlow_beta_0.01"
     pre_embed(config, tmp_path / "z", experiment_dir=z_run)
     reps = load_embeddings(tmp_path / "z" / "val.pt").tensors[0]

@@ -1,4 +1,4 @@
-"""CIFAR-10 / CIFAR-100 datamodules (spec: data_evaluation.md §2.1, §2.2, §3.3).
+"""CIFAR-10 / CIFAR-100 datamodules.
 
 The data is torchvision's on-disk format: ``<data_dir>/cifar-10-batches-py/`` (``data_batch_1`` …
 ``data_batch_5``, ``test_batch``, ``batches.meta``) or ``<data_dir>/cifar-100-python/`` (``train``,
@@ -15,7 +15,7 @@ split indices), the loaders yield ``[X_uint8, Y]``, and the base class's
 ``on_after_batch_transfer`` hook makes ``[[V1, V2, V3], Y]`` from them with
 ``DeviceSSLAugment`` (same parameter distributions as ``cifar_ssl_transform``; see
 ``src/data/augment/device_views.py``). All three splits move because on the CPU path all three use the
-3-view transform (§3.2): the SSL val loss and the online/offline finetuners' val and test
+3-view transform: the SSL val loss and the online/offline finetuners' val and test
 accuracies then see the same views as training. Other task types ignore the option.
 """
 
@@ -115,7 +115,7 @@ class CIFAR10DataModule(BaseDataModule):
     def setup(self, stage: str | None = None) -> None:
         """fit / validate / None: the seeded train/val split; test / None: the official test set.
 
-        ``prepare_data`` runs first, every time, as in the reference (Q21). With
+        ``prepare_data`` runs first, every time, as in the reference (D-Q21). With
         ``augment_on_device`` the splits are uint8 ``TensorDataset``s with the same indices.
         """
         self.prepare_data()

@@ -1,4 +1,4 @@
-"""The embedded demo dataset: a miniature OpenOOD v1.5 CIFAR-10 protocol (spec: ood.md §6).
+"""The embedded demo dataset: a miniature OpenOOD v1.5 CIFAR-10 protocol.
 
 Built only from data shipped inside scikit-learn, so the whole pipeline (pretraining, finetuning,
 OOD study, linear probe) runs offline on a laptop CPU in minutes, through the same image-list

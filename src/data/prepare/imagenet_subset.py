@@ -11,7 +11,7 @@ Result (what ``SubsetImageNetDataModule`` reads)::
 
     <output-root>/train/<wnid>/<file>   relative symlink (or copy, --copy) to <imagenet-root>/train/<wnid>/<file>
     <output-root>/train/<wnid>/         for EVERY wnid of the full train folder, even one with no listed
-                                        image, so the class indices match val/ (Q3)
+                                        image, so the class indices match val/ (D-Q3)
     <output-root>/val                   symlink (or copy) of <imagenet-root>/val (the full validation set)
     <output-root>/meta.bin              symlink (or copy) of <imagenet-root>/meta.bin, if that exists
 

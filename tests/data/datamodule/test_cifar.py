@@ -1,4 +1,4 @@
-"""CIFAR datamodules on tiny torchvision-format files: batches, split, loaders, errors (spec §3.2, §3.3)."""
+"""CIFAR datamodules on tiny torchvision-format files: batches, split, loaders, errors, device views."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from src.data.augment.transforms import CIFAR10_NORMALIZE, CIFAR100_NORMALIZE, M
 from src.data.datamodule import DATAMODULES, CIFAR10DataModule, CIFAR100DataModule, build_datamodule
 from tests.conftest import build_model
 
-# The keys of conf/dataset/cifar10.yaml that the datamodule does not use (Q23).
+# The keys of conf/dataset/cifar10.yaml that the datamodule does not use (D-Q23).
 IGNORED = {"name": "cifar10", "num_classes": 10, "flatten_dim": 3072, "subset": None, "resize_height": 256}
 
 
@@ -49,7 +49,7 @@ def test_ssl_batches(cifar10_dir: Path, task: str) -> None:
         for v in views:
             assert v.shape == (8, 3, 32, 32) and v.dtype == torch.float32
         assert y.shape == (8,) and y.dtype == torch.int64
-    # every split uses the 3-view transform (§3.2)
+    # every split uses the 3-view transform
     assert isinstance(dm.train_ds.dataset.transform, MultiViewTransform)  # type: ignore[union-attr]
     assert isinstance(dm.val_ds.dataset.transform, MultiViewTransform)  # type: ignore[union-attr]
     assert isinstance(dm.test_ds.transform, MultiViewTransform)  # type: ignore[union-attr]
@@ -112,7 +112,7 @@ def test_val_split_out_of_range_raises(cifar10_dir: Path) -> None:
 def test_drop_last_applies_to_val_and_test(cifar10_dir: Path) -> None:
     dm = make(cifar10_dir, "supervised")
     dm.setup(None)
-    # 20 val / 20 test images with B = 8: 2 full batches each, 4 images dropped (Q4)
+    # 20 val / 20 test images with B = 8: 2 full batches each, 4 images dropped (D-Q4)
     for loader in (dm.val_dataloader(), dm.test_dataloader()):
         assert loader.drop_last is True
         assert [len(y) for _, y in loader] == [8, 8]

@@ -45,7 +45,7 @@ def test_sun397_datamodule_has_no_val(transfer_root: Path) -> None:
 def test_flowers102_datamodule_never_loads_the_test_split(transfer_root: Path) -> None:
     dm = get_transfer_learning_datamodule(transfer_root, "flowers-102", batch_size=4, image_size=8)
     dm.setup("train")
-    # the official test split is never loaded (Q5)
+    # the official test split is never loaded (D-Q5)
     assert dm.test_ds is None and list(dm.split_loaders()) == ["train", "val"]
     assert len(dm.train_ds) == len(dm.val_ds) == 6  # type: ignore[arg-type]
 

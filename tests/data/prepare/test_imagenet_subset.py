@@ -1,4 +1,4 @@
-"""The ImageNet subset builder: links, all class folders, idempotent reruns, clear failures (spec §2.4, Q2)."""
+"""The ImageNet subset builder: links, all class folders, idempotent reruns, clear failures (D-Q2)."""
 
 from __future__ import annotations
 
