@@ -18,7 +18,7 @@ with 0 and N worker processes.
 
 Data paths are named in ``DATA_PATHS`` (name → extra datamodule arguments): ``cpu``, PIL/torchvision
 augmentations in DataLoader workers (the project's default), and ``device``, uint8 batches
-augmented on the training device (``augment_on_device=True``, ``src/data/gpu_augment.py``). Each
+augmented on the training device (``augment_on_device=True``, ``src/data/augment/device_views.py``). Each
 path's ``ratio`` is its samples/s over the ``cpu`` path's for the same model, in the same run.
 
 Usage (repository root)::

@@ -7,8 +7,8 @@
   ``test_cifar10.txt`` (9,000); validation OOD ``val_tin.txt``; near-OOD cifar100, tin; far-OOD
   mnist, svhn, texture, places365. The reference also required ``test_cifar10c.txt``, which is
   never read (Quirk Q15): it is not required here.
-- ``demo``: the embedded demo (src/data/demo.py), described by its ``protocol.json``.
-- ``fashion_mnist`` and ``fashion_mnist_split``: Fashion-MNIST (src/data/fashion_mnist.py), each
+- ``demo``: the embedded demo (src/data/prepare/demo_data.py), described by its ``protocol.json``.
+- ``fashion_mnist`` and ``fashion_mnist_split``: Fashion-MNIST (src/data/prepare/fashion_mnist_data.py), each
   described by its ``protocol.json``; ``fashion_mnist`` has no near-OOD set.
 
 Preprocessing: ``default`` = RGB → resize shorter side → centre crop → ToTensor → Normalize
@@ -26,8 +26,8 @@ from typing import Any
 from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
+from src.data.augment.transforms import BYOLViewTransform, MultiViewTransform, ToRGB
 from src.data.dataset.imglist import ImageListDataset
-from src.data.transforms import BYOLViewTransform, MultiViewTransform, ToRGB
 from src.utils.io import read_json
 
 HALF_NORMALIZE = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
@@ -201,7 +201,7 @@ _FASHION_HINT = "src/experiments/scripts/prepare_fashion_mnist.py (data/datasets
 
 
 def fashion_mnist_protocol(data_root: Path) -> Protocol:
-    """Fashion-MNIST, all ten classes ID; far-OOD digits and noise (src/data/fashion_mnist.py)."""
+    """Fashion-MNIST, all ten classes ID; far-OOD digits and noise (src/data/prepare/fashion_mnist_data.py)."""
     return json_protocol("fashion_mnist", data_root, _FASHION_HINT)
 
 

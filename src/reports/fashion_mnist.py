@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from src.data.fashion_mnist import PROTOCOL_NAMES
+from src.data.prepare.fashion_mnist_data import PROTOCOL_NAMES
 from src.reports.ood import run_group
 from src.utils.io import read_json, write_json, write_text
 

@@ -2,43 +2,25 @@
 
 from __future__ import annotations
 
-import ast
 import os
-import pickle
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
-from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig
 from PIL import Image
 
 from src.data.datamodule import CIFAR10DataModule, DemoDataModule, ImageNetDataModule
-from src.data.datamodule.transfer_learning import PrecomputedRepresentationsDatamodule, load_embeddings
 from src.data.dataset import ImageDecodeError, ImageListDataset, ImageListError, load_rgb_image
-from src.data.demo import prepare_demo_data
-from src.experiments.scripts import demo_linear_probing, demo_report, run_ood_study
-from src.model.loss.barlow_twins import BarlowTwinsLoss
-from src.model.loss.vicreg import VICRegLoss
-from src.ood.detectors import build_detector
-from src.reports.ood import make_report
-from src.ood.study import discover_runs, run_study
-from src.task.checkpoint import load_ssl_model
+from src.data.prepare.demo_data import prepare_demo_data
 from src.train.pipeline import build_datamodule
-from src.utils.checkpoint import CheckpointError, load_checkpoint
-from src.utils.io import atomic_write, read_json, write_text
-from tests.conftest import build_model, three_view_batch
 from tests.data.conftest import write_cifar10, write_image_folder
-
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src"
 CONF = SRC / "experiments" / "conf"
-
-
 
 
 def _q(path: Path | str) -> str:

@@ -1,8 +1,6 @@
 """Fixtures of the downstream tests: tiny datasets in the real on-disk formats and pretrained demo runs.
 
-- SUN397: torchvision's ``SUN397/`` tree plus ``Partitions/Training_01.txt`` / ``Testing_01.txt``.
-- Flowers-102: torchvision's ``flowers-102/{jpg/, imagelabels.mat, setid.mat}`` (scipy ``savemat``).
-- ImageNet: ``{train,val}/<wnid>/*.JPEG``.
+- SUN397, Flowers-102, ImageNet: the writers of ``tests/data/conftest.py`` (``datasets_root``).
 - demo: ``prepare_demo_data`` at 8 px.
 - runs: one real ``run_pipeline`` run (``ssl`` + Barlow Twins, a few batches) and two runs written
   directly in the same layout (``hydra_config.yaml``, ``checkpoints/model.ckpt`` with plain
@@ -16,78 +14,18 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from PIL import Image
 
-from src.data.demo import prepare_demo_data
+from src.data.prepare.demo_data import prepare_demo_data
 from src.train.pipeline import run_pipeline
 from tests.conftest import build_model
+from tests.data.conftest import write_flowers102, write_imagenet, write_sun397
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "src" / "experiments" / "conf"
-WNIDS = ("n01440764", "n01443537", "n02102040")
-SUN_CLASSES = ("/a/abbey", "/a/apartment_building/outdoor", "/b/bedroom")
-IMAGE_SIDE = 12
-
-
-def write_image(path: Path, rng: np.random.Generator, side: int = IMAGE_SIDE, fmt: str = "JPEG") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rng.integers(0, 256, size=(side, side + 3, 3), dtype=np.uint8)).save(path, format=fmt)
-
-
-def write_sun397(root: Path, per_split: int = 2, seed: int = 0) -> Path:
-    """``root/SUN397``: 3 classes (one with a sub-class), ``per_split`` train and test images each, one extra image."""
-    rng = np.random.default_rng(seed)
-    data = root / "SUN397"
-    data.mkdir(parents=True)
-    (data / "ClassName.txt").write_text("".join(f"{c}\n" for c in SUN_CLASSES))
-    train, test = [], []
-    for c in SUN_CLASSES:
-        for i in range(2 * per_split):
-            rel = f"{c}/sun_{c.replace('/', '')}{i:03d}.jpg"
-            write_image(data / rel.lstrip("/"), rng)
-            (train if i < per_split else test).append(rel)
-    write_image(data / "b" / "bedroom" / "sun_notinpartition.jpg", rng)  # on disk, in no partition
-    (data / "Partitions").mkdir()
-    # a duplicated line counts once (the reference reads the lines into a set)
-    (data / "Partitions" / "Training_01.txt").write_text("\n".join([*train, train[0]]) + "\n")
-    (data / "Partitions" / "Testing_01.txt").write_text("\n".join(test) + "\n")
-    return root
-
-
-def write_flowers102(root: Path, num_classes: int = 3, seed: int = 0) -> Path:
-    """``root/flowers-102``: per class 2 train, 2 val and 1 test image; labels 1-based in the .mat file."""
-    from scipy.io import savemat
-
-    rng = np.random.default_rng(seed)
-    base = root / "flowers-102"
-    labels, trn, val, tst = [], [], [], []
-    image_id = 0
-    for c in range(num_classes):
-        for part in (trn, trn, val, val, tst):
-            image_id += 1
-            labels.append(c + 1)
-            part.append(image_id)
-            write_image(base / "jpg" / f"image_{image_id:05d}.jpg", rng)
-    savemat(base / "imagelabels.mat", {"labels": np.asarray([labels], dtype=np.uint8)})
-    savemat(
-        base / "setid.mat",
-        {k: np.asarray([v], dtype=np.uint16) for k, v in (("trnid", trn), ("valid", val), ("tstid", tst))},
-    )
-    return root
-
-
-def write_imagenet(root: Path, train_per_class: int = 3, val_per_class: int = 2, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", train_per_class), ("val", val_per_class)):
-        for wnid in WNIDS:
-            for i in range(n):
-                write_image(root / split / wnid / f"{wnid}_{i}.JPEG", rng)
-    return root
 
 
 @pytest.fixture(autouse=True)
@@ -125,7 +63,7 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def chdir(tmp_path: Path) -> Iterator[Path]:
-    """Run the test in ``tmp_path`` (scripts resolve the spec's relative paths from the working directory)."""
+    """Run the test in ``tmp_path`` (scripts resolve the configs' relative paths from the working directory)."""
     old = Path.cwd()
     os.chdir(tmp_path)
     try:

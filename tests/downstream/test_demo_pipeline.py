@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 
 from src.experiments.scripts.evaluate_linear_probing import main as evaluate_main
@@ -14,6 +15,7 @@ from src.experiments.scripts.pre_embed_datasets import main as pre_embed_main
 from tests.downstream.conftest import CONF, ROOT, subprocess_env
 
 
+@pytest.mark.slow
 def test_demo_pre_embed_probe_and_report(runs_root: Path, demo_root: Path, chdir: Path) -> None:
     (chdir / "data" / "datasets").mkdir(parents=True)
     (chdir / "data" / "datasets" / "demo").symlink_to(demo_root)  # the config's dataset_dir
@@ -47,7 +49,9 @@ def test_demo_pre_embed_probe_and_report(runs_root: Path, demo_root: Path, chdir
     assert 0.0 <= report.loc[0, "test/ece"] <= 1.0
     md = (chdir / "data/demo/reports/linear_probing_report.md").read_text().splitlines()
     assert "test/accuracy |" in md[0] and md[2].startswith("| demo ")
-    assert "ssl_barlow_twins" in (chdir / "data/demo/reports/linear_probing_report.tex").read_text()  # unescaped (Q19)
+    assert (
+        "ssl_barlow_twins" in (chdir / "data/demo/reports/linear_probing_report.tex").read_text()
+    )  # unescaped (D-Q19)
 
     # rerunning the finished steps recomputes nothing
     stamps = {p: p.stat().st_mtime_ns for p in (chdir / "data").rglob("*") if p.is_file()}

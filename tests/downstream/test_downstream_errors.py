@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import torch
 
-from src.data.datamodule.transfer_learning import PrecomputedRepresentationsDatamodule, load_embeddings
+from src.data.datamodule.transfer_learning import PrecomputedRepresentationsDatamodule
+from src.data.dataset.embeddings import load_embeddings
 from src.experiments.scripts import demo_linear_probing, demo_report
 
 

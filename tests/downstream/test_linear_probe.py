@@ -11,8 +11,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from src.data.datamodule.transfer_learning import save_embeddings
-from src.experiments.scripts.evaluate_linear_probing import evaluate
+from src.data.dataset.embeddings import save_embeddings
+from src.downstream.linear_probe import evaluate, probe_runs
 from src.experiments.scripts.evaluate_linear_probing import main as evaluate_main
 from src.experiments.scripts.summarize_evaluation import main as summarize_main
 from src.task.evaluation import LinearProbingClassifier, PreEmbeddedLinearProbingClassifier
@@ -51,7 +51,7 @@ def test_forward_normalises_each_sample_and_averages_logits() -> None:
     assert torch.allclose(probe(z[:, 0]), probe.predictor(zn[:, 0]), atol=1e-6)  # [B, D] input
     raw = pre_embedded(norm_repr=False)
     assert torch.allclose(raw(z[:, 0]), raw.predictor(z[:, 0]))
-    assert torch.isnan(probe(torch.zeros(1, 4))).all()  # no epsilon (Q37)
+    assert torch.isnan(probe(torch.zeros(1, 4))).all()  # no epsilon (D-Q37)
 
 
 def test_probe_on_a_bayes_h_checkpoint_uses_the_frozen_mc_samples(tmp_path: Path) -> None:
@@ -59,7 +59,7 @@ def test_probe_on_a_bayes_h_checkpoint_uses_the_frozen_mc_samples(tmp_path: Path
     probe = LinearProbingClassifier(
         "ssl_bayes_h", run / "checkpoints" / "model.ckpt", OPTIM, 2, None, num_classes=8, norm_repr=True
     )
-    assert probe.repr_dim == 512  # the model's encoder_out_dim (Q22)
+    assert probe.repr_dim == 512  # the model's encoder_out_dim (T-Q22, D-Q12)
     probe.train()
     x = torch.randn(4, 3, 8, 8)
     torch.manual_seed(0)
@@ -82,7 +82,7 @@ def _macro_micro(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple
 
 
 def test_probe_accuracy_is_macro_and_semi_supervised_accuracy_is_micro(tmp_path: Path) -> None:
-    """Unbalanced classes: macro (per-class recall mean) and micro accuracy differ; each sits where the spec says."""
+    """Unbalanced classes: macro (per-class recall mean) and micro accuracy differ; each as the reference (D-Q8)."""
     torch.manual_seed(0)
     y = torch.tensor([0] * 9 + [1] * 3)
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
@@ -127,7 +127,7 @@ def _clusters(n: int, num_classes: int, dim: int, mc: int, seed: int) -> tuple[t
 
 
 def test_evaluate_and_summarize_on_separable_embeddings(tmp_path: Path) -> None:
-    """The DVC path (pre-embedded, --test-mode): well above chance, the spec's files, no recomputation."""
+    """The DVC path (pre-embedded, --test-mode): well above chance, the probe's output files, no recomputation."""
     run = write_fake_run(tmp_path / "runs" / "ssl_bayes_h_barlow_beta_0.001", "ssl_bayes_h", "mc_barlow_twins")
     emb = tmp_path / "embeddings" / "flowers-102" / run.name
     save_embeddings(emb / "train.pt", *_clusters(100, 5, 512, 3, seed=0))
@@ -199,7 +199,7 @@ def test_non_test_mode_validates_on_a_stratified_split_and_tests_the_best_epoch(
 def test_probe_on_images_works_for_datasets_without_a_test_split(
     datasets_root: Path, demo_root: Path, tmp_path: Path
 ) -> None:
-    """Path B (no --pre-embedded-root-dir): Flowers-102 has no test split, the demo none to swap (Q32 fixed)."""
+    """Path B (no --pre-embedded-root-dir): Flowers-102 has no test split, the demo none to swap (D-Q32 fixed)."""
     run = write_fake_run(tmp_path / "runs" / "ssl", "ssl", "barlow_twins")
     flowers = probe_config(tmp_path / "flowers-102.yaml", "flowers-102", datasets_root, tmp_path / "lp", max_epochs=1)
     stale = tmp_path / "lp" / "ssl" / "flowers-102" / "lightning_logs" / "version_0"
@@ -213,3 +213,25 @@ def test_probe_on_images_works_for_datasets_without_a_test_split(
     demo = probe_config(tmp_path / "demo.yaml", "demo", demo_root, tmp_path / "lp", max_epochs=1, batch_size=64)
     metrics = evaluate(demo, backbone_experiment_dir=run, test_mode=False)
     assert 0.0 <= metrics["test/accuracy"] <= 1.0
+
+
+def test_probe_runs_embeds_and_probes_every_finished_run(runs_root: Path, demo_root: Path, tmp_path: Path) -> None:
+    """The demo chain: each finished run is pre-embedded (Bayes-H keeps its MC samples) and probed in test mode."""
+    runs_dir = runs_root / "data/results/imagenet/ssl"
+    (runs_dir.parent / "unfinished").mkdir(exist_ok=True)  # no results.json: not a run of runs_dir anyway
+    config = probe_config(tmp_path / "demo.yaml", "demo", demo_root, tmp_path / "lp", max_epochs=1, batch_size=256)
+    emb = tmp_path / "embeddings" / "demo"  # <dataset>/<model> below it, as the probe checks
+    metrics = probe_runs(runs_dir, config, emb)
+    assert sorted(metrics) == sorted(p.name for p in runs_dir.iterdir() if (p / "results.json").is_file())
+    assert len(metrics) == 3 and all(set(m) == {"test/accuracy", "test/ece"} for m in metrics.values())
+    shapes = {run: torch.load(emb / run / "test.pt", weights_only=True)["reps"].shape[1:] for run in metrics}
+    assert shapes["ssl_barlow_twins"] == (512,) and shapes["ssl_bayes_z_barlow_beta_0.01"] == (512,)
+    assert shapes["ssl_bayes_h_barlow_beta_0.001"] == (3, 512)  # the run's train.mc_samples
+    for run, values in metrics.items():
+        version = tmp_path / "lp" / run / "demo" / "lightning_logs" / "version_0"
+        assert json.loads((version / "metrics.json").read_text()) == values
+        (ckpt,) = (version / "checkpoints").iterdir()
+        assert ckpt.name.startswith("epoch=0-")  # test mode: the last epoch
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    assert probe_runs(runs_dir, config, emb) == metrics  # finished: nothing is recomputed
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == stamps

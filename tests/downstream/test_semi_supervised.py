@@ -66,7 +66,7 @@ def test_two_learning_rates_and_one_eta_min() -> None:
     for _ in range(50):
         opt.step()
         cosine.step()
-    # the shared eta_min (from the backbone lr) is where both groups end (Q25/Q26)
+    # the shared eta_min (from the backbone lr) is where both groups end (D-Q25, T-Q26)
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-5, 1e-5])
     assert model.hparams["optimizer"] == OPTIMIZER  # not mutated
 
@@ -87,7 +87,7 @@ def test_bayes_h_logits_average_fresh_mc_samples() -> None:
     samples = model.model(x)[1]  # [M, B, L]
     expected = torch.stack([model.predictor(samples[m]) for m in range(samples.shape[0])]).mean(0)
     assert torch.allclose(logits, expected, atol=1e-6)
-    assert not torch.allclose(model(x), model(x))  # re-sampled at every forward, also in eval mode (Q26)
+    assert not torch.allclose(model(x), model(x))  # re-sampled at every forward, also in eval mode (D-Q26)
     repr_model = semi("ssl_bayes_h", "mc_barlow_twins", use_mc_samples=False).eval()
     torch.manual_seed(3)
     out = repr_model.model(x)
@@ -100,8 +100,9 @@ def compose_semi(overrides: list[str]) -> DictConfig:
         return compose(config_name="semi_supervised", overrides=overrides)
 
 
+@pytest.mark.slow
 def test_run_semi_supervised_on_the_demo(runs_root: Path, demo_root: Path, chdir: Path) -> None:
-    """Outputs, schema and ranges; the run's relative checkpoint path falls back to <run>/checkpoints (Q27)."""
+    """Outputs, schema and ranges; the run's relative checkpoint path falls back to <run>/checkpoints (D-Q27)."""
     run = runs_root / "data/results/imagenet/ssl/ssl_barlow_twins"
     out = Path("data/results/demo/semi_supervised/ssl_barlow_twins")
     cfg = compose_semi(
@@ -142,8 +143,9 @@ def test_run_semi_supervised_on_the_demo(runs_root: Path, demo_root: Path, chdir
     assert (out / "results.json").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_dvc_stage_command_composes_and_runs(runs_root: Path, chdir: Path) -> None:
-    """The §14.3 command, byte for byte (wandb options ignored, Q1), plus tiny-run overrides, as a subprocess."""
+    """The DVC stage command, byte for byte (wandb options ignored, D-Q1), plus tiny-run overrides, as a subprocess."""
     ssl_dir = chdir / "data/results/imagenet/ssl"
     ssl_dir.mkdir(parents=True)
     (ssl_dir / "ssl_barlow_twins").symlink_to(runs_root / "data/results/imagenet/ssl/ssl_barlow_twins")
@@ -181,11 +183,11 @@ def test_dvc_stage_command_composes_and_runs(runs_root: Path, chdir: Path) -> No
     out = chdir / f"data/results/imagenet/semi_supervised/imagenet1pct/{m}"
     results = json.loads((out / "results.json").read_text())
     assert results["metadata"]["dataset"] == "imagenet1pct"
-    assert results["model_ckpt_path"] == f"{out.relative_to(chdir)}/checkpoints/model.ckpt"  # relative (Q27)
+    assert results["model_ckpt_path"] == f"{out.relative_to(chdir)}/checkpoints/model.ckpt"  # relative (D-Q27)
 
 
 def test_pretrained_checkpoint_fallback(tmp_path: Path) -> None:
-    """Q27: a recorded (absolute, moved) path that is gone falls back to <run>/checkpoints/model.ckpt."""
+    """D-Q27: a recorded (absolute, moved) path that is gone falls back to <run>/checkpoints/model.ckpt."""
     run = {"model_ckpt_path": "/moved/repo/checkpoints/model.ckpt"}
     with pytest.raises(FileNotFoundError, match="model_ckpt_path='/moved/repo"):
         pretrained_checkpoint(run, tmp_path)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from src.data.demo import prepare_demo_data
+from src.data.prepare.demo_data import prepare_demo_data
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "src" / "experiments" / "scripts" / "run_pipeline.py"

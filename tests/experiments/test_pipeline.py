@@ -13,7 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from src.data.demo import prepare_demo_data
+from src.data.prepare.demo_data import prepare_demo_data
 from src.task.checkpoint import load_ssl_model
 from src.train.pipeline import run_pipeline
 from tests.conftest import COMBINATIONS

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from src.data.demo import prepare_demo_data
+from src.data.prepare.demo_data import prepare_demo_data
 from src.experiments.scripts import run_ood_study
 from src.ood.detectors import build_detector
 from src.ood.study import discover_runs, run_study

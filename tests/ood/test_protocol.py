@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from src.data.demo import prepare_demo_data
+from src.data.prepare.demo_data import prepare_demo_data
 from src.ood.protocol import CIFAR10_OPENOOD_NORMALIZE, get_protocol
 
 CIFAR10_LISTS = {

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from src.data.demo import prepare_demo_data
+from src.data.prepare.demo_data import prepare_demo_data
 from src.ood.detectors import DETECTORS, STUDY_ORDER, build_detector
 from src.ood.study import run_study
 from src.reports.ood import make_report

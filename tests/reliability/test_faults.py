@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.data.demo import prepare_demo_data
+from src.data.prepare.demo_data import prepare_demo_data
 from src.task.bayesian_ssl import ZBayesianSelfSupervisedLearning
 from src.train.callbacks.fault_guard import NonFiniteLossError
 from src.train.pipeline import run_pipeline

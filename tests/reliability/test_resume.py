@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.data.demo import prepare_demo_data
+from src.data.prepare.demo_data import prepare_demo_data
 from src.utils.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,8 +1,9 @@
-"""Training datamodules and their registry ``DATAMODULES``.
+"""Datamodules and their two registries.
 
-``DATAMODULES`` maps a dataset name (the ``dataset.name`` of the config) to its class; configs
-name the class by ``_target_``, which the registry also resolves. Importing this package
-registers every datamodule.
+``DATAMODULES`` maps a dataset name (the ``dataset.name`` of the config) to its training datamodule;
+configs name the class by ``_target_``, which the registry also resolves. ``TRANSFER_DATAMODULES``
+maps the ``dataset`` of a linear-probing config to its probe datamodule
+(``transfer_learning.py``). Importing this package registers every datamodule.
 """
 
 from __future__ import annotations
@@ -15,6 +16,13 @@ from src.data.datamodule.cifar import CIFAR10DataModule, CIFAR100DataModule
 from src.data.datamodule.demo import DemoDataModule
 from src.data.datamodule.fashion_mnist import FashionMNISTDataModule
 from src.data.datamodule.imagenet import ImageNetDataModule, SubsetImageNetDataModule
+from src.data.datamodule.transfer_learning import (
+    TRANSFER_DATAMODULES,
+    BaseLinearProbingDatamodule,
+    PrecomputedRepresentationsDatamodule,
+    get_transfer_learning_datamodule,
+)
+
 
 def build_datamodule(name: str, **kwargs: Any) -> BaseDataModule:
     """Instantiate the datamodule registered as ``name`` with constructor arguments ``kwargs``.
@@ -34,15 +42,19 @@ def datamodule_from_config(dataset: Mapping[str, Any]) -> BaseDataModule:
 __all__ = [
     "DATAMODULES",
     "TASK_TYPES",
+    "TRANSFER_DATAMODULES",
     "BaseDataModule",
+    "BaseLinearProbingDatamodule",
     "CIFAR10DataModule",
     "CIFAR100DataModule",
     "DemoDataModule",
     "FashionMNISTDataModule",
     "ImageNetDataModule",
+    "PrecomputedRepresentationsDatamodule",
     "SubsetImageNetDataModule",
     "build_datamodule",
     "datamodule_from_config",
+    "get_transfer_learning_datamodule",
     "split_train_val",
     "task_type",
 ]

@@ -1,9 +1,9 @@
-"""The base of the training datamodules: task types, loaders, the train/val split (spec: data_evaluation.md §3.2).
+"""The base of the training datamodules: task types, loaders, the train/val split.
 
 A datamodule is built from the ``dataset`` config node: every key but ``_target_`` is a
 constructor argument, and keys a datamodule does not use (``name``, ``num_classes``,
 ``flatten_dim``, ``subset``, and ``resize_height`` outside the ImageNet family) are accepted
-and ignored (Q23).
+and ignored (D-Q23).
 
 Batches (PyTorch default collate), for a batch size B and image side H:
 
@@ -13,7 +13,7 @@ Batches (PyTorch default collate), for a batch size B and image side H:
 
 A datamodule that sets ``device_augment`` (CIFAR with ``augment_on_device``) has loaders that
 yield ``[X_uint8, Y]``; its ``on_after_batch_transfer`` hook turns them into the ssl layout
-above on the training device (``src/data/gpu_augment.py``).
+above on the training device (``src/data/augment/device_views.py``).
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, random_split
 from torchvision import transforms as T
 
-from src.data.transforms import SupervisedTransform, cifar_ssl_transform
+from src.data.augment.transforms import SupervisedTransform, cifar_ssl_transform
 from src.utils.registry import Registry
 
 if TYPE_CHECKING:
-    from src.data.gpu_augment import DeviceSSLAugment
+    from src.data.augment.device_views import DeviceSSLAugment
 
 # Config task name (`dataset.task`, i.e. `train.name`) -> task type; the type picks the transforms.
 TASK_TYPES: dict[str, str] = {
@@ -101,6 +101,19 @@ def split_train_val(
     return train_ds, val_ds
 
 
+def resolve_augment_on_device(value: bool | str) -> bool:
+    """The ``dataset.augment_on_device`` option: true, false, or "auto" (on when CUDA is available).
+
+    Raises:
+        ValueError: any other value.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return torch.cuda.is_available()
+    raise ValueError(f"dataset.augment_on_device must be true, false or auto, got {value!r}")
+
+
 #: the training datamodules by ``dataset.name``; configs name them by ``dataset._target_``. A new dataset
 #: is one datamodule class with ``@DATAMODULES.register("<name>")`` (stack it for aliases).
 DATAMODULES: Registry[type[BaseDataModule]] = Registry("datamodule", config_key="dataset")
@@ -119,13 +132,13 @@ class BaseDataModule(pl.LightningDataModule, abc.ABC):
         batch_size: B for all three loaders.
         shuffle: shuffle the train loader (val/test never shuffle).
         num_workers: DataLoader workers.
-        drop_last: drop the last incomplete batch, in the val and test loaders too (Q4).
+        drop_last: drop the last incomplete batch, in the val and test loaders too (D-Q4).
         persistent_workers: keep workers alive between epochs; only used when ``num_workers > 0``.
         input_height: image side H.
         seed: seed of the train/val split.
         pin_memory: pin host memory; only used when CUDA is available.
         download: allow a download of datasets that torchvision can fetch (CIFAR); never needed otherwise.
-        **kwargs: further config keys, accepted and ignored (Q23).
+        **kwargs: further config keys, accepted and ignored (D-Q23).
 
     Raises:
         TypeError: ``batch_size`` is not an integer.
@@ -175,7 +188,7 @@ class BaseDataModule(pl.LightningDataModule, abc.ABC):
         self.seed = int(seed)
         self.pin_memory = bool(pin_memory)
         self.download = bool(download)
-        # Kept only for inspection; no datamodule reads them (Q23).
+        # Kept only for inspection; no datamodule reads them (D-Q23).
         self.ignored_kwargs = dict(kwargs)
         self.train_ds: Dataset[Any] | None = None
         self.val_ds: Dataset[Any] | None = None
@@ -199,8 +212,8 @@ class BaseDataModule(pl.LightningDataModule, abc.ABC):
     def get_transform(self, stage: str) -> Callable[[Any], Any]:
         """The transform of split ``stage`` (``train``, ``val`` or ``test``).
 
-        ssl task type: the 3-view SSL transform for every split (§4.1); otherwise
-        ``SupervisedTransform`` in train mode for ``train`` only (§4.3).
+        ssl task type: the 3-view SSL transform for every split (``cifar_ssl_transform``); otherwise
+        ``SupervisedTransform`` in train mode for ``train`` only.
         """
         if self.task_type == "ssl":
             return cifar_ssl_transform(self.input_height, self.mean, self.std)
@@ -231,11 +244,11 @@ class BaseDataModule(pl.LightningDataModule, abc.ABC):
         return self._loader(self.train_ds, "train", self.shuffle)
 
     def val_dataloader(self) -> DataLoader[Any]:
-        """Val loader: never shuffled; ``drop_last`` per config (Q4)."""
+        """Val loader: never shuffled; ``drop_last`` per config (D-Q4)."""
         return self._loader(self.val_ds, "val", False)
 
     def test_dataloader(self) -> DataLoader[Any]:
-        """Test loader: never shuffled; ``drop_last`` per config (Q4)."""
+        """Test loader: never shuffled; ``drop_last`` per config (D-Q4)."""
         return self._loader(self.test_ds, "test", False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

@@ -1,4 +1,4 @@
-"""CIFAR-10 / CIFAR-100 datamodules (spec: data_evaluation.md §2.1, §2.2, §3.3).
+"""CIFAR-10 / CIFAR-100 datamodules.
 
 The data is torchvision's on-disk format: ``<data_dir>/cifar-10-batches-py/`` (``data_batch_1`` …
 ``data_batch_5``, ``test_batch``, ``batches.meta``) or ``<data_dir>/cifar-100-python/`` (``train``,
@@ -14,8 +14,8 @@ sets become in-memory uint8 ``TensorDataset``s (``[N, 3, 32, 32]`` images, int64
 split indices), the loaders yield ``[X_uint8, Y]``, and the base class's
 ``on_after_batch_transfer`` hook makes ``[[V1, V2, V3], Y]`` from them with
 ``DeviceSSLAugment`` (same parameter distributions as ``cifar_ssl_transform``; see
-``src/data/gpu_augment.py``). All three splits move because on the CPU path all three use the
-3-view transform (§3.2): the SSL val loss and the online/offline finetuners' val and test
+``src/data/augment/device_views.py``). All three splits move because on the CPU path all three use the
+3-view transform: the SSL val loss and the online/offline finetuners' val and test
 accuracies then see the same views as training. Other task types ignore the option.
 """
 
@@ -29,9 +29,9 @@ import torch
 from torch.utils.data import TensorDataset
 from torchvision.datasets import CIFAR10, CIFAR100
 
-from src.data.datamodule.base import DATAMODULES, BaseDataModule, split_train_val
-from src.data.gpu_augment import DeviceSSLAugment, resolve_augment_on_device
-from src.data.transforms import CIFAR10_NORMALIZE, CIFAR100_NORMALIZE
+from src.data.augment.device_views import DeviceSSLAugment
+from src.data.augment.transforms import CIFAR10_NORMALIZE, CIFAR100_NORMALIZE
+from src.data.datamodule.base import DATAMODULES, BaseDataModule, resolve_augment_on_device, split_train_val
 
 
 @DATAMODULES.register("cifar10")
@@ -115,7 +115,7 @@ class CIFAR10DataModule(BaseDataModule):
     def setup(self, stage: str | None = None) -> None:
         """fit / validate / None: the seeded train/val split; test / None: the official test set.
 
-        ``prepare_data`` runs first, every time, as in the reference (Q21). With
+        ``prepare_data`` runs first, every time, as in the reference (D-Q21). With
         ``augment_on_device`` the splits are uint8 ``TensorDataset``s with the same indices.
         """
         self.prepare_data()

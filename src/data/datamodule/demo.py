@@ -1,4 +1,4 @@
-"""The embedded demo dataset as a training datamodule (digits 0–7 of scikit-learn, see src/data/demo.py).
+"""The embedded demo dataset as a training datamodule (digits 0–7 of scikit-learn, see src/data/prepare/demo_data.py).
 
 Reads the ID lists written by ``prepare_demo_data`` through the same ``ImageListDataset`` as the
 OOD protocol, so the demo runs through the loaders of real data. The demo has its own val list
@@ -14,7 +14,7 @@ from typing import Any
 
 from src.data.datamodule.base import DATAMODULES, BaseDataModule
 from src.data.dataset.imglist import ImageListDataset
-from src.data.demo import ID_NAME, prepare_demo_data, protocol_path, read_protocol
+from src.data.prepare.demo_data import ID_NAME, prepare_demo_data, protocol_path, read_protocol
 
 #: the seed of the demo data itself (not the run seed: every run sees the same dataset)
 DEMO_DATA_SEED = 1997

@@ -1,7 +1,7 @@
 """Fashion-MNIST datamodules: the real IDX files, CIFAR-10's splits and transforms adapted to 28×28 grey.
 
 Reads torchvision's ``FashionMNIST`` on-disk format (``<data_dir>/FashionMNIST/raw/``, the original
-IDX files; ``src/data/fashion_mnist.py`` installs them from Debian's ``dataset-fashion-mnist``).
+IDX files; ``src/data/prepare/fashion_mnist_data.py`` installs them from Debian's ``dataset-fashion-mnist``).
 Choices beside the CIFAR-10 datamodule they mirror:
 
 - splits: the official 60,000 training images are split by ``val_split`` (0.2 → 48,000 / 12,000)
@@ -25,13 +25,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-from PIL import Image
-from torch.utils.data import Dataset
-
+from src.data.augment.transforms import fashion_mnist_ssl_transform
 from src.data.datamodule.base import DATAMODULES, BaseDataModule, split_train_val
-from src.data.fashion_mnist import CLASSES, NORMALIZE, install_raw, load_split, subset_indices, verify_raw
-from src.data.transforms import fashion_mnist_ssl_transform
+from src.data.dataset.fashion_mnist_images import FashionMNISTDataset
+from src.data.prepare.fashion_mnist_data import CLASSES, NORMALIZE, install_raw, load_split, subset_indices, verify_raw
 
 
 def optional_count(value: Any, key: str) -> int | None:
@@ -48,37 +45,6 @@ def optional_count(value: Any, key: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{key}={value!r} must be a positive integer, or null for all images")
     return int(value)
-
-
-class FashionMNISTDataset(Dataset):
-    """Selected images of one split as PIL grey images through ``transform``, labels remapped.
-
-    Args:
-        images: uint8 [N, 28, 28] (the whole split).
-        labels: int64 [N].
-        indices: the samples to keep (len M).
-        label_map: original class -> training label.
-        transform: applied to the PIL image (mode ``L``).
-    """
-
-    def __init__(
-        self,
-        images: np.ndarray,
-        labels: np.ndarray,
-        indices: np.ndarray,
-        label_map: dict[int, int],
-        transform: Callable[[Any], Any] | None,
-    ) -> None:
-        self.images = images[indices]
-        self.targets = np.asarray([label_map[int(c)] for c in labels[indices]], dtype=np.int64)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        image = Image.fromarray(self.images[index])  # uint8 [28, 28]: mode L
-        return (self.transform(image) if self.transform is not None else image), int(self.targets[index])
 
 
 @DATAMODULES.register("fashion_mnist")

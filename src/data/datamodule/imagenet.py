@@ -1,4 +1,4 @@
-"""ImageNet-1k and its 1 % / 10 % subsets (spec: data_evaluation.md §2.3, §2.4, §3.4, §3.5).
+"""ImageNet-1k and its 1 % / 10 % subsets.
 
 Both datamodules read the extracted folder layout with torchvision's ``ImageFolder``::
 
@@ -7,9 +7,9 @@ Both datamodules read the extracted folder layout with torchvision's ``ImageFold
 
 The class index is the position of the wnid in the sorted folder list, computed separately for
 ``train/`` and ``val/`` exactly as in the reference; a check that both hold the same wnids
-guards against shifted labels (Q3). Val and test are the same images (Q3).
+guards against shifted labels (D-Q3). Val and test are the same images (D-Q3).
 
-Deviation from the reference (Q20): no archive check and no download. ImageNet needs a login
+Deviation from the reference (D-Q20): no archive check and no download. ImageNet needs a login
 at image-net.org, so missing folders raise a ``FileNotFoundError`` that says how to get and
 extract the data; the tar archives and ``meta.bin`` are not needed once the folders exist.
 """
@@ -26,9 +26,9 @@ import torch
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from src.data.augment.transforms import IMAGENET_NORMALIZE, ImageNetSupervisedTransform, imagenet_ssl_transform
 from src.data.datamodule.base import DATAMODULES, BaseDataModule
 from src.data.dataset.image_file import load_rgb_image
-from src.data.transforms import IMAGENET_NORMALIZE, ImageNetSupervisedTransform, imagenet_ssl_transform
 
 SPLITS = ("train", "val")
 # Names listed in an error message; the rest are counted.
@@ -54,8 +54,8 @@ class ImageNetDataModule(BaseDataModule):
 
     Args:
         data_dir: the root holding ``train/`` and ``val/``.
-        task: config task name; ssl types get the 3-view transform (§4.2), the others
-            ``ImageNetSupervisedTransform`` (§4.4).
+        task: config task name; ssl types get the 3-view transform (``imagenet_ssl_transform``), the others
+            ``ImageNetSupervisedTransform``.
         resize_height: shorter side before the evaluation center crop (256).
         input_height: crop side H (224).
         **kwargs: the other ``BaseDataModule`` arguments and ignored config keys.
@@ -107,7 +107,7 @@ class ImageNetDataModule(BaseDataModule):
 
         Raises:
             FileNotFoundError: a split folder is missing or holds no class folder.
-            ValueError: ``train/`` and ``val/`` hold different class folders (labels would shift, Q3).
+            ValueError: ``train/`` and ``val/`` hold different class folders (labels would shift, D-Q3).
         """
         layout = (
             f"Expected layout: {self.data_dir}/train/<wnid>/*.JPEG and {self.data_dir}/val/<wnid>/*.JPEG "
@@ -164,7 +164,7 @@ class ImageNetDataModule(BaseDataModule):
     def setup(self, stage: str | None = None) -> None:
         """fit / validate / None: train = ``train/``, val = ``val/``; test / None: test = ``val/``.
 
-        The layout check runs first on every call (it is all that ``prepare_data`` does, Q21).
+        The layout check runs first on every call (it is all that ``prepare_data`` does, D-Q21).
         """
         self.check_layout()
         if stage in (None, "fit", "validate"):
@@ -177,11 +177,11 @@ class ImageNetDataModule(BaseDataModule):
 @DATAMODULES.register("imagenet1pct")
 @DATAMODULES.register("imagenet10pct")
 class SubsetImageNetDataModule(ImageNetDataModule):
-    """An ImageNet 1 % / 10 % subset root (semi-supervised stages; §2.4, §3.5).
+    """An ImageNet 1 % / 10 % subset root (semi-supervised stages).
 
     Reads ``<data_dir>/train`` (the subset images, all 1000 wnid folders) and ``<data_dir>/val``
     (the full validation set). The config's ``subset`` fraction is ignored: the folder content
-    defines the subset (Q2). Build the root with ``src/experiments/scripts/build_imagenet_subset.py``.
+    defines the subset (D-Q2). Build the root with ``src/experiments/scripts/build_imagenet_subset.py``.
     ``prepare_data`` does nothing; ``setup`` still checks the layout.
     """
 

@@ -1,78 +1,71 @@
-"""Linear-probe / transfer-learning data: image datasets, embedding files and their datamodules.
+"""Linear-probe / transfer-learning datamodules and their registry ``TRANSFER_DATAMODULES``.
 
-Spec: data_evaluation.md §2.5 (SUN397), §2.6 (Flowers-102), §4.6 (probe transform), §7
-(datamodules), §10 (embedding files), Quirks Q5–Q7, Q13–Q15, Q38.
-
-Official splits (``load_splits``) per dataset; ``None`` marks a split the dataset does not have:
+The image datamodules (one per transfer dataset, registered by the ``dataset`` name of the
+linear-probing config) read the official splits (``load_splits``); ``None`` marks a split the
+dataset does not have:
 
 =============  ============================  =========================  ===========================
 dataset        train                         val                        test
 =============  ============================  =========================  ===========================
 SUN397         partition 1 ``Training_01``   –                          partition 1 ``Testing_01``
-flowers-102    ``setid.mat`` ``trnid``       ``setid.mat`` ``valid``    – (``tstid`` is never used, Q5)
+flowers-102    ``setid.mat`` ``trnid``       ``setid.mat`` ``valid``    – (``tstid`` is never used, D-Q5)
 imagenet       ``train/<wnid>/``             ``val/<wnid>/``            –
 demo           ``train_demo.txt``            ``val_demo.txt``           ``test_demo.txt``
 =============  ============================  =========================  ===========================
 
+``PrecomputedRepresentationsDatamodule`` reads the embedding files of any of them
+(``src/data/dataset/embeddings.py``).
+
 The probe protocol (``probe_splits``, used by ``PrecomputedRepresentationsDatamodule`` and by
 the image datamodules when given ``test_mode``): without a test split, test := val and val :=
-None, so Flowers-102 and ImageNet report on their official val split (Q5); outside test mode a
-missing val split is a stratified 20 % of train drawn with NumPy's global RNG (Q38).
-
-Embedding files (``<target_dir>/{train,val,test}.pt``) hold the plain dict
-``{"reps": float32 [N, D] or [N, M, D], "labels": int64 [N]}`` written with ``torch.save``.
-Deviation from the reference, which pickled a ``TensorDataset``: a ``TensorDataset`` does not
-load with ``torch.load(..., weights_only=True)``, a dict of tensors does. ``load_embeddings``
-returns the ``TensorDataset`` the reference's loader saw, and also reads the reference's files
-(``TensorDataset`` is allow-listed for that one load).
+None, so Flowers-102 and ImageNet report on their official val split (D-Q5); outside test mode a
+missing val split is a stratified 20 % of train drawn with NumPy's global RNG (D-Q38).
 
 Nothing is ever downloaded: missing data raises ``FileNotFoundError`` naming the path, the
-expected layout and where to get it (the reference downloaded Flowers-102 in its constructor, Q13).
+expected layout and where to get it (D-Q13).
 """
 
 from __future__ import annotations
 
 import abc
-import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from PIL import Image
 from sklearn.model_selection import train_test_split
-from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision.datasets import ImageFolder
 
+from src.data.augment.transforms import IMAGENET_NORMALIZE, FinetuneViewTransform, Normalization
 from src.data.datamodule.imagenet import ImageNetDataModule
+from src.data.dataset.embeddings import EMBEDDING_SPLITS, load_embeddings
 from src.data.dataset.image_file import load_rgb_image
 from src.data.dataset.imglist import ImageListDataset
-from src.data.demo import ID_NAME as DEMO_ID_NAME
-from src.data.demo import read_protocol
-from src.data.transforms import IMAGENET_NORMALIZE, FinetuneViewTransform, Normalization
-from src.utils.io import atomic_write
+from src.data.dataset.transfer_splits import Flowers102Split, SUN397Split
+from src.data.prepare.demo_data import ID_NAME as DEMO_ID_NAME
+from src.data.prepare.demo_data import read_protocol
+from src.utils.registry import Registry
 
-log = logging.getLogger(__name__)
-
-#: side of the squash-resized probe images (§4.6)
+#: side of the squash-resized probe images (D-Q7)
 PROBE_IMAGE_SIZE = 224
-#: embedding file names, in the order they are written (§10)
-EMBEDDING_SPLITS = ("train", "val", "test")
-#: share of train held out as val outside test mode (§7.3 step 4)
+#: share of train held out as val outside test mode
 VAL_FRACTION = 0.2
-# Missing files named in an error message; the rest are counted.
-_MAX_LISTED = 5
 
 Splits = dict[str, Dataset[Any] | None]
 
+#: the image datamodules by the linear-probing config's ``dataset``; a new transfer dataset is one
+#: ``BaseLinearProbingDatamodule`` subclass with ``@TRANSFER_DATAMODULES.register("<dataset>")``
+TRANSFER_DATAMODULES: Registry[type[BaseLinearProbingDatamodule]] = Registry(
+    "linear-probe dataset", config_key="linear_probing.dataset", name_keys=("dataset",)
+)
+
 
 def probe_transform(image_size: int = PROBE_IMAGE_SIZE, normalize: Normalization = IMAGENET_NORMALIZE) -> Callable:
-    """The probe transform of every transfer dataset (§4.6, Q7).
+    """The probe transform of every transfer dataset (D-Q7).
 
     Squash-resize to (image_size, image_size) → ToTensor → Normalize(ImageNet mean/std); no crop,
     no augmentation, for train and evaluation alike.
@@ -81,282 +74,6 @@ def probe_transform(image_size: int = PROBE_IMAGE_SIZE, normalize: Normalization
         A callable mapping a PIL image to float32 (3, image_size, image_size).
     """
     return FinetuneViewTransform(input_size=image_size, normalize=normalize)
-
-
-def _listing(paths: list[Path]) -> str:
-    shown = ", ".join(str(p) for p in paths[:_MAX_LISTED])
-    return shown + (f" (and {len(paths) - _MAX_LISTED} more)" if len(paths) > _MAX_LISTED else "")
-
-
-def _open_rgb(path: Path) -> Image.Image:
-    # a corrupted file raises ImageDecodeError naming it
-    return load_rgb_image(path)
-
-
-# ---------------------------------------------------------------------------------------------
-# image datasets
-# ---------------------------------------------------------------------------------------------
-
-SUN397_LAYOUT = (
-    "Expected torchvision's SUN397 layout plus the Princeton partitions: <root>/SUN397/ClassName.txt, "
-    "<root>/SUN397/<letter>/<class>[/<subclass>]/sun_*.jpg and <root>/SUN397/Partitions/Training_01.txt, "
-    "Testing_01.txt. Get SUN397.tar.gz from https://vision.princeton.edu/projects/2010/SUN/ and extract it "
-    "into <root>; extract https://vision.princeton.edu/projects/2010/SUN/download/Partitions.zip into "
-    "<root>/SUN397/Partitions/ (move the files up if the archive nests them in a sub-folder)."
-)
-
-
-class SUN397Split(Dataset):
-    """One split of an official SUN397 partition (§2.5, Q6): 50 + 50 images per class for partition 1.
-
-    Classes are the lines of ``ClassName.txt`` with their first 3 characters (``/a/``) dropped;
-    the label is the line index. An image's class is its path relative to ``SUN397/`` minus the
-    letter and the file name (e.g. ``apartment_building/outdoor``).
-
-    Deviation (order only): the reference globbed all 108,754 ``sun_*.jpg`` files in filesystem
-    order and kept those in the partition; here the partition's entries are read directly and
-    sorted, which gives the same set in a machine-independent order (the probe shuffles anyway).
-
-    Args:
-        root: the folder holding ``SUN397/`` (``data/datasets``).
-        split: ``train`` (``Training_NN.txt``) or ``test`` (``Testing_NN.txt``).
-        partition: the partition number, 1–10; the reference uses only 1.
-        transform: applied to the PIL RGB image.
-
-    Raises:
-        FileNotFoundError: a file of the layout or an image listed in the partition is missing.
-        ValueError: an unknown split, or a partition entry whose class is not in ``ClassName.txt``.
-    """
-
-    def __init__(
-        self, root: str | os.PathLike[str], split: str, partition: int = 1, transform: Callable | None = None
-    ) -> None:
-        if split not in ("train", "test"):
-            raise ValueError(f"SUN397 split must be 'train' or 'test', got {split!r}")
-        self.data_dir = Path(root) / "SUN397"
-        self.transform = transform
-        name = f"{'Training' if split == 'train' else 'Testing'}_{partition:02d}.txt"
-        class_file = self.data_dir / "ClassName.txt"
-        partition_file = self.data_dir / "Partitions" / name
-        missing = [p for p in (class_file, partition_file) if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(f"SUN397 not found: missing {_listing(missing)}. {SUN397_LAYOUT}")
-
-        with class_file.open(encoding="utf-8") as f:
-            self.classes = [line[3:].strip() for line in f if line.strip()]
-        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-        with partition_file.open(encoding="utf-8") as f:
-            # a set, as in the reference: duplicate lines count once
-            entries = sorted({line.strip() for line in f if line.strip()})
-        files = [self.data_dir / entry.lstrip("/") for entry in entries]
-        absent = [p for p in files if not p.is_file()]
-        if absent:
-            raise FileNotFoundError(
-                f"{partition_file} lists {len(absent)} image(s) that do not exist: {_listing(absent)}. {SUN397_LAYOUT}"
-            )
-        self.samples: list[tuple[Path, int]] = []
-        for path in files:
-            cls = "/".join(path.relative_to(self.data_dir).parts[1:-1])
-            if cls not in self.class_to_idx:
-                raise ValueError(f"{path}: class {cls!r} is not listed in {class_file}")
-            self.samples.append((path, self.class_to_idx[cls]))
-        self.targets = [label for _, label in self.samples]
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        path, label = self.samples[index]
-        image = _open_rgb(path)
-        return (self.transform(image) if self.transform is not None else image), label
-
-
-FLOWERS_LAYOUT = (
-    "Expected torchvision's Flowers102 layout: <root>/flowers-102/jpg/image_<5 digits>.jpg, "
-    "<root>/flowers-102/imagelabels.mat and <root>/flowers-102/setid.mat. Get 102flowers.tgz, imagelabels.mat "
-    "and setid.mat from https://www.robots.ox.ac.uk/~vgg/data/flowers/102/ and put them there (extract the "
-    "tgz into flowers-102/), or run torchvision.datasets.Flowers102(<root>, download=True) on a machine with "
-    "network access."
-)
-_FLOWERS_SPLIT_KEYS = {"train": "trnid", "val": "valid", "test": "tstid"}
-
-
-class Flowers102Split(Dataset):
-    """One official Oxford Flowers-102 split read from torchvision's on-disk files (§2.6).
-
-    ``setid.mat`` gives the 1-based image ids of each split (``trnid`` 1,020, ``valid`` 1,020,
-    ``tstid`` 6,149); the label of image i is ``imagelabels.mat`` ``labels[i - 1] - 1`` (0…101).
-    The files are read with ``scipy.io.loadmat``; nothing is downloaded or checksummed.
-
-    Args:
-        root: the folder holding ``flowers-102/`` (``data/datasets``).
-        split: ``train``, ``val`` or ``test``.
-        transform: applied to the PIL RGB image.
-
-    Raises:
-        FileNotFoundError: a file of the layout or an image of the split is missing.
-    """
-
-    def __init__(self, root: str | os.PathLike[str], split: str, transform: Callable | None = None) -> None:
-        if split not in _FLOWERS_SPLIT_KEYS:
-            raise ValueError(f"Flowers-102 split must be one of {sorted(_FLOWERS_SPLIT_KEYS)}, got {split!r}")
-        from scipy.io import loadmat  # scipy comes with scikit-learn; only this reader needs it
-
-        self.base = Path(root) / "flowers-102"
-        self.transform = transform
-        label_file, setid_file = self.base / "imagelabels.mat", self.base / "setid.mat"
-        missing = [p for p in (label_file, setid_file, self.base / "jpg") if not p.exists()]
-        if missing:
-            raise FileNotFoundError(f"Flowers-102 not found: missing {_listing(missing)}. {FLOWERS_LAYOUT}")
-        ids = np.atleast_1d(loadmat(setid_file, squeeze_me=True)[_FLOWERS_SPLIT_KEYS[split]]).astype(np.int64)
-        labels = np.atleast_1d(loadmat(label_file, squeeze_me=True)["labels"]).astype(np.int64) - 1
-        files = [self.base / "jpg" / f"image_{int(i):05d}.jpg" for i in ids]
-        absent = [p for p in files if not p.is_file()]
-        if absent:
-            raise FileNotFoundError(
-                f"{len(absent)} image(s) of the Flowers-102 {split} split are missing: {_listing(absent)}. "
-                f"{FLOWERS_LAYOUT}"
-            )
-        self.samples = [(path, int(labels[i - 1])) for path, i in zip(files, ids.tolist(), strict=True)]
-        self.targets = [label for _, label in self.samples]
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        path, label = self.samples[index]
-        image = _open_rgb(path)
-        return (self.transform(image) if self.transform is not None else image), label
-
-
-# ---------------------------------------------------------------------------------------------
-# embedding files
-# ---------------------------------------------------------------------------------------------
-
-
-class EmbeddingWriter:
-    """Streams the rows of one embedding file to disk; the final file appears only on ``commit``.
-
-    Rows go into a disk-backed float32 buffer ``[N, *row_shape]`` (a NumPy memmap allocated
-    from the dataset length at the first write), so memory stays bounded whatever N is (an
-    ImageNet Bayes-H train file is ≈31.5 GB). ``commit`` saves ``{"reps", "labels"}`` with
-    ``torch.save`` to a temporary name and renames it over ``path``; the buffer is deleted.
-    Used as a context manager, an exception removes every temporary file.
-
-    Args:
-        path: the final ``<split>.pt``.
-        num_rows: N, the length of the dataset.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], num_rows: int) -> None:
-        self.path = Path(path)
-        self.num_rows = int(num_rows)
-        self.offset = 0
-        self.labels = torch.empty(self.num_rows, dtype=torch.int64)
-        self._buffer_path = self.path.with_name(f".{self.path.name}.{os.getpid()}.buffer")
-        self._buffer: np.memmap | None = None
-
-    def write(self, reps: Tensor, labels: Tensor) -> None:
-        """Append a batch: ``reps`` [B, *row_shape] (any float dtype), ``labels`` [B]."""
-        n = reps.shape[0]
-        if self.offset + n > self.num_rows:
-            raise ValueError(f"{self.path}: {self.offset + n} rows written but the dataset has {self.num_rows}")
-        if self._buffer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            shape = (self.num_rows, *reps.shape[1:])
-            self._buffer = np.memmap(self._buffer_path, dtype=np.float32, mode="w+", shape=shape)
-        elif tuple(reps.shape[1:]) != self._buffer.shape[1:]:
-            raise ValueError(f"{self.path}: row shape changed from {self._buffer.shape[1:]} to {tuple(reps.shape[1:])}")
-        self._buffer[self.offset : self.offset + n] = reps.detach().to("cpu", torch.float32).numpy()
-        self.labels[self.offset : self.offset + n] = labels.detach().to("cpu", torch.int64)
-        self.offset += n
-
-    def commit(self) -> Path:
-        """Write the final file atomically (every row must have been written) and drop the buffer."""
-        if self._buffer is None or self.offset != self.num_rows:
-            raise ValueError(f"{self.path}: {self.offset} of {self.num_rows} rows written; refusing to save")
-        self._buffer.flush()
-        reps = torch.from_numpy(self._buffer)
-        atomic_write(self.path, lambda p: torch.save({"reps": reps, "labels": self.labels}, p))
-        self._discard()
-        return self.path
-
-    def _discard(self) -> None:
-        self._buffer = None  # drops the mapping before the file is removed
-        self._buffer_path.unlink(missing_ok=True)
-
-    def __enter__(self) -> EmbeddingWriter:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._discard()
-
-
-def save_embeddings(path: str | os.PathLike[str], reps: Tensor, labels: Tensor) -> Path:
-    """Save ``{"reps": float32, "labels": int64}`` atomically (in-memory tensors; see ``EmbeddingWriter``)."""
-    obj = {"reps": reps.detach().to("cpu", torch.float32), "labels": labels.detach().to("cpu", torch.int64)}
-    return atomic_write(path, lambda p: torch.save(obj, p))
-
-
-def load_embeddings(path: str | os.PathLike[str], mmap: bool = True) -> TensorDataset:
-    """An embedding file as ``TensorDataset(reps float32 [N, ...], labels int64 [N])``.
-
-    Loads with ``weights_only=True``. ``mmap=True`` maps the tensors instead of reading them
-    into memory (a file of this project's format only). The reference's pickled
-    ``TensorDataset`` files are accepted too, with ``TensorDataset`` allow-listed for the load.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is not an embedding file (not a ``torch.save`` file, truncated,
-            holding objects other than plain tensors, or without tensors ``reps`` and ``labels``).
-    """
-    path = Path(path)
-    regenerate = "delete it and re-run pre_embed_datasets.py to write it again"
-    if not path.is_file():
-        raise FileNotFoundError(f"embedding file {path} does not exist; run pre_embed_datasets.py first")
-    try:
-        with torch.serialization.safe_globals([TensorDataset]):
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as err:  # UnpicklingError, RuntimeError (not a zip / truncated), EOFError, ...
-        text = str(err)
-        reason = (
-            "it holds objects other than plain tensors, which are refused (loading them could run code)"
-            if "weights_only" in text.lower() or "Unsupported" in text
-            else "it is not a torch.save file or it is truncated"
-        )
-        raise ValueError(
-            f"{path} is not a readable embedding file: {reason} ({type(err).__name__}); {regenerate}"
-        ) from err
-    if isinstance(obj, TensorDataset):
-        reps, labels = obj.tensors[:2]
-    elif isinstance(obj, dict) and {"reps", "labels"} <= set(obj):
-        reps, labels = obj["reps"], obj["labels"]
-    else:
-        keys = sorted(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
-        raise ValueError(
-            f"{path} is not an embedding file: expected a dict with tensors 'reps' and 'labels' (or a "
-            f"TensorDataset), got {keys}; {regenerate}"
-        )
-    if not isinstance(reps, Tensor) or not isinstance(labels, Tensor):
-        raise ValueError(
-            f"{path}: 'reps' and 'labels' must be tensors, got {type(reps).__name__} and "
-            f"{type(labels).__name__}; {regenerate}"
-        )
-    if reps.dim() < 2 or labels.dim() < 1:
-        raise ValueError(
-            f"{path}: expected reps [N, D] or [N, M, D] and labels [N, ...], got {tuple(reps.shape)} and "
-            f"{tuple(labels.shape)}; {regenerate}"
-        )
-    if reps.shape[0] != labels.shape[0]:
-        raise ValueError(f"{path}: {reps.shape[0]} representations but {labels.shape[0]} labels; {regenerate}")
-    return TensorDataset(reps, labels)
-
-
-# ---------------------------------------------------------------------------------------------
-# the probe protocol
-# ---------------------------------------------------------------------------------------------
 
 
 def dataset_targets(dataset: Dataset[Any]) -> np.ndarray:
@@ -374,12 +91,12 @@ def dataset_targets(dataset: Dataset[Any]) -> np.ndarray:
 def probe_splits(
     train: Dataset[Any] | None, val: Dataset[Any] | None, test: Dataset[Any] | None, test_mode: bool
 ) -> tuple[Dataset[Any], Dataset[Any] | None, Dataset[Any]]:
-    """The (train, val, test) sets of a probe run (§7.3 steps 2–4).
+    """The (train, val, test) sets of a probe run.
 
-    1. No test split: test := val, val := None (Flowers-102 and ImageNet report on val, Q5).
+    1. No test split: test := val, val := None (Flowers-102 and ImageNet report on val, D-Q5).
     2. ``test_mode``: stop (no validation; the DVC stages).
     3. Otherwise a missing val is ``train_test_split(test_size=0.2, stratify=labels)`` of train with
-       no ``random_state``, so NumPy's global RNG (seeded 1537 by the caller) decides (Q38);
+       no ``random_state``, so NumPy's global RNG (seeded 1537 by the caller) decides (D-Q38);
        train becomes the other 80 %.
 
     Raises:
@@ -398,19 +115,14 @@ def probe_splits(
     return train, val, test
 
 
-# ---------------------------------------------------------------------------------------------
-# datamodules
-# ---------------------------------------------------------------------------------------------
-
-
 class BaseLinearProbingDatamodule(pl.LightningDataModule, abc.ABC):
-    """Loaders over a transfer dataset's splits (§7.2).
+    """Loaders over a transfer dataset's splits.
 
     ``setup`` loads the official splits once (a second call, e.g. Lightning's before ``test``,
     reuses them: the reference re-loaded every file, which only costs memory). With
     ``test_mode`` None the splits stay as ``load_splits`` returns them (what pre-embedding
     embeds); with a bool the probe protocol ``probe_splits`` is applied, so every loader
-    Lightning asks for exists (fixes Q32).
+    Lightning asks for exists (fixes D-Q32).
 
     Loaders: ``batch_size``; train shuffled, val/test not; **no** ``drop_last``; pinned memory on
     GPU hosts; persistent workers when ``num_workers > 0``. A loader of a missing split is None.
@@ -422,7 +134,7 @@ class BaseLinearProbingDatamodule(pl.LightningDataModule, abc.ABC):
         num_workers: DataLoader workers.
         task: ``multiclass`` or ``multilabel`` (stored; the datasets are multiclass).
         num_classes: C; defaults to the dataset's own class count.
-        image_size: side of the squash-resized images (224 by default, §4.6).
+        image_size: side of the squash-resized images (224 by default, D-Q7).
         test_mode: see above.
     """
 
@@ -464,7 +176,7 @@ class BaseLinearProbingDatamodule(pl.LightningDataModule, abc.ABC):
 
     @property
     def transforms(self) -> Callable:
-        """The probe transform (§4.6; spelled ``tranforms`` in the reference)."""
+        """The probe transform (``probe_transform``; spelled ``tranforms`` in the reference)."""
         return probe_transform(self.image_size)
 
     @abc.abstractmethod
@@ -515,8 +227,9 @@ class BaseLinearProbingDatamodule(pl.LightningDataModule, abc.ABC):
         return {name: loader for name, loader in loaders.items() if loader is not None}
 
 
+@TRANSFER_DATAMODULES.register("SUN397")
 class SUN397Datamodule(BaseLinearProbingDatamodule):
-    """SUN397 partition 1: train = ``Training_01``, test = ``Testing_01``, no val (§2.5, Q6)."""
+    """SUN397 partition 1: train = ``Training_01``, test = ``Testing_01``, no val (D-Q6)."""
 
     default_num_classes = 397
     official_splits = ("train", "test")
@@ -529,8 +242,9 @@ class SUN397Datamodule(BaseLinearProbingDatamodule):
         }
 
 
+@TRANSFER_DATAMODULES.register("flowers-102")
 class Flowers102Datamodule(BaseLinearProbingDatamodule):
-    """Flowers-102: train = official train (1,020), val = official val (1,020); test unused (Q5)."""
+    """Flowers-102: train = official train (1,020), val = official val (1,020); test unused (D-Q5)."""
 
     default_num_classes = 102
     official_splits = ("train", "val")
@@ -543,6 +257,7 @@ class Flowers102Datamodule(BaseLinearProbingDatamodule):
         }
 
 
+@TRANSFER_DATAMODULES.register("imagenet")
 class ImagenetDatamodule(BaseLinearProbingDatamodule):
     """ImageNet from ``<data_dir>/{train,val}/<wnid>/`` (ImageFolder labels, the same wnids checked)."""
 
@@ -550,7 +265,7 @@ class ImagenetDatamodule(BaseLinearProbingDatamodule):
     official_splits = ("train", "val")
 
     def load_splits(self) -> Splits:
-        # reuses the training datamodule's layout check: same messages, same wnid-equality guard (Q3)
+        # reuses the training datamodule's layout check: same messages, same wnid-equality guard (D-Q3)
         ImageNetDataModule(self.data_dir, task="linear_classification").check_layout()
         return {
             "train": ImageFolder(str(self.data_dir / "train"), transform=self.transforms, loader=load_rgb_image),
@@ -559,8 +274,9 @@ class ImagenetDatamodule(BaseLinearProbingDatamodule):
         }
 
 
+@TRANSFER_DATAMODULES.register("demo")
 class DemoLinearProbingDatamodule(BaseLinearProbingDatamodule):
-    """The embedded demo (``src/data/demo.py``): its train / val / test ID lists.
+    """The embedded demo (``src/data/prepare/demo_data.py``): its train / val / test ID lists.
 
     The demo models are pretrained on ``image_size``-pixel digits with the demo's own
     statistics, so the probe transform squash-resizes to that size (unless ``image_size`` is
@@ -596,7 +312,7 @@ class DemoLinearProbingDatamodule(BaseLinearProbingDatamodule):
 
 
 class PrecomputedRepresentationsDatamodule(BaseLinearProbingDatamodule):
-    """Embedding files ``<data_dir>/{train,val,test}.pt`` with the probe protocol (§7.3).
+    """Embedding files ``<data_dir>/{train,val,test}.pt`` (``src/data/dataset/embeddings.py``) with the probe protocol.
 
     Batches are ``[Z, Y]``: Z float32 [B, D] (or [B, M, D] for Bayes-H), Y int64 [B]. A missing
     file is a missing split. The tensors are memory-mapped, not read into memory.
@@ -651,15 +367,6 @@ class PrecomputedRepresentationsDatamodule(BaseLinearProbingDatamodule):
         return tuple(sample.shape)
 
 
-#: dataset name (``config.dataset``) -> image datamodule (§7.1)
-TRANSFER_DATAMODULES: dict[str, type[BaseLinearProbingDatamodule]] = {
-    "SUN397": SUN397Datamodule,
-    "flowers-102": Flowers102Datamodule,
-    "imagenet": ImagenetDatamodule,
-    "demo": DemoLinearProbingDatamodule,
-}
-
-
 def get_transfer_learning_datamodule(
     dataset_dir: str | os.PathLike[str],
     dataset: str,
@@ -668,13 +375,11 @@ def get_transfer_learning_datamodule(
     image_size: int | None = None,
     test_mode: bool | None = None,
 ) -> BaseLinearProbingDatamodule:
-    """The image datamodule of ``dataset`` (§7.1).
+    """The image datamodule registered as ``dataset`` in ``TRANSFER_DATAMODULES``.
 
     Raises:
-        ValueError: an unknown dataset name.
+        ValueError: an unknown dataset name (a ``RegistryError`` that lists the known ones).
     """
-    if dataset not in TRANSFER_DATAMODULES:
-        raise ValueError(f"dataset={dataset!r} has no transfer datamodule; use one of {sorted(TRANSFER_DATAMODULES)}")
-    return TRANSFER_DATAMODULES[dataset](
+    return TRANSFER_DATAMODULES.get(dataset)(
         dataset_dir, batch_size, num_workers, image_size=image_size, test_mode=test_mode
     )

@@ -1,4 +1,4 @@
-"""OpenOOD-style image lists and the dataset that reads them (spec: ood.md §6).
+"""OpenOOD-style image lists and the dataset that reads them (the OOD study's data layout, see docs/ood.md).
 
 A list file holds one sample per line, ``<relative image path><single space><label>``, the path
 being relative to ``<data_root>/images_classic/`` (never absolute) and the label an integer

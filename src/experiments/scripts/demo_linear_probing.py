@@ -1,5 +1,5 @@
 """The demo's linear-probe chain in one process: for every demo run, pre-embed the demo splits and
-train/test the probe, then write the probe report (the paper's three scripts, called in turn).
+train/test the probe, then write the probe report (src/reports/linear_probing.py).
 
     python src/experiments/scripts/demo_linear_probing.py --runs-dir data/results/demo/runs
 
@@ -10,9 +10,10 @@ the small demo. Each step still skips work whose output exists.
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
-from src.experiments.scripts import evaluate_linear_probing, pre_embed_datasets, summarize_evaluation
+from src.reports.linear_probing import run_linear_probing
 
 CONFIG = "src/experiments/conf/linear_probing/demo.yaml"
 
@@ -24,34 +25,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--embeddings-dir", type=Path, default=Path("data/embeddings/demo"))
     parser.add_argument("--probes-dir", type=Path, default=Path("data/demo/linear_probing"))
     args = parser.parse_args(argv)
-    if not args.runs_dir.is_dir():
-        raise FileNotFoundError(
-            f"--runs-dir {args.runs_dir} does not exist or is not a folder; run the demo pretraining first "
-            "(`dvc repro demo_pretrain`) or pass the folder that holds the demo's run folders"
-        )
-    runs = sorted(p for p in args.runs_dir.iterdir() if (p / "results.json").is_file())
-    if not runs:
-        raise FileNotFoundError(
-            f"--runs-dir {args.runs_dir} holds no finished run (no <run>/results.json); run the demo pretraining "
-            "first (`dvc repro demo_pretrain`) or pass the folder that holds the demo's run folders"
-        )
-    for run in runs:
-        target = args.embeddings_dir / run.name
-        pre_embed_datasets.main(
-            ["--experiment-dir", str(run), "--config-path", args.config_path, "--target-dir", str(target)]
-        )
-        evaluate_linear_probing.main(
-            [
-                "--backbone-experiment-dir",
-                str(run),
-                "--config-path",
-                args.config_path,
-                "--pre-embedded-root-dir",
-                str(target),
-                "--test-mode",
-            ]
-        )
-    summarize_evaluation.main(["--root-dir", str(args.probes_dir)])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    run_linear_probing(args.runs_dir, args.config_path, args.embeddings_dir, args.probes_dir)
 
 
 if __name__ == "__main__":

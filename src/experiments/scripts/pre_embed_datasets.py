@@ -1,6 +1,6 @@
-"""Embed a transfer dataset with a frozen pretrained backbone (spec: data_evaluation.md §10).
+"""Embed a transfer dataset with a frozen pretrained backbone (src/downstream/embed.py).
 
-The DVC stage command (§14.4):
+The DVC stage command:
 
     python src/experiments/scripts/pre_embed_datasets.py \
         --experiment-dir data/results/imagenet/ssl/<model> \
@@ -9,185 +9,20 @@ The DVC stage command (§14.4):
 
 writes ``<target-dir>/<split>.pt`` for each official split of the dataset (SUN397: train, test;
 flowers-102 and imagenet: train, val; demo: train, val, test), each the dict
-``{"reps": float32 [N, D] | [N, M, D], "labels": int64 [N]}`` (see
-``src/data/datamodule/transfer_learning.py``; the reference pickled a ``TensorDataset``, which
-does not load with ``weights_only=True``).
-
-What is stored, per model (Q10, Q11):
-
-- ``ssl``, ``ssl_bayes_z``: the backbone features [N, E] (Bayes-Z's stochasticity lives in the
-  projector, never called here; its MC count is forced to 1);
-- ``ssl_bayes_h``: the M = ``train.mc_samples`` (12) reparameterised samples of h [N, M, E],
-  drawn once under ``seed_everything(config.seed)``; not their mean, not μ;
-- ``--pre-trained-model resnet-18|resnet-50``: the torchvision features [N, 512|2048].
-
-The raw features are stored: the probe normalises them (``norm_repr``). The train loader
-shuffles (Q14), so train rows are in random order, paired with their labels. Rows are streamed
-to a disk-backed buffer and the final file is renamed into place, so memory stays bounded and
-an interrupted run leaves no file behind. A split whose file exists is not embedded again.
-
-Precision (Q35): fp32, no autocast, TF32 matmuls off (``highest``), cuDNN convolutions with
-TF32 allowed — PyTorch's defaults at the reference's version, set explicitly.
+``{"reps": float32 [N, D] | [N, M, D], "labels": int64 [N]}``: the backbone features of ``ssl`` and
+``ssl_bayes_z`` runs (D-Q11), the 12 MC samples of h of ``ssl_bayes_h`` runs (D-Q10), or the
+features of a torchvision baseline (``--pre-trained-model``). A split whose file exists is not
+embedded again. ``NUM_WORKERS`` (env) sets the DataLoader workers (default 0).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
-from typing import Any
 
-import pytorch_lightning as pl
-import torch
-from omegaconf import DictConfig, OmegaConf
-
-from src.data.datamodule.transfer_learning import (
-    TRANSFER_DATAMODULES,
-    EmbeddingWriter,
-    get_transfer_learning_datamodule,
-)
-from src.task.evaluation import PRETRAINED_BASELINES, LinearProbingClassifier
-
-log = logging.getLogger("pre_embed_datasets")
-
-#: progress lines per split
-_PROGRESS_LINES = 10
-
-
-def num_workers_from_env() -> int:
-    """DataLoader workers from env ``NUM_WORKERS`` (default 0, as the reference)."""
-    value = os.environ.get("NUM_WORKERS", "0")
-    try:
-        return int(value)
-    except ValueError as err:
-        raise ValueError(f"NUM_WORKERS={value!r} is not an integer") from err
-
-
-def load_probe_config(config_path: str | os.PathLike[str]) -> DictConfig:
-    """A linear-probing YAML (§8), loaded with OmegaConf (so ``1e-2`` is a float) and resolved."""
-    path = Path(config_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"linear-probing config {path} does not exist; see src/experiments/conf/linear_probing")
-    cfg = OmegaConf.load(path)
-    OmegaConf.resolve(cfg)
-    return cfg
-
-
-def run_model_info(experiment_dir: str | os.PathLike[str]) -> tuple[str, int, Path]:
-    """(model name, MC samples, checkpoint) of a pretraining run (§9.1, model_training.md §12.3 item 4).
-
-    The name is ``train.name`` of ``hydra_config.yaml``; the MC count is ``train.mc_samples`` (1
-    when absent) and is forced to 1 for names ending in ``ssl_bayes_z`` (Q11).
-
-    Raises:
-        FileNotFoundError: the run has no ``hydra_config.yaml`` or no ``checkpoints/model.ckpt``.
-    """
-    run = Path(experiment_dir)
-    config_file = run / "hydra_config.yaml"
-    ckpt = run / "checkpoints" / "model.ckpt"
-    for path in (config_file, ckpt):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist: {run} is not a finished pretraining run")
-    cfg = OmegaConf.load(config_file)
-    model_name = OmegaConf.select(cfg, "train.name")
-    if model_name is None:
-        raise ValueError(f"{config_file} has no train.name")
-    mc = int(OmegaConf.select(cfg, "train.mc_samples", default=1))
-    if str(model_name).endswith("ssl_bayes_z"):
-        mc = 1
-    return str(model_name), mc, ckpt
-
-
-def _embed_split(
-    probe: LinearProbingClassifier, loader: Any, path: Path, mc: int, device: torch.device, split: str
-) -> None:
-    n = len(loader.dataset)
-    every = max(1, len(loader) // _PROGRESS_LINES)
-    with EmbeddingWriter(path, n) as writer:
-        for i, (x, y) in enumerate(loader):
-            reps = probe.forward_repr(x.to(device))
-            if reps.dim() == 3:  # Bayes-H: [B, M, D]
-                if reps.shape[1] != mc:
-                    raise ValueError(
-                        f"the model draws {reps.shape[1]} MC samples but its run config says train.mc_samples={mc}"
-                    )
-                if mc == 1:
-                    reps = reps.squeeze(1)
-            writer.write(reps, y)
-            if (i + 1) % every == 0 or i + 1 == len(loader):
-                log.info("%s: %d / %d images", split, writer.offset, n)
-        writer.commit()
-
-
-def pre_embed(
-    config_path: str | os.PathLike[str],
-    target_dir: str | os.PathLike[str],
-    experiment_dir: str | os.PathLike[str] | None = None,
-    pre_trained_model: str | None = None,
-    device: str | None = None,
-) -> dict[str, Path]:
-    """Embed every official split of the config's dataset into ``target_dir`` (see the module docstring).
-
-    Returns:
-        ``{split: file}`` for every split file in ``target_dir`` (written now or before).
-
-    Raises:
-        ValueError: not exactly one of ``experiment_dir`` / ``pre_trained_model``, or an unknown
-            baseline or dataset.
-        FileNotFoundError: the run, the config or the dataset is missing.
-    """
-    if (experiment_dir is None) == (pre_trained_model is None):
-        raise ValueError("give exactly one of --experiment-dir and --pre-trained-model")
-    if pre_trained_model is not None and pre_trained_model not in PRETRAINED_BASELINES:
-        raise ValueError(f"--pre-trained-model must be one of {sorted(PRETRAINED_BASELINES)}: {pre_trained_model!r}")
-    target = Path(target_dir)
-    target.mkdir(parents=True, exist_ok=True)
-    config = load_probe_config(config_path)
-    if config.dataset not in TRANSFER_DATAMODULES:
-        raise ValueError(f"dataset={config.dataset!r} in {config_path}; use one of {sorted(TRANSFER_DATAMODULES)}")
-    files = {split: target / f"{split}.pt" for split in TRANSFER_DATAMODULES[config.dataset].official_splits}
-    if all(path.is_file() for path in files.values()):
-        log.info("%s already holds %s: nothing to do", target, ", ".join(p.name for p in files.values()))
-        return files
-
-    pl.seed_everything(int(config.seed), workers=False)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if experiment_dir is not None:
-        model_name, mc, ckpt = run_model_info(experiment_dir)
-    else:
-        model_name, mc, ckpt = str(pre_trained_model), 1, None
-
-    datamodule = get_transfer_learning_datamodule(
-        config.dataset_dir,
-        config.dataset,
-        int(config.batch_size),
-        num_workers_from_env(),
-        image_size=config.get("image_size"),
-    )
-    datamodule.setup("train")  # the reference's stage argument; every split is built
-    probe = LinearProbingClassifier(
-        model_name=model_name,
-        model_path=ckpt,
-        optim_kwargs=OmegaConf.to_container(config.optim_kwargs),  # type: ignore[arg-type]
-        max_epochs=int(config.max_epochs),
-        scheduler_kwargs=OmegaConf.to_container(config.scheduler_kwargs),  # type: ignore[arg-type]
-        num_classes=int(config.num_classes),
-        task=str(config.task),
-    )
-    probe.to(dev).eval()
-
-    torch.set_float32_matmul_precision("highest")
-    torch.backends.cudnn.allow_tf32 = True
-    with torch.no_grad():
-        for split, loader in datamodule.split_loaders().items():
-            path = target / f"{split}.pt"
-            if path.is_file():
-                log.info("%s exists: skipped", path)
-                continue
-            _embed_split(probe, loader, path, mc, dev, split)
-            log.info("wrote %s", path)
-    return {split: path for split, path in files.items() if path.is_file()}
+from src.downstream.embed import pre_embed
+from src.task.evaluation import PRETRAINED_BASELINES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

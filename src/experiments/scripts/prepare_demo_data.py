@@ -4,7 +4,7 @@ Usage (from the repository root)::
 
     python src/experiments/scripts/prepare_demo_data.py --output-root data/datasets/demo --image-size 16 --seed 1997
 
-Does nothing if the output is already up to date; see :mod:`src.data.demo` for the protocol.
+Does nothing if the output is already up to date; see :mod:`src.data.prepare.demo_data` for the protocol.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from src.data.demo import prepare_demo_data
+from src.data.prepare.demo_data import prepare_demo_data
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

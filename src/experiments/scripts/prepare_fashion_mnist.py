@@ -1,4 +1,4 @@
-"""Install Fashion-MNIST's original files and write its two OOD protocols (src/data/fashion_mnist.py).
+"""Install Fashion-MNIST's original files and write its two OOD protocols (src/data/prepare/fashion_mnist_data.py).
 
 Usage (from the repository root)::
 
@@ -19,7 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
-from src.data.fashion_mnist import install_raw, prepare_ood_protocols
+from src.data.prepare.fashion_mnist_data import prepare_fashion_mnist
 
 
 def _optional_int(text: str) -> int | None:
@@ -48,11 +48,17 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     try:
-        install_raw(args.output_root, args.source_dir, args.download)
+        return prepare_fashion_mnist(
+            args.output_root,
+            args.source_dir,
+            args.download,
+            args.train_per_class,
+            args.test_per_class,
+            args.ood_count,
+            args.seed,
+        )
     except FileNotFoundError as err:
         sys.exit(f"error: {err}")
-    prepare_ood_protocols(args.output_root, args.train_per_class, args.test_per_class, args.ood_count, args.seed)
-    return args.output_root
 
 
 if __name__ == "__main__":

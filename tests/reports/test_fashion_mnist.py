@@ -1,21 +1,17 @@
-"""The Fashion-MNIST report on synthetic run and OOD outputs, and the GPU script's commands."""
+"""The Fashion-MNIST report (src/reports/fashion_mnist.py) on synthetic run and OOD outputs."""
 
 from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from src.experiments.scripts import fashion_mnist_gpu
 from src.reports.fashion_mnist import make_fashion_mnist_report
 
-ROOT = Path(__file__).resolve().parents[2]
 RUNS = {
     "ssl_vicreg_seed_1": ("ssl", "vicreg", None, 0.80),
     "ssl_vicreg_seed_2": ("ssl", "vicreg", None, 0.90),
@@ -106,29 +102,3 @@ def test_report_names_the_missing_stage(tmp_path: Path) -> None:
         make_fashion_mnist_report(results, reports)
     with pytest.raises(FileNotFoundError, match="fmnist_pretrain"):
         make_fashion_mnist_report(tmp_path / "nothing", reports)
-
-
-def test_gpu_script_commands_match_the_dvc_stages(capsys: pytest.CaptureFixture[str]) -> None:
-    args = fashion_mnist_gpu.parse_args(["--epochs", "3", "--source-dir", "/data/fmnist"])
-    steps = fashion_mnist_gpu.commands(args)
-    phases = [phase for phase, _, _ in steps]
-    assert phases[0] == "data" and "--source-dir" in steps[0][1]
-    assert phases.count("pretrain fashion_mnist") == phases.count("pretrain fashion_mnist_split") == 6
-    assert phases[-1] == "ood report fashion_mnist_split"
-    runs = {done.parent.name for _, _, done in steps if done is not None}
-    assert "ssl_barlow_twins_seed_1997" in runs and "ssl_bayes_z_vicreg_beta_0.001_mc_12_seed_1997" in runs
-    bayes = next(cmd for phase, cmd, done in steps if done is not None and "bayes_h_vicreg" in str(done))
-    for override in ("+model/task/ssl@train=ssl_bayes_h", "model/loss=mc_vicreg", "train.trainer.max_epochs=3"):
-        assert override in bayes
-    # the printed commands are those the dvc.yaml stages run (same scripts, same override keys)
-    dvc = (ROOT / "dvc.yaml").read_text()
-    for key in ("+model/task@finetune=finetune", "finetune.offline_learning_rate", "--postprocessor-name all"):
-        assert key in dvc
-    out = subprocess.run(
-        [sys.executable, "src/experiments/scripts/fashion_mnist_gpu.py", "--dry-run", "--protocols", "fashion_mnist"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert out.count("run_pipeline.py") == 6 and "fashion_mnist_split" not in out

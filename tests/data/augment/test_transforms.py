@@ -1,4 +1,4 @@
-"""Transforms: view counts, shapes, value ranges, and the augmentation parameters of spec §4."""
+"""The CPU transforms (src/data/augment/transforms.py): view counts, shapes, value ranges, augmentation parameters."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from src.data.transforms import (
+from src.data.augment.transforms import (
     CIFAR10_NORMALIZE,
     CIFAR100_NORMALIZE,
     IMAGENET_NORMALIZE,
@@ -68,7 +68,7 @@ def unnormalize(x: torch.Tensor, normalize: dict[str, Any]) -> torch.Tensor:
     return x * torch.tensor(normalize["std"]).view(3, 1, 1) + torch.tensor(normalize["mean"]).view(3, 1, 1)
 
 
-def test_normalisation_constants_are_the_spec_numbers() -> None:
+def test_normalisation_constants_are_the_reference_numbers() -> None:
     assert CIFAR10_NORMALIZE["mean"] == pytest.approx((0.491373, 0.482353, 0.446667), abs=1e-6)
     assert CIFAR10_NORMALIZE["std"] == pytest.approx((0.247059, 0.243529, 0.261569), abs=1e-6)
     assert CIFAR10_NORMALIZE["mean"] == (125.3 / 255, 123.0 / 255, 113.9 / 255)

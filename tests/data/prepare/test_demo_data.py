@@ -18,11 +18,11 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from torchvision.transforms import ToTensor
 
-import src.data.demo as demo
+import src.data.prepare.demo_data as demo
 from src.data.dataset import ImageListDataset, read_image_list
-from src.data.demo import LISTS, prepare_demo_data, read_protocol
+from src.data.prepare.demo_data import LISTS, prepare_demo_data, read_protocol
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 ID_LISTS = ("train_demo.txt", "val_demo.txt", "test_demo.txt")
 OOD_LISTS = ("val_ood.txt", "test_digits89.txt", "test_photos.txt", "test_noise.txt")
 # A list line: relative path (no leading '/', no whitespace), one space, an integer.
@@ -224,7 +224,7 @@ def test_other_seed_gives_other_splits(root: Path, tmp_path: Path) -> None:
 def test_rerun_is_a_no_op(root: Path, caplog: pytest.LogCaptureFixture) -> None:
     watched = [root, root / "benchmark_imglist/demo/protocol.json", root / "images_classic/demo/train/0/0000.png"]
     before = [p.stat().st_mtime_ns for p in watched]
-    with caplog.at_level(logging.INFO, logger="src.data.demo"):
+    with caplog.at_level(logging.INFO, logger="src.data.prepare.demo_data"):
         assert prepare_demo_data(root) == root
     assert [p.stat().st_mtime_ns for p in watched] == before
     assert "up to date" in caplog.text
@@ -276,6 +276,7 @@ def test_invalid_arguments(tmp_path: Path) -> None:
         read_protocol(tmp_path / "nothing")
 
 
+@pytest.mark.slow
 def test_cli_runs_as_a_plain_script(root: Path, tmp_path: Path) -> None:
     """Stage commands call the file directly from the repository root, without PYTHONPATH."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

@@ -1,20 +1,23 @@
-"""CIFAR datamodules on tiny torchvision-format files: batches, split, loaders, errors (spec §3.2, §3.3)."""
+"""CIFAR datamodules on tiny torchvision-format files: batches, split, loaders, errors, device views."""
 
 from __future__ import annotations
 
+import math
 import pickle
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from torch.utils.data import Subset
 
+from src.data.augment.transforms import CIFAR10_NORMALIZE, CIFAR100_NORMALIZE, MultiViewTransform, SupervisedTransform
 from src.data.datamodule import DATAMODULES, CIFAR10DataModule, CIFAR100DataModule, build_datamodule
-from src.data.transforms import CIFAR10_NORMALIZE, CIFAR100_NORMALIZE, MultiViewTransform, SupervisedTransform
+from tests.conftest import build_model
 
-# The keys of conf/dataset/cifar10.yaml that the datamodule does not use (Q23).
+# The keys of conf/dataset/cifar10.yaml that the datamodule does not use (D-Q23).
 IGNORED = {"name": "cifar10", "num_classes": 10, "flatten_dim": 3072, "subset": None, "resize_height": 256}
 
 
@@ -46,7 +49,7 @@ def test_ssl_batches(cifar10_dir: Path, task: str) -> None:
         for v in views:
             assert v.shape == (8, 3, 32, 32) and v.dtype == torch.float32
         assert y.shape == (8,) and y.dtype == torch.int64
-    # every split uses the 3-view transform (§3.2)
+    # every split uses the 3-view transform
     assert isinstance(dm.train_ds.dataset.transform, MultiViewTransform)  # type: ignore[union-attr]
     assert isinstance(dm.val_ds.dataset.transform, MultiViewTransform)  # type: ignore[union-attr]
     assert isinstance(dm.test_ds.transform, MultiViewTransform)  # type: ignore[union-attr]
@@ -109,7 +112,7 @@ def test_val_split_out_of_range_raises(cifar10_dir: Path) -> None:
 def test_drop_last_applies_to_val_and_test(cifar10_dir: Path) -> None:
     dm = make(cifar10_dir, "supervised")
     dm.setup(None)
-    # 20 val / 20 test images with B = 8: 2 full batches each, 4 images dropped (Q4)
+    # 20 val / 20 test images with B = 8: 2 full batches each, 4 images dropped (D-Q4)
     for loader in (dm.val_dataloader(), dm.test_dataloader()):
         assert loader.drop_last is True
         assert [len(y) for _, y in loader] == [8, 8]
@@ -251,3 +254,76 @@ def test_registry(cifar10_dir: Path) -> None:
     assert isinstance(dm, CIFAR10DataModule) and dm.batch_size == 256 and dm.seed == 1997
     with pytest.raises(ValueError, match=r"dataset: 'mnist' is not a known datamodule; known: cifar10, "):
         build_datamodule("mnist", data_dir=cifar10_dir, task="ssl")
+
+
+# ------------------------------------------------- augment_on_device: the SSL views on the training device
+
+
+def test_option_values(cifar10_dir: Path) -> None:
+    assert make(cifar10_dir).device_augment is None  # default: the CPU path
+    assert make(cifar10_dir, augment_on_device=False).augment_on_device is False
+    assert make(cifar10_dir, augment_on_device="auto").augment_on_device is torch.cuda.is_available()
+    assert make(cifar10_dir, "supervised", augment_on_device=True).augment_on_device is False  # ssl task type only
+    with pytest.raises(ValueError, match="augment_on_device"):
+        make(cifar10_dir, augment_on_device="gpu")
+
+
+def test_datamodule_yields_uint8_and_the_hook_makes_the_ssl_batch(cifar10_dir: Path) -> None:
+    dm = make(cifar10_dir, augment_on_device=True)
+    dm.setup("fit")
+    dm.setup("test")
+    cpu = make(cifar10_dir)
+    cpu.setup("fit")
+    # the same split indices as the CPU path
+    assert dm.train_ds.indices == cpu.train_ds.indices and dm.val_ds.indices == cpu.val_ds.indices  # type: ignore[union-attr]
+    for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
+        x, y = next(iter(loader))
+        assert x.dtype == torch.uint8 and x.shape == (8, 3, 32, 32) and y.dtype == torch.int64
+        batch = dm.on_after_batch_transfer([x, y], 0)
+        views, labels = batch
+        assert len(views) == 3 and labels is y
+        assert all(v.shape == (8, 3, 32, 32) and v.dtype == torch.float32 for v in views)
+    # val is unshuffled: its finetune view equals the CPU path's, bit for bit
+    (_, _, v3), y = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)
+    (_, _, cpu_v3), cpu_y = next(iter(cpu.val_dataloader()))
+    assert torch.equal(v3, cpu_v3) and torch.equal(y, cpu_y)
+    # an already-augmented batch passes unchanged
+    assert cpu.on_after_batch_transfer(batch, 0) is batch and dm.on_after_batch_transfer(batch, 0) is batch
+
+
+class BatchRecorder(pl.Callback):
+    def __init__(self) -> None:
+        self.batches: list[Any] = []
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self.batches.append(batch)
+
+
+def test_lightning_fit_with_device_augmentation(cifar10_dir: Path, tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    dm = make(cifar10_dir, augment_on_device=True)
+    model = build_model("ssl", "barlow_twins", batch_size=8, num_classes=10)
+    recorder = BatchRecorder()
+    trainer = pl.Trainer(
+        max_epochs=1,  # the cosine schedule needs an epoch count
+        limit_train_batches=2,
+        limit_val_batches=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+        callbacks=[recorder],
+    )
+    trainer.fit(model, datamodule=dm)
+    assert trainer.global_step == 2
+    (x1, x2, x3), y = recorder.batches[0]
+    assert y.dtype == torch.int64 and x1.dtype == torch.float32 and x1.shape == x2.shape == x3.shape == (8, 3, 32, 32)
+    assert not torch.equal(x1, x2)
+    # the epoch-end validation ran on device-augmented val batches too
+    assert math.isfinite(float(trainer.callback_metrics["val_loss"]))

@@ -1,4 +1,4 @@
-"""The ImageNet subset builder: links, all class folders, idempotent reruns, clear failures (spec §2.4, Q2)."""
+"""The ImageNet subset builder: links, all class folders, idempotent reruns, clear failures (D-Q2)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from src.data.datamodule import SubsetImageNetDataModule
-from src.experiments.scripts.build_imagenet_subset import SubsetBuildError, build_subset, main, read_split_file
+from src.data.prepare.imagenet_subset import SubsetBuildError, build_subset, read_split_file
+from src.experiments.scripts.build_imagenet_subset import main
 
 WNIDS = ("n01440764", "n01443537", "n02102040")
 # Listed images of the first two classes; the third class has none.

@@ -1,4 +1,4 @@
-"""Image transforms of the training datamodules (spec: data_evaluation.md §4).
+"""Image transforms of the datamodules, on PIL images (the CPU path).
 
 Every transform takes a PIL image and converts it to RGB first (so grayscale PNGs and
 palette images work), then returns float32 CHW tensors.
@@ -222,7 +222,7 @@ class BYOLView2Transform(BYOLViewTransform):
 
 
 class FinetuneViewTransform(T.Compose):
-    """Squash-resize to (input_size, input_size) → ToTensor → Normalize if given (§4.5).
+    """Squash-resize to (input_size, input_size) → ToTensor → Normalize if given.
 
     Deterministic: no crop, no augmentation. View 3 of the SSL transforms and the probe transform.
 
@@ -239,7 +239,7 @@ class FinetuneViewTransform(T.Compose):
 
 
 class SupervisedTransform(T.Compose):
-    """Supervised transform of the base datamodule (CIFAR; §4.3).
+    """Supervised transform of the base datamodule (CIFAR).
 
     train: RandomResizedCrop(input_height) → horizontal flip 0.5 → ToTensor → Normalize.
     val/test: Resize(input_height) of the shorter side (no crop) → ToTensor → Normalize.
@@ -261,7 +261,7 @@ class SupervisedTransform(T.Compose):
 
 
 class ImageNetSupervisedTransform(T.Compose):
-    """Supervised transform of the ImageNet family (semi-supervised stages; §4.4).
+    """Supervised transform of the ImageNet family (semi-supervised stages).
 
     train: RandomResizedCrop(input_height, scale (0.08, 1)) → horizontal flip 0.5 → ToTensor → Normalize.
     val/test: Resize(resize_height) of the shorter side → CenterCrop(input_height) → ToTensor → Normalize.
@@ -293,10 +293,10 @@ class ImageNetSupervisedTransform(T.Compose):
 
 
 def cifar_ssl_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> MultiViewTransform:
-    """The base datamodule's 3-view SSL transform (CIFAR; §4.1).
+    """The base datamodule's 3-view SSL transform (CIFAR).
 
     Views 1 and 2 are the BYOL views at ``size`` with the dataset's mean/std and the blur
-    disabled in both; view 2 keeps solarization at p 0.2 (Q22). View 3 is
+    disabled in both; view 2 keeps solarization at p 0.2 (D-Q22). View 3 is
     ``FinetuneViewTransform(size, normalize)``.
 
     Returns:
@@ -325,7 +325,7 @@ def fashion_mnist_ssl_transform(
       to agree on; 0.2 keeps crops of at least ~12 px. Ratio (3/4, 4/3) and the flip as CIFAR.
     - ColorJitter(brightness 0.4, contrast 0.4) with p 0.8 as CIFAR; saturation and hue are 0 and
       RandomGrayscale is left out: on three equal channels they change nothing.
-    - blur off in both views and solarization p 0.2 in view 2, as CIFAR (Q22).
+    - blur off in both views and solarization p 0.2 in view 2, as CIFAR (D-Q22).
     - view 3 is ``FinetuneViewTransform(size, normalize)``, as CIFAR.
 
     Returns:
@@ -351,10 +351,10 @@ def fashion_mnist_ssl_transform(
 
 
 def imagenet_ssl_transform(finetune_size: int = IMAGENET_SIZE) -> MultiViewTransform:
-    """The ImageNet 3-view SSL transform (§4.2).
+    """The ImageNet 3-view SSL transform.
 
     Views 1 and 2 are lightly's BYOL views with all defaults: 224 px and ImageNet statistics,
-    whatever the datamodule's ``input_height`` (Q22); blur p 1.0 / 0.1, solarization p 0 / 0.2.
+    whatever the datamodule's ``input_height`` (D-Q22); blur p 1.0 / 0.1, solarization p 0 / 0.2.
     View 3 squash-resizes to ``finetune_size`` (224) and normalises with ImageNet statistics.
 
     Args:

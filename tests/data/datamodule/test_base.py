@@ -1,4 +1,4 @@
-"""BaseDataModule pieces without a dataset: the task table and the train/val split helper (spec §3.2)."""
+"""BaseDataModule pieces without a dataset: the task table and the train/val split helper."""
 
 from __future__ import annotations
 

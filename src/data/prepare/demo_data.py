@@ -1,4 +1,4 @@
-"""The embedded demo dataset: a miniature OpenOOD v1.5 CIFAR-10 protocol (spec: ood.md §6).
+"""The embedded demo dataset: a miniature OpenOOD v1.5 CIFAR-10 protocol.
 
 Built only from data shipped inside scikit-learn, so the whole pipeline (pretraining, finetuning,
 OOD study, linear probe) runs offline on a laptop CPU in minutes, through the same image-list
@@ -47,7 +47,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 from src.data.dataset.imglist import write_image_list
-from src.data.ood_sources import (
+from src.data.prepare.ood_sources import (
     replace_dir,
     save_png,
     stratified_split,

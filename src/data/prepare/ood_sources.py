@@ -1,4 +1,4 @@
-"""Image sources and file helpers shared by the dataset writers (src/data/demo.py, src/data/fashion_mnist.py).
+"""Image sources and file helpers shared by the dataset writers (``demo_data.py``, ``fashion_mnist_data.py``).
 
 Both writers build OpenOOD-style folders from data bundled in scikit-learn and generated noise:
 the 8×8 handwritten digits upscaled, random square crops of the two sample photographs, and

@@ -1,4 +1,4 @@
-"""pre_embed_datasets.py on the real dataset formats with pretrained demo runs."""
+"""Pre-embedding (src/downstream/embed.py and its CLI) on the real dataset formats with pretrained demo runs."""
 
 from __future__ import annotations
 
@@ -7,15 +7,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.data.datamodule.transfer_learning import get_transfer_learning_datamodule, load_embeddings
+from src.data.datamodule.transfer_learning import get_transfer_learning_datamodule
+from src.data.dataset.embeddings import load_embeddings
+from src.downstream.embed import pre_embed
 from src.experiments.scripts.pre_embed_datasets import main as pre_embed_main
-from src.experiments.scripts.pre_embed_datasets import parse_args, pre_embed
+from src.experiments.scripts.pre_embed_datasets import parse_args
 from src.task.checkpoint import load_ssl_model
 from src.task.evaluation import load_pretrained_baseline
 from tests.downstream.conftest import probe_config
 
 SSL = "data/results/imagenet/ssl"
-# pre-embedding runs on the GPU when there is one, with cuDNN's TF32 convolutions allowed (Q35)
+# pre-embedding runs on the GPU when there is one, with cuDNN's TF32 convolutions allowed (D-Q35)
 ATOL = 2e-2 if torch.cuda.is_available() else 1e-4
 
 # dataset -> (dataset dir under datasets_root, official splits, split sizes)
@@ -70,7 +72,7 @@ def test_bayes_h_stores_mc_samples_and_bayes_z_the_backbone(
     assert reps.shape == (6, 3, 512)  # train.mc_samples = 3 samples of h per image
     assert (reps.std(dim=1) > 0).all(dim=1).all()  # distinct samples, not the mean repeated
 
-    # Bayes-Z: the MC count is forced to 1 (Q11); the stored rows are the deterministic backbone features
+    # Bayes-Z: the MC count is forced to 1 (D-Q11); the stored rows are the deterministic backbone features
     z_run = runs_root / SSL / "ssl_bayes_z_barlow_beta_0.01"
     pre_embed(config, tmp_path / "z", experiment_dir=z_run)
     reps = load_embeddings(tmp_path / "z" / "val.pt").tensors[0]

@@ -9,7 +9,8 @@ classes, 6,000 train and 1,000 test images per class) in torchvision's on-disk f
 originals under ``/usr/share/datasets/fashion-mnist/``), from another folder holding the four
 files, or, when asked, with torchvision's download; otherwise it stops with a message that says
 how to get the files. The training datamodule (``src/data/datamodule/fashion_mnist.py``) reads
-these files directly.
+these files directly (``load_split``, ``subset_indices``); ``prepare_fashion_mnist`` is what
+``prepare_fashion_mnist.py`` runs: the install, then both protocols.
 
 ``prepare_ood_protocols`` writes, next to them, the OOD study's on-disk layout (OpenOOD v1.5's
 image lists, as for CIFAR-10 and the demo)::
@@ -56,7 +57,7 @@ from sklearn.datasets import load_digits
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from src.data.dataset.imglist import write_image_list
-from src.data.ood_sources import (
+from src.data.prepare.ood_sources import (
     replace_dir,
     save_png,
     stratified_split,
@@ -174,7 +175,8 @@ def verify_raw(data_dir: str | os.PathLike[str]) -> dict[str, int]:
     missing = missing_raw_files(data_dir)
     if missing:
         raise FileNotFoundError(
-            f"Fashion-MNIST not found at {raw_folder(data_dir)}: missing {', '.join(missing)}. " + how_to_obtain(data_dir)
+            f"Fashion-MNIST not found at {raw_folder(data_dir)}: missing {', '.join(missing)}. "
+            + how_to_obtain(data_dir)
         )
     return _verify_files(raw_folder(data_dir))
 
@@ -279,9 +281,7 @@ def load_split(data_dir: str | os.PathLike[str], train: bool) -> tuple[np.ndarra
     return images.numpy(), labels.numpy().astype(np.int64)
 
 
-def subset_indices(
-    labels: np.ndarray, classes: Iterable[int], per_class: int | None, seed: int
-) -> np.ndarray:
+def subset_indices(labels: np.ndarray, classes: Iterable[int], per_class: int | None, seed: int) -> np.ndarray:
     """Sorted indices of the samples of ``classes``: all of them, or ``per_class`` drawn per class.
 
     The draw is a seeded permutation of each class (one generator for all classes, in the
@@ -455,7 +455,11 @@ def prepare_ood_protocols(
         ValueError: a subset size is out of range.
     """
     data_dir = Path(data_dir)
-    for key, value in (("train_per_class", train_per_class), ("test_per_class", test_per_class), ("ood_count", ood_count)):
+    for key, value in (
+        ("train_per_class", train_per_class),
+        ("test_per_class", test_per_class),
+        ("ood_count", ood_count),
+    ):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{key}={value!r} must be a positive integer or None (all)")
     settings = protocol_settings(train_per_class, test_per_class, ood_count, seed)
@@ -477,3 +481,26 @@ def prepare_ood_protocols(
     for name, protocol in protocols.items():
         log.info("wrote the %s protocol under %s (%d ID classes)", name, data_dir, protocol["num_classes"])
     return settings
+
+
+def prepare_fashion_mnist(
+    output_root: str | os.PathLike[str],
+    source_dir: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    train_per_class: int | None = None,
+    test_per_class: int | None = None,
+    ood_count: int | None = None,
+    seed: int = 1997,
+) -> Path:
+    """Install the raw files (``install_raw``), then write both OOD protocols (``prepare_ood_protocols``).
+
+    Returns:
+        ``output_root``.
+
+    Raises:
+        FileNotFoundError: no source holds the raw files (the message says how to obtain them).
+        ValueError: a malformed source file, or a subset size out of range.
+    """
+    install_raw(output_root, source_dir, download)
+    prepare_ood_protocols(output_root, train_per_class, test_per_class, ood_count, seed)
+    return Path(output_root)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from src.experiments.scripts.summarize_evaluation import summarize
+from src.reports.linear_probing import summarize
 
 PROBES = [
     ("ssl_vicreg", "imagenet", 99, 0.61234567, 0.05),
@@ -47,7 +47,7 @@ def test_report_rows_order_and_formats(tmp_path: Path) -> None:
     md = (reports / "linear_probing_report.md").read_text()
     assert "0.612346" in md and md.splitlines()[1].startswith("|:")  # tabulate pipe table, `g` floats
     tex = (reports / "linear_probing_report.tex").read_text()
-    assert "\\toprule" in tex and "ssl_vicreg & ssl_vicreg & 99 & 0.612 & 0.050" in tex  # %.3f, unescaped (Q19)
+    assert "\\toprule" in tex and "ssl_vicreg & ssl_vicreg & 99 & 0.612 & 0.050" in tex  # %.3f, unescaped (D-Q19)
     frame = pd.read_csv(reports / "linear_probing_report.csv")
     assert frame["test/accuracy"].between(0, 1).all()
 
