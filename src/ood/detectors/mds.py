@@ -2,8 +2,9 @@
 
 Fit on the ID training features ``x_i`` [N, D] with true labels ``y_i``:
 
-    μ_c = mean_{i: y_i = c} x_i                      (c = 0 … C−1)
-    r_i = x_i − μ_{y_i},   r̄ = mean_i r_i            (≈ 0; kept as sklearn's assume_centered=False does)
+    μ_c = mean_{i: y_i = c} x_i                      (c = 0 … C−1, float32)
+    r_i = x_i − μ_{y_i}                              (float32)
+    r̄   = mean_i r_i                                 (≈ 0; kept as sklearn's assume_centered=False does)
     Σ   = (1/N) Σ_i (r_i − r̄)(r_i − r̄)ᵀ              (maximum-likelihood normalisation, float64)
     Π   = pinvh(Σ)                                    (symmetric pseudo-inverse, float64 → float32)
 
@@ -38,11 +39,17 @@ def log_training_accuracy(name: str, train: Features, labels: Tensor) -> None:
 
 
 def fit_mahalanobis(features: Tensor, labels: Tensor, num_groups: int) -> tuple[Tensor, Tensor]:
-    """Group means and the shared (pooled within-group) precision matrix.
+    """Group means and the shared (pooled within-group) precision matrix, as the OpenOOD fork fits them.
 
-    ``μ_g`` = mean of the features of group ``g``; ``Σ = (1/N) Σ_i (r_i − r̄)(r_i − r̄)ᵀ`` with
-    ``r_i = x_i − μ_{y_i}``; ``Π = pinvh(Σ)``. Everything is computed in float64 (as sklearn's
-    ``EmpiricalCovariance`` does through ``np.cov``) and cast to float32 at the end.
+    ``μ_g`` = ``mean(0)`` of the features of group ``g`` and ``r_i = x_i − μ_{y_i}``, both in the
+    features' dtype (float32 for every network) on the CPU, the centred vectors concatenated group by
+    group and cast to float32; then, in float64 (sklearn's ``EmpiricalCovariance`` through ``np.cov``):
+    ``Σ = (1/N) Σ_i (r_i − r̄)(r_i − r̄)ᵀ`` and ``Π = pinvh(Σ)``, cast to float32 (O-Q21).
+
+    The precision of the means and the centring matters: Bayes-H features give a covariance with a
+    condition number around 1e9, where float64 centring (or another float32 summation order for the
+    means) moved mds's AUROC by 0.26 points and FPR@95 by 3 points against the fork. The fork
+    fitted on the CPU, so the means are taken with torch's CPU float32 reduction.
 
     Args:
         features: ``x`` [N, D].
@@ -57,22 +64,25 @@ def fit_mahalanobis(features: Tensor, labels: Tensor, num_groups: int) -> tuple[
     """
     if features.dim() != 2 or labels.shape != features.shape[:1]:
         raise ValueError(f"features must be [N, D] and labels [N], got {tuple(features.shape)}, {tuple(labels.shape)}")
-    labels = labels.to(device=features.device, dtype=torch.long)
+    device = features.device
+    x = features.detach().cpu()
+    labels = labels.detach().cpu().long()
     if labels.numel() and (labels.min() < 0 or labels.max() >= num_groups):
         raise ValueError(f"labels must lie in [0, {num_groups}), got [{labels.min()}, {labels.max()}]")
     counts = torch.bincount(labels, minlength=num_groups)
     if (counts == 0).any():
         empty = torch.nonzero(counts == 0).flatten().tolist()
         raise ValueError(f"groups {empty} have no training feature, so their means are undefined")
-    x = features.to(torch.float64)
-    means = torch.zeros(num_groups, x.shape[1], dtype=torch.float64, device=x.device).index_add_(0, labels, x)
-    means /= counts.unsqueeze(1)
-    centred = x - means[labels]
-    # sklearn's assume_centered=False re-centres the (already centred) vectors: only rounding changes
+    members = [x[labels == g] for g in range(num_groups)]
+    means = [m.mean(0) for m in members]
+    centred = torch.cat([m - mu for m, mu in zip(members, means)]).float().double()
+    # sklearn's assume_centered=False re-centres the (already centred) vectors, in float64
     centred -= centred.mean(0)
     cov = centred.T @ centred / x.shape[0]
-    precision = scipy.linalg.pinvh(cov.cpu().numpy())
-    return means.float(), torch.from_numpy(precision).to(device=x.device, dtype=torch.float32)
+    precision = scipy.linalg.pinvh(cov.numpy())
+    return torch.stack(means).to(device=device, dtype=torch.float32), torch.from_numpy(precision).to(
+        device=device, dtype=torch.float32
+    )
 
 
 def mahalanobis_score(features: Tensor, means: Tensor, precision: Tensor) -> Tensor:
