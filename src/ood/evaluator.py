@@ -157,7 +157,7 @@ class InputCache:
         self.device = device
         self._store: dict[tuple[str, str], list[Batch]] = {}
 
-    def loader(self, split: str, kind: str, augmented_views: bool) -> list[Batch] | Any:
+    def loader(self, split: str, kind: str, augmented_views: bool) -> Iterable[Batch]:
         """The batches of list ``split`` under preprocessor ``kind`` (a :data:`~src.ood.features.Loader`)."""
         if kind == "barlowtwins" and augmented_views:
             return self.protocol.loader(split, kind, self.batch_size, self.num_workers, augmented_views)
@@ -173,7 +173,7 @@ class InputCache:
 def protocol_loader(protocol: Protocol, batch_size: int = 200, num_workers: int = 0) -> Loader:
     """The protocol's loaders as a :data:`~src.ood.features.Loader` (nothing kept in memory)."""
 
-    def loader(split: str, kind: str, augmented_views: bool) -> Any:
+    def loader(split: str, kind: str, augmented_views: bool) -> Iterable[Batch]:
         return protocol.loader(split, kind, batch_size, num_workers, augmented_views)
 
     return loader

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from src.ood.features import Batch, Features, FeatureStore, Loader, Split
+from src.ood.features import Batch, Features, FeatureStore, Loader
 from src.ood.wrapper import OODNetwork
 from tests.conftest import build_model
 
@@ -147,7 +147,6 @@ __all__ = [
     "SPLITS",
     "InMemoryProtocol",
     "LogitsNet",
-    "Split",
     "batches_of",
     "features",
     "images",

@@ -40,9 +40,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--corrected-sign",
         action="store_true",
-        help="negate the scores of sigmamean, kldivsimk and gram (whose reference sign looks inverted)",
+        help="negate the scores of the detectors whose reference sign looks inverted: "
+        + ", ".join(n for n in DETECTORS if DETECTORS[n].reference_sign_inverted),
     )
-    parser.add_argument("--seed", type=int, default=None, help="seed torch/numpy per run (the reference seeds nothing)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed torch/numpy before each (run, detector), and each split's MC draws from "
+        "(seed, preprocessor, split); the reference seeds nothing",
+    )
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
 
