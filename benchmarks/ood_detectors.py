@@ -1,17 +1,18 @@
 """OOD detectors that score against the training set: the project's batched code vs per-sample loops.
 
-For ``kldivsimk``, ``edsimk``, ``mds`` and ``umds`` (ood.md §11.3, §11.4, §11.6, §11.9) on random
-features of N training × T test points, three ways to score the T test points are timed:
+For ``kldivsimk``, ``edsimk``, ``mds`` and ``umds`` on random features of N training × T test
+points, three ways to score the T test points are timed:
 
 * ``batched``: the project's function (``kth_smallest_kl``, ``kth_nearest_distance``,
   ``mahalanobis_score``) called once on all T points;
 * ``batched_200``: the same function called per batch of 200 test points, as the OOD evaluator
   drives it (``batch_size=200``), so per-call work (e.g. preparing the training side) is repeated;
-* ``per_sample``: written here from the detector's formula, one test point at a time against all
-  training points (Gaussians, features or group means), as the reference did — kldivsimk:
-  torch's Normal–Normal KL in float32, NaN → 65504, full sort, element K; edsimk: float64
-  distances to all training features, full sort, element K; mds/umds: the quadratic form
-  ``(x − μ_g)ᵀ Π (x − μ_g)`` of one point against the G group means. With
+* ``per_sample``: the tests' per-sample references (``tests/reference/detectors.py``), one test
+  point at a time against all training points (Gaussians, features or group means), as the
+  reference did — kldivsimk: torch's Normal–Normal KL in float32, NaN → 65504, full sort,
+  element K; edsimk: float64 distances to all training features, full sort, element K; mds/umds:
+  the quadratic form ``(x − μ_g)ᵀ Π (x − μ_g)`` of one point against the G group means (float32,
+  on the CPU, as the reference's ``b158c9a``). With
   ``per_sample_points < T`` the loop runs on the first ``per_sample_points`` test points and its
   time is extrapolated linearly to T (``per_sample.extrapolated`` in the JSON).
 
@@ -38,7 +39,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -56,9 +56,10 @@ from benchmarks._timing import (
     write_result,
 )
 from src.ood.detectors.edsimk import kth_nearest_distance
-from src.ood.detectors.kldivsimk import NAN_VALUE, kth_smallest_kl
+from src.ood.detectors.kldivsimk import kth_smallest_kl
 from src.ood.detectors.mds import fit_mahalanobis, mahalanobis_score
 from src.ood.detectors.umds import assign_clusters, kmeans
+from tests.reference import detectors as ref
 
 NAME = "ood_detectors"
 DETECTORS: tuple[str, ...] = ("kldivsimk", "edsimk", "mds", "umds")
@@ -153,59 +154,25 @@ def random_features(size: OODSize, device: torch.device, seed: int) -> dict[str,
 
 
 # ----------------------------------------------------------------------------- per-sample paths
+# The per-sample references are the tests' (tests/reference/detectors.py): one implementation of
+# each reference loop, which the tests check the detectors against and the benchmark times.
 
 
 def per_sample_kl(train_mu: Tensor, train_log_var: Tensor, mu: Tensor, log_var: Tensor, k: int) -> Tensor:
-    """kldivsimk the reference's way: per test point, KL(q_i ‖ q_x) to all N training Gaussians.
-
-    ``KL_i = Σ_d [ ½ (σ_i/s)² + ½ ((μ_i − m)/s)² − ½ − ln(σ_i/s) ]`` (torch's Normal–Normal KL) in
-    float32, NaN → 65504, full ascending sort, element ``k``.
-    """
-    train_sigma = torch.exp(0.5 * train_log_var)
-    out = []
-    for i in range(mu.shape[0]):
-        s = torch.exp(0.5 * log_var[i])
-        var_ratio = (train_sigma / s).pow(2)
-        t1 = ((train_mu - mu[i]) / s).pow(2)
-        kl = (0.5 * (var_ratio + t1 - 1 - var_ratio.log())).sum(1)
-        kl = torch.nan_to_num(kl, nan=NAN_VALUE)
-        out.append(torch.sort(kl).values[k])
-    return torch.stack(out)
-
-
-def per_sample_distance(train: Tensor, test: Tensor, k: int) -> Tensor:
-    """edsimk the reference's way: per test point, float64 distances to all training features, sorted, element ``k``."""
-    keys = train.double()
-    out = []
-    for i in range(test.shape[0]):
-        dist = (keys - test[i].double()).pow(2).sum(1).sqrt()
-        out.append(torch.sort(dist).values[k])
-    return torch.stack(out)
+    """kldivsimk the reference's way, in its float32 arithmetic (see ``ref.kth_smallest_kl``)."""
+    return ref.kth_smallest_kl(train_mu, train_log_var, mu, log_var, k, dtype=torch.float32)
 
 
 def per_sample_mahalanobis(test: Tensor, means: Tensor, precision: Tensor) -> Tensor:
-    """mds/umds per test point: ``max_g −(x − μ_g)ᵀ Π (x − μ_g)`` (float32)."""
-    out = []
-    for i in range(test.shape[0]):
-        diff = test[i].unsqueeze(0) - means  # [G, D]
-        out.append((-((diff @ precision) * diff).sum(1)).max())
-    return torch.stack(out)
+    """mds/umds per test point on the CPU, float32 (see ``ref.mahalanobis_scores``)."""
+    return torch.from_numpy(ref.mahalanobis_scores(test, means.cpu().numpy(), precision.cpu().numpy()))
 
 
 def reference_fit(features: Tensor, labels: Tensor, num_groups: int) -> tuple[Tensor, Tensor]:
-    """The reference's fit: group means, then scikit-learn ``EmpiricalCovariance`` on the float32
-    group-centred features (its ``precision_`` is ``pinvh`` of the ML covariance)."""
-    from sklearn.covariance import EmpiricalCovariance
-
-    x = features.float().cpu().numpy()
-    y = labels.cpu().numpy()
-    means = np.stack([x[y == g].mean(0) for g in range(num_groups)])
-    centred = (x - means[y]).astype(np.float32)
-    cov = EmpiricalCovariance(assume_centered=False).fit(centred)
-    return (
-        torch.from_numpy(means).to(features.device, torch.float32),
-        torch.from_numpy(cov.precision_).to(features.device, torch.float32),
-    )
+    """The fork's fit (see ``ref.mahalanobis_fit``: float32 group means and centring, scikit-learn
+    ``EmpiricalCovariance`` and its ``pinvh`` precision)."""
+    means, precision = ref.mahalanobis_fit(features, labels, num_groups)
+    return torch.from_numpy(means).to(features.device), torch.from_numpy(precision).to(features.device)
 
 
 # ------------------------------------------------------------------------------------- measuring
@@ -313,7 +280,7 @@ def bench_edsimk(data: dict[str, Tensor], size: OODSize, device: torch.device) -
         return kth_nearest_distance(q, keys, size.k, key_sq_norms=key_sq)
 
     def per_sample(q: Tensor) -> Tensor:
-        return per_sample_distance(data["train"], q, size.k)
+        return ref.kth_nearest_distance(data["train"], q, size.k)
 
     result = compare_paths("edsimk", batched, per_sample, data["test"], size, device)
     result["dim"] = size.feature_dim

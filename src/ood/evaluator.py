@@ -1,14 +1,20 @@
-"""The OpenOOD v1.5 evaluation of one network with one detector (spec: ood.md §8, §10).
+"""The OpenOOD v1.5 evaluation of one network with one detector, over features computed once.
 
-1. eval mode; 2. ``setup`` on the ID training split (true labels); 3. if the detector has a
-sweep, the hyper-parameter search on ID val vs OOD val (AUROC, strict improvement from 0, the
-earliest candidate wins ties); 4. scores on ID test and every near/far OOD set; 5. the metric
-rows ``<near sets>, nearood, <far sets>, farood`` in percent, with ACC in every row replaced by
-one plain-logits accuracy pass over ID test.
+1. eval mode; 2. the detector's fit on the ID training split (true labels), if it needs one;
+3. if the detector has a sweep, the hyper-parameter search on ID val vs OOD val (AUROC, strict
+improvement from 0, the earliest candidate wins ties; O-Q18), every candidate scoring the same
+validation features; 4. scores on ID test and every near/far OOD set; 5. the metric rows
+``<near sets>, nearood, <far sets>, farood`` in percent, with ACC in every row replaced by the
+accuracy of the ID test logits (O-Q17).
+
+The network runs through a :class:`~src.ood.features.FeatureStore`: once per (preprocessor,
+split, batch) for all the detectors that share the store; only network detectors (ODIN, Gram,
+logpprior) call it again, through their hooks.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -16,9 +22,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
-from src.ood.detectors.base import Batch, Detector, plain_view
+from src.ood.detectors.base import Detector, NetworkDetector
+from src.ood.features import Batch, Data, Features, FeatureStore, Loader, Split
 from src.ood.metrics import METRIC_NAMES, auroc_only, compute_all_metrics
 from src.ood.protocol import Protocol
 from src.ood.wrapper import OODNetwork
@@ -26,22 +34,62 @@ from src.ood.wrapper import OODNetwork
 log = logging.getLogger(__name__)
 
 
-def to_device(data: Any, device: torch.device) -> Any:
+def to_device(data: Data, device: torch.device) -> Data:
     if isinstance(data, (list, tuple)):
         return [d.to(device) for d in data]
     return data.to(device)
 
 
+def fit_detector(detector: Detector, net: OODNetwork, train: Split) -> None:
+    """The detector's fit on the training split (nothing for a detector without one)."""
+    if not detector.needs_fit:
+        return
+    if isinstance(detector, NetworkDetector):
+        detector.fit_network(net, train)
+    else:
+        detector.fit(train.all(), train.labels)
+
+
+def score_batch(
+    detector: Detector, net: OODNetwork, data: Data | None, features: Features | None
+) -> tuple[Tensor, Tensor]:
+    """One batch's (pred [B] int64, conf [B]) with the sign convention applied: a feature detector
+    reads ``features``; a network detector also gets the input batch ``data`` (on ``net.device``)."""
+    if isinstance(detector, NetworkDetector):
+        if data is None:
+            raise ValueError(f"{detector.name} scores through the network, so it needs the input batch")
+        return detector.postprocess_network(net, to_device(data, net.device), features)
+    if features is None:
+        raise ValueError(f"{detector.name} scores features, but got none")
+    return detector.postprocess(features)
+
+
 def inference(
-    detector: Detector, net: OODNetwork, batches: Iterable[Batch], desc: str = "", progress: bool = True
+    detector: Detector, net: OODNetwork, split: Split, desc: str = "", progress: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(pred, conf, label) over all batches; ``conf`` keeps the detector's dtype."""
+    """(pred, conf, label) over a split, batch by batch; ``conf`` keeps the detector's dtype.
+
+    A feature detector scores the stored features; a network detector also gets each input batch
+    (re-read in the same order, with random v1/v2 when it uses the augmented views), and no
+    features when it reads none (then the split's features are not computed for it).
+    """
     preds, confs, labels = [], [], []
-    for data, y in tqdm(batches, desc=desc, disable=not progress, leave=False):
-        pred, conf = detector.postprocess(net, to_device(data, net.device))
-        preds.append(pred.detach().cpu())
-        confs.append(conf.detach().cpu())
-        labels.append(y)
+    if isinstance(detector, NetworkDetector):
+        inputs = split.inputs(detector.uses_augmented_views)
+        batches: Iterable[Features | None] = split.batches if detector.reads else itertools.repeat(None)
+        # strict: the re-read inputs must line up with the stored features, batch for batch
+        pairs = zip(inputs, batches, strict=bool(detector.reads))
+        for (data, y), features in tqdm(pairs, desc=desc, disable=not progress, leave=False):
+            pred, conf = score_batch(detector, net, data, features)
+            preds.append(pred.detach().cpu())
+            confs.append(conf.detach().cpu())
+            labels.append(y)
+    else:
+        for features in tqdm(split.batches, desc=desc, disable=not progress, leave=False):
+            pred, conf = score_batch(detector, net, None, features)
+            preds.append(pred.detach().cpu())
+            confs.append(conf.detach().cpu())
+        labels.append(split.labels)
     return (
         torch.cat(preds).numpy().astype(np.int64),
         torch.cat(confs).numpy(),
@@ -49,21 +97,19 @@ def inference(
     )
 
 
-@torch.no_grad()
-def id_accuracy(net: OODNetwork, batches: Iterable[Batch], progress: bool = True) -> float:
-    """Percent of ID test images whose plain logits' argmax is the label (a fresh pass; Quirk Q17)."""
+def id_accuracy(split: Split) -> float:
+    """Percent of ID test images whose logits' argmax is the label (the ACC column, O-Q17)."""
     correct = total = 0
-    for data, y in tqdm(batches, desc="ID accuracy", disable=not progress, leave=False):
-        logits = net(plain_view(to_device(data, net.device)))
-        correct += int((logits.argmax(-1).cpu() == y).sum())
+    for features, y in zip(split.batches, split.labels.split([len(f) for f in split.batches])):
+        correct += int((features.logits.argmax(-1).cpu() == y).sum())
         total += int(y.numel())
     return 100.0 * correct / total
 
 
 def hyperparameter_search(
-    detector: Detector, net: OODNetwork, id_val: Iterable[Batch], ood_val: Iterable[Batch], progress: bool = True
+    detector: Detector, net: OODNetwork, id_val: Split, ood_val: Split, progress: bool = True
 ) -> list[Any]:
-    """APS (spec §10): the candidate with the best validation AUROC; ties keep the earlier one.
+    """APS: the candidate with the best validation AUROC; ties keep the earlier one (O-Q18).
 
     A candidate the detector refuses for this data (``set_hyperparam`` raises ValueError, e.g. a
     K at least the number of training points) is skipped with a warning.
@@ -96,13 +142,10 @@ class InputCache:
     """Preprocessed input batches kept in memory and shared by every (run, detector) pair.
 
     Only deterministic inputs are kept: the ``default`` preprocessor and the plain views of
-    ``barlowtwins`` when the detector reads only v3; random Barlow Twins views are drawn anew
-    each time, as without the cache. Decoding and preprocessing then happen once per list
-    instead of once per detector, run and APS candidate. The batches are stored on ``device``
-    (the study's), so they are copied there once and stay the same tensor objects, which lets
-    a network share its encoder outputs across detectors (``OODNetwork.share_encodings`` with
-    ``holds``). Memory: the float32 tensors of every list used, on ``device`` (for the CIFAR-10
-    protocol a few GB; Fashion-MNIST under 1 GB; the demo a few MB).
+    ``barlowtwins`` (its random views v1/v2 are drawn anew each time, as without the cache).
+    Decoding and preprocessing then happen once per list for the whole study instead of once
+    per run. The batches are stored on ``device`` (the study's). Memory: the float32 tensors of
+    every list used (for the CIFAR-10 protocol a few GB; Fashion-MNIST under 1 GB; the demo a few MB).
     """
 
     def __init__(
@@ -113,26 +156,27 @@ class InputCache:
         self.num_workers = num_workers
         self.device = device
         self._store: dict[tuple[str, str], list[Batch]] = {}
-        self._tensors: dict[int, torch.Tensor] = {}
 
     def loader(self, split: str, kind: str, augmented_views: bool) -> Iterable[Batch]:
+        """The batches of list ``split`` under preprocessor ``kind`` (a :data:`~src.ood.features.Loader`)."""
         if kind == "barlowtwins" and augmented_views:
             return self.protocol.loader(split, kind, self.batch_size, self.num_workers, augmented_views)
         key = (split, kind)
         if key not in self._store:
             batches = []
             for data, y in self.protocol.loader(split, kind, self.batch_size, self.num_workers, False):
-                if self.device is not None:
-                    data = to_device(data, self.device)
-                for tensor in data if isinstance(data, (list, tuple)) else [data]:
-                    self._tensors[id(tensor)] = tensor
-                batches.append((data, y))
+                batches.append((data if self.device is None else to_device(data, self.device), y))
             self._store[key] = batches
         return self._store[key]
 
-    def holds(self, x: torch.Tensor) -> bool:
-        """True if ``x`` is one of the stored input tensors (the object itself, not a copy)."""
-        return self._tensors.get(id(x)) is x
+
+def protocol_loader(protocol: Protocol, batch_size: int = 200, num_workers: int = 0) -> Loader:
+    """The protocol's loaders as a :data:`~src.ood.features.Loader` (nothing kept in memory)."""
+
+    def loader(split: str, kind: str, augmented_views: bool) -> Iterable[Batch]:
+        return protocol.loader(split, kind, batch_size, num_workers, augmented_views)
+
+    return loader
 
 
 @dataclass
@@ -152,22 +196,34 @@ def evaluate(
     num_workers: int = 0,
     progress: bool = True,
     inputs: InputCache | None = None,
+    features: FeatureStore | None = None,
 ) -> StudyResult:
-    """Run the whole protocol for one network and one detector (``inputs``: shared input batches)."""
+    """Run the whole protocol for one network and one detector.
+
+    Args:
+        net: the network.
+        detector: a freshly built detector (fitted here when it needs a fit).
+        protocol: the lists and preprocessing.
+        batch_size, num_workers: loader settings when neither ``inputs`` nor ``features`` is given.
+        progress: progress bars.
+        inputs: shared input batches (used when ``features`` is None).
+        features: the run's feature store, shared with the run's other detectors; it must compute
+            what ``detector`` reads. None: a store for this detector alone.
+    """
     kind = detector.preprocessor
     net.input_std = protocol.input_std(kind)
     net.eval()
+    if features is None:
+        loader = inputs.loader if inputs is not None else protocol_loader(protocol, batch_size, num_workers)
+        features = FeatureStore.for_detectors(net, loader, [detector], progress=progress)
 
-    def loader(split: str) -> Iterable[Batch]:
-        if inputs is not None:
-            return inputs.loader(split, kind, detector.uses_augmented_views)
-        return protocol.loader(split, kind, batch_size, num_workers, detector.uses_augmented_views)
-
-    detector.setup(net, tqdm(loader("id/train"), desc=f"{detector.name} setup", disable=not progress, leave=False))
+    fit_detector(detector, net, features.split(kind, "id/train"))
     chosen = None
     if detector.sweep:
-        chosen = hyperparameter_search(detector, net, loader("id/val"), loader("ood/val"), progress)
-    pred_id, conf_id, y_id = inference(detector, net, loader("id/test"), "ID test", progress)
+        id_val, ood_val = features.split(kind, "id/val"), features.split(kind, "ood/val")
+        chosen = hyperparameter_search(detector, net, id_val, ood_val, progress)
+    id_test = features.split(kind, "id/test")
+    pred_id, conf_id, y_id = inference(detector, net, id_test, "ID test", progress)
     scores: dict[str, np.ndarray] = {"id": conf_id}
     rows: list[dict[str, Any]] = []
     for group, sets in (("nearood", protocol.near), ("farood", protocol.far)):
@@ -175,7 +231,8 @@ def evaluate(
             continue
         vectors = []
         for name in sets:
-            pred_o, conf_o, _ = inference(detector, net, loader(f"ood/{group[:-3]}/{name}"), name, progress)
+            split = features.split(kind, f"ood/{group[:-3]}/{name}")
+            pred_o, conf_o, _ = inference(detector, net, split, name, progress)
             scores[name] = conf_o
             label = np.concatenate([y_id, -np.ones(len(conf_o), dtype=np.int64)])
             vec = compute_all_metrics(np.concatenate([conf_id, conf_o]), label, np.concatenate([pred_id, pred_o]))
@@ -183,7 +240,7 @@ def evaluate(
             rows.append({"Dataset": name, **dict(zip(METRIC_NAMES, (100 * v for v in vec)))})
         mean = np.mean(np.asarray(vectors), axis=0)
         rows.append({"Dataset": group, **dict(zip(METRIC_NAMES, (100 * float(v) for v in mean)))})
-    acc = id_accuracy(net, loader("id/test"), progress)
+    acc = id_accuracy(id_test)
     for row in rows:
         row["ACC"] = acc
     return StudyResult(rows=rows, hyperparam=chosen, scores=scores)

@@ -1,4 +1,4 @@
-"""OOD metrics, exactly as OpenOOD v1.5 computes them (spec: ood.md §9, Quirk Q16).
+"""OOD metrics, exactly as OpenOOD v1.5 computes them (O-Q16).
 
 Convention: larger ``conf`` = more in-distribution; labels are class indices (>= 0) for ID
 samples and -1 for OOD samples. OOD is the positive class of the ROC (score ``-conf``):
@@ -51,7 +51,7 @@ def compute_all_metrics(conf: np.ndarray, label: np.ndarray, pred: np.ndarray) -
 
 
 def auroc_only(conf: np.ndarray, label: np.ndarray) -> float:
-    """AUROC (fraction) of one comparison: the hyper-parameter search criterion (spec §10)."""
+    """AUROC (fraction) of one comparison: the hyper-parameter search criterion (O-Q18)."""
     ood = (np.asarray(label) == -1).astype(np.int64)
     fpr, tpr, _ = skm.roc_curve(ood, -np.asarray(conf, dtype=np.float64))
     return float(skm.auc(fpr, tpr))

@@ -1,4 +1,4 @@
-"""The OpenOOD v1.5 protocol on disk: splits, image lists and preprocessing (spec: ood.md §6, §7).
+"""The OpenOOD v1.5 protocol on disk: splits, image lists and preprocessing.
 
 ``<data_root>/benchmark_imglist/<id_name>/*.txt`` name images relative to
 ``<data_root>/images_classic/``. Two protocols are known:
@@ -6,15 +6,15 @@
 - ``cifar10``: ID train/val/test ``train_cifar10.txt`` (50,000), ``val_cifar10.txt`` (1,000),
   ``test_cifar10.txt`` (9,000); validation OOD ``val_tin.txt``; near-OOD cifar100, tin; far-OOD
   mnist, svhn, texture, places365. The reference also required ``test_cifar10c.txt``, which is
-  never read (Quirk Q15): it is not required here.
+  never read (O-Q15): it is not required here.
 - ``demo``: the embedded demo (src/data/prepare/demo_data.py), described by its ``protocol.json``.
 - ``fashion_mnist`` and ``fashion_mnist_split``: Fashion-MNIST (src/data/prepare/fashion_mnist_data.py), each
   described by its ``protocol.json``; ``fashion_mnist`` has no near-OOD set.
 
 Preprocessing: ``default`` = RGB → resize shorter side → centre crop → ToTensor → Normalize
-(OpenOOD's statistics, Quirk Q4); ``barlowtwins`` = three views [v1, v2, v3] (BYOL views 1 and 2
+(OpenOOD's statistics, O-Q4); ``barlowtwins`` = three views [v1, v2, v3] (BYOL views 1 and 2
 with blur off, view 2 solarized with p 0.2, and the plain resize + crop view), all normalised
-with mean = std = 0.5 (the reference's fallback, Quirk Q3).
+with mean = std = 0.5 (the reference's fallback, O-Q3).
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ class Protocol:
         """The transform of preprocessor ``kind`` (``default`` or ``barlowtwins``).
 
         With ``augmented_views=False`` the Barlow Twins preprocessor returns the plain view three
-        times: for detectors that read only v3 the random views are wasted work (Quirk Q31).
+        times: for detectors that read only v3 the random views are wasted work (O-Q31).
         """
         if kind == "default":
             return self.plain_transform(self.normalize)

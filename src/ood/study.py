@@ -1,13 +1,16 @@
-"""The OOD study driver: every run of a runs folder, one or more detectors (spec: ood.md §1, §2, §12).
+"""The OOD study driver: every run of a runs folder, one or more detectors.
 
-For each run (sorted folder listing; dot-entries and non-folders skipped): if
+For each run (sorted folder listing; dot-entries and non-folders skipped, O-Q24): if
 ``<output_dir>/<run>.json`` exists its ``ood_scores`` are reused (resume); otherwise the model
 and finetuner are loaded, the protocol is evaluated and the record is written atomically. The
-deterministic ``ssl`` model gets ``ood_scores: null`` from the probabilistic detectors. The raw
-scores behind each table go to ``<output_dir>/scores/<run>.npz`` for the report's figures.
-Finally ``runs.json`` (the list of all records) is rewritten. Several detectors in one call
-(``run_studies``, the script's ``--postprocessor-name all``) load each model once and share the
-decoded input batches and, per model, the encoder's outputs for them.
+deterministic ``ssl`` model gets ``ood_scores: null`` from the probabilistic detectors (O-Q6).
+The raw scores behind each table go to ``<output_dir>/scores/<run>.npz`` for the report's
+figures. Finally ``runs.json`` (the list of all records) is rewritten.
+
+Per run, the network runs once per (preprocessor, split, batch) for all the run's detectors (a
+:class:`~src.ood.features.FeatureStore` computing the union of what they read); several
+detectors in one call (``run_studies``, the script's ``--postprocessor-name all``) also load each
+model once and share the decoded input batches across runs (:class:`~src.ood.evaluator.InputCache`).
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from src.ood.detectors import build_detector
-from src.ood.evaluator import InputCache, evaluate
+from src.ood.detectors import DETECTORS, build_detector, study_order
+from src.ood.detectors.base import Detector
+from src.ood.evaluator import InputCache, evaluate, protocol_loader
+from src.ood.features import FeatureStore
 from src.ood.protocol import get_protocol
 from src.ood.wrapper import load_ood_network, model_name_from_run
 from src.utils.io import atomic_write, read_json, write_text
@@ -83,6 +88,7 @@ def run_study(
     corrected_sign: bool = False,
     seed: int | None = None,
     progress: bool = True,
+    config_dir: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate every run with one detector; returns the records written to ``runs.json``."""
     return run_studies(
@@ -97,6 +103,7 @@ def run_study(
         seed=seed,
         progress=progress,
         share_inputs=False,
+        config_dir=config_dir,
     )[detector_name]
 
 
@@ -113,20 +120,25 @@ def run_studies(
     seed: int | None = None,
     progress: bool = True,
     share_inputs: bool = True,
+    config_dir: str | Path | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Evaluate every run with every detector of ``outputs`` ({detector name: output folder}).
 
-    Each run's model is loaded once for all its detectors; with ``share_inputs`` the decoded,
-    preprocessed deterministic input batches are computed once for the whole study
-    (:class:`~src.ood.evaluator.InputCache`) and each run's encoder output for each of them
-    once (``OODNetwork.share_encodings``; the stochastic heads still sample on every call).
-    Every detector folder gets the same files as a one-detector study (records, scores,
-    ``runs.json``), and finished records are reused.
+    Each run's model is loaded once for all its detectors, and its features are computed once
+    per (preprocessor, split, batch) for all of them (what the union of their ``reads`` needs).
+    With ``share_inputs`` the decoded, preprocessed deterministic input batches are kept for the
+    whole study (:class:`~src.ood.evaluator.InputCache`). Every detector folder gets the same
+    files as a one-detector study (records, scores, ``runs.json``), and finished records are reused.
+
+    With ``seed``, torch and numpy are seeded before each (run, detector), and each split's
+    stochastic features are drawn from a seed derived from (seed, preprocessor, split): a
+    detector's records do not depend on which other detectors share the study. Detector configs
+    are read from ``config_dir`` (default ``src/experiments/conf/ood``).
     """
     runs_dir = Path(runs_dir)
     dirs = {name: Path(out) for name, out in outputs.items()}
     for name in dirs:
-        build_detector(name)  # fail on an unknown name before touching anything
+        build_detector(name, config_dir=config_dir)  # fail on an unknown name or config before touching anything
     runs = discover_runs(runs_dir)
     protocol = get_protocol(in_dataset, data_root_dir)
     for out in dirs.values():
@@ -135,10 +147,14 @@ def run_studies(
         except OSError as err:
             raise OSError(f"--output-dir {out} cannot be created ({err.strerror}); choose a writable path") from err
     dev = resolve_device(device)
-    inputs = InputCache(protocol, batch_size, num_workers, device=dev) if share_inputs else None
+    loader = (
+        InputCache(protocol, batch_size, num_workers, device=dev).loader
+        if share_inputs
+        else protocol_loader(protocol, batch_size, num_workers)
+    )
     records: dict[str, list[dict[str, Any]]] = {name: [] for name in dirs}
     for run in tqdm(runs, desc=f"{', '.join(dirs)} runs", disable=not progress):
-        net = None  # loaded on first need, then shared by the run's detectors
+        todo: dict[str, Detector] = {}  # the run's detectors that need the network
         for name, output_dir in dirs.items():
             record = dict(run)
             records[name].append(record)
@@ -152,24 +168,57 @@ def run_studies(
                     )
                 record["ood_scores"] = cached["ood_scores"]
                 continue
-            detector = build_detector(name, corrected_sign=corrected_sign)
+            detector = build_detector(name, corrected_sign=corrected_sign, config_dir=config_dir)
             if detector.probabilistic and run["model_name"] == "ssl":
                 log.info("%s: %s needs a stochastic model; recorded as null", run["run_name"], name)
                 record["ood_scores"] = None
+                write_text(cache, json.dumps(record))
             else:
-                if seed is not None:
-                    torch.manual_seed(seed)
-                    np.random.seed(seed)
-                if net is None:
-                    net = load_ood_network(run["model_path"], run["finetuner_path"], run["model_name"], dev)
-                    if inputs is not None:  # each shared input batch goes through the encoder once per run
-                        net.share_encodings(inputs.holds)
-                result = evaluate(net, detector, protocol, batch_size, num_workers, progress, inputs=inputs)
-                record["ood_scores"] = result.rows
-                save_scores(output_dir / "scores" / f"{run['run_name']}.npz", result.scores)
-            write_text(cache, json.dumps(record))
+                todo[name] = detector
+        if not todo:
+            continue
+        net = load_ood_network(run["model_path"], run["finetuner_path"], run["model_name"], dev)
+        # the run's features: computed once per (preprocessor, split, batch) for all its detectors
+        store = FeatureStore.for_detectors(net, loader, todo.values(), seed=seed, progress=progress)
+        for name, detector in todo.items():
+            if seed is not None:
+                torch.manual_seed(seed)
+                np.random.seed(seed)
+            result = evaluate(net, detector, protocol, progress=progress, features=store)
+            record = records[name][-1]
+            record["ood_scores"] = result.rows
+            save_scores(dirs[name] / "scores" / f"{run['run_name']}.npz", result.scores)
+            write_text(dirs[name] / f"{run['run_name']}.json", json.dumps(record))
+        del store, net  # the run's features and weights can go before the next run's
     for name, output_dir in dirs.items():
         runs_json = output_dir / "runs.json"
         runs_json.unlink(missing_ok=True)
         write_text(runs_json, json.dumps(records[name]))
     return records
+
+
+def run_ood_study(
+    runs_dir: str | Path,
+    in_dataset: str,
+    data_root_dir: str | Path,
+    postprocessor_name: str,
+    output_dir: str | Path,
+    **options: Any,
+) -> dict[str, list[dict[str, Any]]]:
+    """The study as ``run_ood_study.py`` runs it: one detector into ``output_dir`` (exactly the paper's
+    per-detector stage), or ``all``: every registered detector (:func:`study_order`) in one process,
+    each into ``<output_dir>/<detector>``. ``options``: those of :func:`run_studies`.
+
+    Raises:
+        ValueError: an unknown detector name (before anything is written).
+    """
+    if postprocessor_name != "all" and postprocessor_name not in DETECTORS:
+        raise ValueError(
+            f"--postprocessor-name {postprocessor_name!r} is not a known detector; use one of "
+            f"{', '.join(sorted(DETECTORS))}, or `all` for every detector"
+        )
+    if postprocessor_name != "all":
+        records = run_study(runs_dir, in_dataset, data_root_dir, postprocessor_name, output_dir, **options)
+        return {postprocessor_name: records}
+    outputs: dict[str, str | Path] = {name: Path(output_dir) / name for name in study_order()}
+    return run_studies(runs_dir, in_dataset, data_root_dir, outputs, **options)

@@ -1,36 +1,31 @@
-"""The network seen by the OOD detectors (spec: ood.md §3, §5).
+"""The network seen by the OOD detectors: a finetuned SSL model and its linear predictor.
 
-``OODNetwork`` wraps a finetuned SSL model: the SSL module (encoder, projector and, for the
-Bayes models, the Gaussian head and prior) plus the finetuner's linear ``predictor``. One call
-``net(x, return_feature=..., return_feature_list=..., return_embeddings=..., return_dist=...)``
-returns the logits alone, or ``[logits, feats?, feature_list?, embeddings?, dist?]`` for the
-flags set, in that order:
-
-| quantity | ssl | Bayes-Z | Bayes-H |
-|---|---|---|---|
-| logits [B, C] | P(e) | P(e) | mean_s P(h_s) |
-| feats [B, E] | e = E(x) | e | h̄ = mean_s h_s (stochastic) |
-| embeddings [B, Z] | g(e) | z̄ = mean_s z_s | mean_s g(h_s) |
-| dist | None | (μ_z, ℓ_z) [B, Z] | (μ, ℓ) [B, L] |
-
-Every call draws fresh MC noise for the Bayes models, with the checkpoint's ``mc_samples``.
+``OODNetwork`` wraps the SSL module (encoder, projector and, for the Bayes models, the Gaussian
+head and prior) and the finetuner's ``predictor``. ``features(x, reads)`` gives the
+:class:`~src.ood.features.Features` of a batch, the only way the study runs the network for the
+detectors (the table of what each field is per model is in ``src/ood/features.py``); the
+network-level hooks some detectors need are ``logits(x)`` (ODIN differentiates through it),
+``feature_list(x)`` (Gram) and ``prior`` (logpprior). Model variants differ only through the
+model's ``stochastic_space`` class attribute (None, "H" or "Z"). Every call draws fresh MC noise
+for the Bayes models, with the checkpoint's ``mc_samples``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from src.ood.features import FIELDS, STOCHASTIC_FIELDS, Features
+from src.task.bayesian_ssl import StochasticOutput
 from src.task.checkpoint import load_ssl_model
 from src.utils.checkpoint import CheckpointError, load_checkpoint
 
 
 class OODNetwork:
-    """The wrapper contract of the reference's ``OpenOODWrapper``, device-agnostic."""
+    """The reference's ``OpenOODWrapper`` as a features provider, device-agnostic."""
 
     def __init__(self, model: nn.Module, predictor: nn.Linear, input_std: tuple[float, ...] | None = None) -> None:
         self.model = model
@@ -70,75 +65,60 @@ class OODNetwork:
         self.predictor.eval()
         return self
 
-    # -- the call -------------------------------------------------------------------------------
-    def __call__(
-        self,
-        x: Tensor,
-        return_feature: bool = False,
-        return_feature_list: bool = False,
-        return_embeddings: bool = False,
-        return_dist: bool = False,
-        **ignored: Any,
-    ) -> Tensor | list[Any]:
+    # -- the network's outputs ----------------------------------------------------------------
+    def features(self, x: Tensor, reads: Iterable[str] = ()) -> Features:
+        """The logits of ``x`` [B, 3, H, W] and the optional fields named in ``reads`` (see ``Features``).
+
+        Fields a model does not have (``mu`` etc. of the deterministic model) stay None. Bayes-H:
+        one forward draws S samples h_s; ``logits`` is the MC mean of P(h_s) (P is linear, so it
+        equals P(h̄) up to rounding, O-Q13). Bayes-Z: the projection (which draws the z samples) runs
+        only when an embedding-side field is read.
+        """
+        want = frozenset(reads)
+        unknown = sorted(want - set(FIELDS))
+        if unknown:
+            raise ValueError(f"unknown feature fields {unknown}; known: {', '.join(FIELDS)}")
         space = self.stochastic_space
-        dist: tuple[Tensor, Tensor] | None = None
+        posterior: StochasticOutput | None = None
+        embeddings: Tensor | None = None
         if space == "H":
-            feats, samples, mu, log_var, _ = self.model(x)
-            # P is linear, so mean_s P(h_s) = P(h̄) (Quirk Q13); the MC mean of logits is kept.
-            logits = self.predictor(samples).mean(0)
-            dist = (mu, log_var)
-            embeddings = self.model.projection_head(samples).mean(0) if return_embeddings else None
+            posterior = self.model(x)
+            feats = posterior.repr
+            logits = self.predictor(posterior.samples).mean(0)
+            if "embeddings" in want:
+                embeddings = self.model.projection_head(posterior.samples).mean(0)
         elif space == "Z":
             feats = self.model(x)
             logits = self.predictor(feats)
-            embeddings, _, mu, log_var, _ = self.model.project(feats)
-            dist = (mu, log_var)
+            if want & {"embeddings", *STOCHASTIC_FIELDS}:
+                posterior = self.model.project(feats)
+                embeddings = posterior.repr
         else:
             feats = self.model(x)
             logits = self.predictor(feats)
-            embeddings = self.model.projection_head(feats) if return_embeddings else None
-        if not (return_feature or return_feature_list or return_embeddings or return_dist):
-            return logits
-        out: list[Any] = [logits]
-        if return_feature:
-            out.append(feats)
-        if return_feature_list:
-            out.append(self.feature_list(x))
-        if return_embeddings:
-            out.append(embeddings)
-        if return_dist:
-            out.append(dist)
-        return out
+            if "embeddings" in want:
+                embeddings = self.model.projection_head(feats)
 
-    def share_encodings(self, reusable: Callable[[Tensor], bool]) -> None:
-        """Remember the encoder output [B, E] of each input batch that ``reusable`` accepts.
+        def keep(name: str, value: Tensor | None) -> Tensor | None:
+            return value if name in want else None
 
-        For a study that feeds the same input tensors to several detectors (``InputCache``):
-        the encoder is deterministic in eval mode and draws no random numbers, so its output
-        for a batch can be computed once and reused by every later detector and APS candidate
-        of this network; the stochastic heads still sample afresh on every call. Only calls
-        under ``torch.no_grad`` are shared (ODIN differentiates through the encoder), and an
-        entry is used only for the very tensor it was computed from, unmodified (same object,
-        same version counter).
-        """
-        encode = self.model.encode
-        memo: dict[int, tuple[Tensor, int, Tensor]] = {}
+        return Features(
+            logits=logits,
+            feats=keep("feats", feats),
+            embeddings=keep("embeddings", embeddings),
+            mu=keep("mu", None if posterior is None else posterior.mu),
+            log_var=keep("log_var", None if posterior is None else posterior.log_var),
+            sample_mean=keep("sample_mean", None if posterior is None else posterior.repr),
+            samples=keep("samples", None if posterior is None else posterior.samples),
+            space=space,
+        )
 
-        def shared_encode(x: Tensor) -> Tensor:
-            if torch.is_grad_enabled() or not reusable(x):
-                return encode(x)
-            hit = memo.get(id(x))
-            if hit is not None and hit[0] is x and hit[1] == x._version:
-                return hit[2]
-            out = encode(x)
-            memo[id(x)] = (x, x._version, out)
-            return out
-
-        # An instance attribute shadows the method, so the model's own forward uses it too.
-        self.model.encode = shared_encode
+    def logits(self, x: Tensor) -> Tensor:
+        """The logits [B, C] of ``x`` (gradients flow when enabled: ODIN's input gradient)."""
+        return self.features(x).logits
 
     def feature_list(self, x: Tensor) -> list[Tensor]:
-        """The five ResNet maps GRAM uses (spec §5.2): relu(bn1(conv1 x)), layer1, layer2, layer3,
+        """The five ResNet maps GRAM uses: relu(bn1(conv1 x)), layer1, layer2, layer3,
         and the average-pooled layer4 [B, 512, 1, 1]. The max-pool is skipped (identity for the
         small-image stems)."""
         enc = self.model.encoder
@@ -155,7 +135,7 @@ class OODNetwork:
 
 
 def model_name_from_run(run_name: str) -> str:
-    """The reference's prefix rule (Quirk Q25): ssl_bayes_h*, ssl_bayes_z*, anything else ssl."""
+    """The reference's prefix rule (O-Q25): ssl_bayes_h*, ssl_bayes_z*, anything else ssl."""
     if run_name.startswith("ssl_bayes_h"):
         return "ssl_bayes_h"
     if run_name.startswith("ssl_bayes_z"):
@@ -167,7 +147,7 @@ def load_ood_network(
     model_path: str | Path, finetuner_path: str | Path, model_name: str, device: torch.device | str = "cpu"
 ) -> OODNetwork:
     """The SSL module rebuilt from ``model.ckpt``, its weights then replaced by the copy inside the
-    finetuner's ``last.ckpt`` (BatchNorm statistics updated during finetuning included; Quirk Q23),
+    finetuner's ``last.ckpt`` (BatchNorm statistics updated during finetuning included; O-Q23),
     plus the finetuner's predictor; in eval mode on ``device``."""
     model = load_ssl_model(model_path, model_name)
     ft = load_checkpoint(finetuner_path)

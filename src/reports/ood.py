@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
-from src.ood.detectors import STUDY_ORDER
+from src.ood.detectors import study_order
 from src.utils.io import atomic_write, read_json, write_text
 
 SEED_SUFFIX = re.compile(r"_seed_\d+$")
@@ -79,7 +79,7 @@ def summary_table(long: pd.DataFrame) -> pd.DataFrame:
         out[f"{col}_mean"] = agg[(col, "mean")]
         out[f"{col}_std"] = agg[(col, "std")].fillna(0.0)
     out["seeds"] = wide.groupby(level=["detector", "group"]).size()
-    order = {d: i for i, d in enumerate(STUDY_ORDER)}
+    order = {d: i for i, d in enumerate(study_order())}
     out = out.reset_index()
     out["_o"] = out["detector"].map(lambda d: order.get(d, len(order)))
     return out.sort_values(["_o", "group"]).drop(columns="_o").reset_index(drop=True)
@@ -111,9 +111,8 @@ def _save(fig: plt.Figure, path: Path) -> None:
 
 def heatmap(table: pd.DataFrame, output_dir: Path) -> Path:
     groups = sorted(table["group"].unique())
-    detectors = [d for d in STUDY_ORDER if d in set(table["detector"])] + sorted(
-        set(table["detector"]) - set(STUDY_ORDER)
-    )
+    known = study_order()
+    detectors = [d for d in known if d in set(table["detector"])] + sorted(set(table["detector"]) - set(known))
     fig, axes = plt.subplots(1, 2, figsize=(2 + 1.1 * len(groups) * 2, 1 + 0.45 * len(detectors)), squeeze=False)
     for ax, split in zip(axes[0], ("near", "far")):
         grid = np.full((len(detectors), len(groups)), np.nan)
@@ -182,3 +181,9 @@ def make_report(results_dir: str | Path, output_dir: str | Path, run: str | None
         run = sorted(counts.index, key=lambda r: (-counts[r], r))[0]
     figures += run_figures(results_dir, run, output_dir)
     return {"table": table, "figures": figures, "run": run}
+
+
+def summarize(results_dir: str | Path, output_dir: str | Path, run: str | None = None) -> str:
+    """:func:`make_report`, then the text ``summarize_ood.py`` prints: the table and the figure paths."""
+    out = make_report(results_dir, output_dir, run)
+    return "\n".join([out["table"].to_string(index=False), *(str(p) for p in out["figures"])])

@@ -1,4 +1,4 @@
-"""OOD metrics against independent computations (threshold sweeps, Mann-Whitney), spec ood.md §9."""
+"""OOD metrics against independent computations (threshold sweeps, Mann-Whitney) (O-Q16)."""
 
 from __future__ import annotations
 

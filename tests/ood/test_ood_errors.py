@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from src.data.prepare.demo_data import prepare_demo_data
 from src.experiments.scripts import run_ood_study
 from src.ood.detectors import build_detector
 from src.ood.study import discover_runs, run_study
@@ -17,12 +16,6 @@ from src.reports.ood import make_report
 def _q(path: Path | str) -> str:
     """``path`` as a regex that matches it literally."""
     return re.escape(str(path))
-
-
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real (tiny) demo dataset: image lists, images and protocol.json."""
-    return prepare_demo_data(tmp_path_factory.mktemp("demo") / "demo", image_size=8)
 
 
 # ============================================================================ 5. unknown OOD detector

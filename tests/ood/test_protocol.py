@@ -80,7 +80,7 @@ def test_default_preprocessing_is_resize_shorter_side_and_centre_crop(cifar_root
     mean = torch.tensor(CIFAR10_OPENOOD_NORMALIZE["mean"]).view(3, 1, 1)
     std = torch.tensor(CIFAR10_OPENOOD_NORMALIZE["std"]).view(3, 1, 1)
     torch.testing.assert_close(out, (expected - mean) / std, atol=1e-5, rtol=0)
-    # the plain view of the Barlow Twins preprocessor: same geometry, 0.5/0.5 normalisation (Quirk Q3)
+    # the plain view of the Barlow Twins preprocessor: same geometry, 0.5/0.5 normalisation (O-Q3)
     v3 = protocol.preprocessor("barlowtwins")(image)[2]
     torch.testing.assert_close(v3 * 0.5 + 0.5, out * std + mean, atol=1e-5, rtol=0)
 

@@ -1,4 +1,4 @@
-"""OOD-detection study over a folder of finetuned runs, one detector per call (spec: ood.md §1).
+"""OOD-detection study over a folder of finetuned runs: one detector per call, or `all`.
 
     python src/experiments/scripts/run_ood_study.py --runs-dir data/results/ablation/cifar10 \
         --in-dataset cifar10 --data-root-dir data/datasets --postprocessor-name msp \
@@ -13,9 +13,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from src.ood.detectors import DETECTORS, study_order
+from src.ood.detectors import DETECTORS
 from src.ood.protocol import PROTOCOLS
-from src.ood.study import run_studies, run_study
+from src.ood.study import run_ood_study
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,9 +40,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--corrected-sign",
         action="store_true",
-        help="negate the scores of sigmamean, kldivsimk and gram (whose reference sign looks inverted)",
+        help="negate the scores of the detectors whose reference sign looks inverted: "
+        + ", ".join(n for n in DETECTORS if DETECTORS[n].reference_sign_inverted),
     )
-    parser.add_argument("--seed", type=int, default=None, help="seed torch/numpy per run (the reference seeds nothing)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed torch/numpy before each (run, detector), and each split's MC draws from "
+        "(seed, preprocessor, split); the reference seeds nothing",
+    )
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
 
@@ -50,14 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
-    if args.postprocessor_name != "all" and args.postprocessor_name not in DETECTORS:
-        raise ValueError(
-            f"--postprocessor-name {args.postprocessor_name!r} is not a known detector; use one of "
-            f"{', '.join(sorted(DETECTORS))}, or `all` for every detector"
-        )
-    names = study_order() if args.postprocessor_name == "all" else [args.postprocessor_name]
-    outputs = {name: args.output_dir / name for name in names} if args.postprocessor_name == "all" else None
-    common = dict(
+    run_ood_study(
+        args.runs_dir,
+        args.in_dataset,
+        args.data_root_dir,
+        args.postprocessor_name,
+        args.output_dir,
         device=args.device,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
@@ -65,10 +70,6 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         progress=not args.no_progress,
     )
-    if outputs is None:  # one detector: exactly the paper's per-detector stage
-        run_study(args.runs_dir, args.in_dataset, args.data_root_dir, names[0], args.output_dir, **common)
-    else:  # every detector: each model loaded once, input batches shared
-        run_studies(args.runs_dir, args.in_dataset, args.data_root_dir, outputs, **common)
 
 
 if __name__ == "__main__":

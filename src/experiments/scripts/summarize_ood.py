@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from src.reports.ood import make_report
+from src.reports.ood import summarize
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -18,10 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output-dir", type=Path, required=True, help="data/reports/ood/<in_dataset>")
     parser.add_argument("--run", default=None, help="run shown in the ROC and score figures")
     args = parser.parse_args(argv)
-    out = make_report(args.results_dir, args.output_dir, args.run)
-    print(out["table"].to_string(index=False))
-    for path in out["figures"]:
-        print(path)
+    print(summarize(args.results_dir, args.output_dir, args.run))
 
 
 if __name__ == "__main__":

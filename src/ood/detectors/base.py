@@ -1,14 +1,22 @@
-"""The detector interface (spec: ood.md §8.3, §10, §11).
+"""The detector interface: a score over a batch's :class:`~src.ood.features.Features`, plus an optional fit.
 
-A detector is fitted on ID training data once (``setup``), may have hyper-parameters searched
-on validation data (``sweep``, ``set_hyperparam``), and scores batches: ``postprocess(net, data)``
-returns ``(pred, conf)`` per sample, **larger conf = more in-distribution**.
+A detector reads what the study computed once per (run, preprocessor, split, batch):
 
-``data`` is a tensor [B, 3, H, W] for the default preprocessor, or the list ``[v1, v2, v3]`` of
-three such tensors for the Barlow Twins preprocessor (``preprocessor = "barlowtwins"``).
+- ``fit(train, labels)``: fit on the ID training split's features (true labels ``[N]``), when
+  ``needs_fit``; scoring an unfitted detector raises :class:`NotFittedError`;
+- ``score(features) -> (pred, conf)``: per sample, ``pred`` int64 [B] and ``conf`` [B] with the
+  convention **larger conf = more in-distribution**;
+- optionally a hyper-parameter sweep (``sweep``, ``candidates``, ``set_hyperparam``): every
+  candidate is scored on the same validation features.
+
+It declares as class attributes which preprocessor it needs and which fields it reads
+(``reads`` when scoring, ``fit_reads`` when fitting), so the study computes only those. A
+detector that needs more than the features derives from :class:`NetworkDetector` and gets the
+network and the input batch too (ODIN's input gradient, Gram's layer activations, logpprior's
+augmented views).
 
 Sign convention: the reference's signs are the default. Three detectors score in a direction
-that looks inverted (Quirks Q8, Q10: sigmamean, kldivsimk, gram; ``reference_sign_inverted``);
+that looks inverted (O-Q8, O-Q10: sigmamean, kldivsimk, gram; ``reference_sign_inverted``);
 ``corrected_sign=True`` negates their scores (a documented, labelled variant).
 """
 
@@ -16,53 +24,76 @@ from __future__ import annotations
 
 import abc
 import itertools
-from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor
 
+from src.ood.features import Data, Features, Split
 from src.ood.wrapper import OODNetwork
 
-Data = Tensor | Sequence[Tensor]
-Batch = tuple[Data, Tensor]
+
+class NotFittedError(RuntimeError):
+    """A detector that needs a fit on the training split was asked to score before it."""
 
 
 class Detector(abc.ABC):
-    """Base class of the nine detectors.
+    """Base class of every detector; register a subclass with ``@register`` in ``src/ood/detectors/``.
 
-    Constructor arguments come from the detector's config (``conf/ood/<name>.yaml``):
-    ``args`` as keywords, and ``sweep`` (the APS grid, keys in order, the first varying fastest)
-    when ``aps_mode`` is true.
+    Constructor arguments come from the detector's config (``conf/ood/<name>.yaml``): ``args`` as
+    keywords, and ``sweep`` (the APS grid, keys in order, the first varying fastest) when
+    ``aps_mode`` is true.
 
     Class attributes:
-        name: registry key.
-        preprocessor: ``"default"`` or ``"barlowtwins"`` (three views, 0.5/0.5 normalisation).
-        probabilistic: needs a Bayes model (no score for ``ssl``: recorded as null).
-        reference_sign_inverted: the reference's score looks inverted (see module docstring).
-        uses_augmented_views: the detector reads v1/v2 (only logpprior does).
+        name: registry key (``--postprocessor-name``).
+        preprocessor: ``"default"`` or ``"barlowtwins"`` (three views, 0.5/0.5 normalisation;
+            the features are those of the plain view v3).
+        probabilistic: needs a Bayes model; the study records ``null`` for ``ssl`` runs.
+        reference_sign_inverted: the reference's score looks inverted (see the module docstring).
+        needs_fit: must be fitted on the ID training split before scoring.
+        reads: ``Features`` fields read by ``score`` (``logits``, ``feats``, ``embeddings``, ``mu``,
+            ``log_var``, ``sample_mean``, ``samples``; see ``src/ood/features.py``). A network
+            detector that reads none gets no features (``None``).
+        fit_reads: fields read by ``fit`` on the training split.
+        uses_augmented_views: a network detector that reads the random views v1/v2 of the Barlow
+            Twins preprocessor.
+
+    ``reads``, ``fit_reads`` and ``uses_augmented_views`` may be narrowed per instance in
+    ``__init__`` when a config argument changes what is read.
     """
 
     name: ClassVar[str]
     preprocessor: ClassVar[str] = "default"
     probabilistic: ClassVar[bool] = False
     reference_sign_inverted: ClassVar[bool] = False
-    #: reads the augmented views v1/v2 of the Barlow Twins preprocessor (else only v3 is computed)
-    uses_augmented_views: ClassVar[bool] = True
+    needs_fit: ClassVar[bool] = False
+    reads: frozenset[str] = frozenset({"logits"})
+    fit_reads: frozenset[str] = frozenset()
+    uses_augmented_views: bool = False
 
     def __init__(self, sweep: dict[str, list[Any]] | None = None, corrected_sign: bool = False) -> None:
         #: APS grid {hyper-parameter: candidates} from the detector's config; empty = no search
         self.sweep: dict[str, list[Any]] = dict(sweep or {})
         self.corrected_sign = bool(corrected_sign)
 
-    # -- ID training statistics -------------------------------------------------------------------
-    def setup(self, net: OODNetwork, train_batches: Iterable[Batch]) -> None:
-        """Fit on ID training batches ``(data, labels)`` (true labels). Default: nothing to fit."""
+    # -- fitting ------------------------------------------------------------------------------------
+    def fit(self, train: Features, labels: Tensor) -> None:
+        """Fit on the ID training split: ``train`` holds every training sample's features (``fit_reads``),
+        ``labels`` the true classes int64 [N]. Default: nothing to fit."""
         return None
+
+    def is_fitted(self) -> bool:
+        """Whether scoring may start (always true for a detector without a fit)."""
+        return True
+
+    def check_fitted(self) -> None:
+        """Raises:
+        NotFittedError: ``needs_fit`` and the fit has not run."""
+        if self.needs_fit and not self.is_fitted():
+            raise NotFittedError(f"{self.name}: fit it on the training split before scoring")
 
     # -- hyper-parameters ---------------------------------------------------------------------------
     def candidates(self) -> list[list[Any]]:
-        """The APS grid as value lists, the first sweep key varying fastest (spec §10)."""
+        """The APS grid as value lists, the first sweep key varying fastest (the reference's order)."""
         if not self.sweep:
             return []
         keys = list(self.sweep)
@@ -79,14 +110,52 @@ class Detector(abc.ABC):
 
     # -- scoring ------------------------------------------------------------------------------------
     @abc.abstractmethod
-    def score(self, net: OODNetwork, data: Data) -> tuple[Tensor, Tensor]:
-        """(pred [B] int64, conf [B]) with the reference's sign."""
+    def score(self, features: Features) -> tuple[Tensor, Tensor]:
+        """(pred [B] int64, conf [B]) of one batch, with the reference's sign."""
 
-    def postprocess(self, net: OODNetwork, data: Data) -> tuple[Tensor, Tensor]:
-        pred, conf = self.score(net, data)
+    def signed(self, pred: Tensor, conf: Tensor) -> tuple[Tensor, Tensor]:
+        """``conf`` negated for ``corrected_sign`` when the reference's sign looks inverted."""
         if self.corrected_sign and self.reference_sign_inverted:
             conf = -conf
         return pred, conf
+
+    def postprocess(self, features: Features) -> tuple[Tensor, Tensor]:
+        """The study's call: ``score`` after the fit check, with the sign convention applied."""
+        self.check_fitted()
+        return self.signed(*self.score(features))
+
+
+class NetworkDetector(Detector):
+    """A detector that needs the network beyond the features (a network-level hook).
+
+    ``fit_network(net, train)`` gets the training :class:`~src.ood.features.Split` (its features,
+    labels and input batches); ``score_network(net, data, features)`` the input batch ``data``
+    (moved to the network's device: images [B, 3, H, W], or ``[v1, v2, v3]`` for the Barlow Twins
+    preprocessor, v1/v2 random only with ``uses_augmented_views``) and its features (None when
+    the detector reads none).
+    """
+
+    def fit_network(self, net: OODNetwork, train: Split) -> None:
+        """Default: :meth:`fit` on the training features."""
+        self.fit(train.all(), train.labels)
+
+    @abc.abstractmethod
+    def score_network(self, net: OODNetwork, data: Data, features: Features | None) -> tuple[Tensor, Tensor]:
+        """(pred [B] int64, conf [B]) of one batch, with the reference's sign."""
+
+    def score(self, features: Features) -> tuple[Tensor, Tensor]:
+        raise TypeError(f"{self.name} scores through the network: call score_network(net, data, features)")
+
+    def features_of(self, features: Features | None) -> Features:
+        """``features``, which a detector with ``reads`` always gets (a clear error otherwise)."""
+        if features is None:
+            raise ValueError(f"{self.name} reads {sorted(self.reads)} but got no features for the batch")
+        return features
+
+    def postprocess_network(self, net: OODNetwork, data: Data, features: Features | None) -> tuple[Tensor, Tensor]:
+        """The study's call: ``score_network`` after the fit check, with the sign convention applied."""
+        self.check_fitted()
+        return self.signed(*self.score_network(net, data, features))
 
 
 def plain_view(data: Data) -> Tensor:
@@ -94,13 +163,3 @@ def plain_view(data: Data) -> Tensor:
     if isinstance(data, Tensor):
         return data
     return data[2]
-
-
-@torch.no_grad()
-def collect(net: OODNetwork, batches: Iterable[Batch], **flags: bool) -> tuple[list[Any], Tensor]:
-    """Run ``net`` over batches (plain view) with ``flags``; return the per-batch outputs and labels."""
-    outs, labels = [], []
-    for data, y in batches:
-        outs.append(net(plain_view(data).to(net.device), **flags))
-        labels.append(y)
-    return outs, torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)

@@ -1,6 +1,6 @@
-"""``edsimk``: negative distance to the (K+1)-th nearest training feature (spec: ood.md §11.6, Quirk Q9).
+"""``edsimk``: negative distance to the (K+1)-th nearest training feature (O-Q9).
 
-Setup stores the wrapper's ``feats`` of all N ID training images. For a test feature ``x``:
+The fit stores the ``feats`` of all N ID training images. For a test feature ``x``:
 
     d_(0) ≤ d_(1) ≤ … ≤ d_(N−1)   the Euclidean distances ‖x − x_i‖ sorted ascending
     conf(x) = −d_(K)              (K is a 0-based index: K = 0 → nearest, K = 1 → second nearest)
@@ -16,16 +16,15 @@ error (cdist precision; e.g. exactly 0 for a duplicate).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from src.ood.detectors import register
-from src.ood.detectors.base import Batch, Data, Detector, plain_view
-from src.ood.detectors.mds import collect_features
-from src.ood.wrapper import OODNetwork
+from src.ood.detectors.base import Detector
+from src.ood.detectors.mds import log_training_accuracy
+from src.ood.features import Features
 
 
 def kth_nearest_distance(
@@ -100,6 +99,9 @@ class EDSimK(Detector):
     """
 
     name = "edsimk"
+    needs_fit = True
+    reads = frozenset({"logits", "feats"})
+    fit_reads = frozenset({"logits", "feats"})  # the logits feed the logged training accuracy
 
     def __init__(
         self,
@@ -116,17 +118,20 @@ class EDSimK(Detector):
         self.train_feats: Tensor | None = None
         self.train_sq_norms: Tensor | None = None
 
-    def setup(self, net: OODNetwork, train_batches: Iterable[Batch]) -> None:
-        """Store all training features (float64, on ``net.device``) and their squared norms."""
-        feats, _ = collect_features(net, train_batches)
-        self.train_feats = feats.to(torch.float64)
+    def fit(self, train: Features, labels: Tensor) -> None:
+        """Store all training ``feats`` [N, D] (float64, on their device) and their squared norms."""
+        log_training_accuracy(self.name, train, labels)
+        self.train_feats = train.get("feats", self.name).to(torch.float64)
         self.train_sq_norms = (self.train_feats * self.train_feats).sum(1)
+
+    def is_fitted(self) -> bool:
+        return self.train_feats is not None
 
     def set_hyperparam(self, values: list[Any]) -> None:
         """``values = [K]``.
 
         Raises:
-            ValueError: K negative, or (after setup) K >= the number of training features.
+            ValueError: K negative, or (after the fit) K >= the number of training features.
         """
         k = int(values[0])
         n = None if self.train_feats is None else self.train_feats.shape[0]
@@ -137,30 +142,27 @@ class EDSimK(Detector):
     def get_hyperparam(self) -> list[Any]:
         return [self.K]
 
-    @torch.no_grad()
-    def score(self, net: OODNetwork, data: Data) -> tuple[Tensor, Tensor]:
+    def score(self, features: Features) -> tuple[Tensor, Tensor]:
         """Score one batch.
 
         Args:
-            net: the network; one call for logits and ``feats``.
-            data: images [B, 3, H, W] (or a three-view list, whose plain view is used).
+            features: reads ``logits`` [B, C] and ``feats`` [B, D].
 
         Returns:
             ``pred`` int64 [B] (argmax of the logits) and ``conf`` float64 [B].
 
         Raises:
-            RuntimeError: ``setup`` has not run.
+            NotFittedError: before ``fit``.
             ValueError: ``K`` is not smaller than the number of training features.
         """
-        if self.train_feats is None:
-            raise RuntimeError("edsimk: call setup(net, train_batches) before scoring")
-        logits, feats = net(plain_view(data).to(net.device), return_feature=True)
+        self.check_fitted()
+        assert self.train_feats is not None
         dist = kth_nearest_distance(
-            feats.to(self.train_feats.device),
+            features.get("feats", self.name).to(self.train_feats.device),
             self.train_feats,
             self.K,
             query_chunk=self.query_chunk,
             key_chunk=self.train_chunk,
             key_sq_norms=self.train_sq_norms,
         )
-        return logits.argmax(dim=1), -dist
+        return features.logits.argmax(dim=1), -dist

@@ -1,4 +1,7 @@
-"""``gram``: Gram-matrix deviations, as OpenOOD implements them (spec: ood.md §11.5, Quirks Q10, Q11).
+"""``gram``: Gram-matrix deviations, as OpenOOD implements them (O-Q10, O-Q11).
+
+A network detector: it reads the layer activations ``net.feature_list(x)`` of the input batch
+(the network-level hook) and the batch's ``logits`` from its features.
 
 For each feature map ``l`` of ``net.feature_list`` (five ResNet maps, [B, C_l, H_l, W_l]) and each
 power ``p``, one image gives the per-channel statistic
@@ -8,9 +11,9 @@ power ``p``, one image gives the per-channel statistic
     r̃   = sign(r) · |r|^{1/p}                                                       [C_l]
 
 computed in float32 (``r`` without forming the C_l × C_l Gram matrix). This differs from the
-GRAM paper in the ways the reference code does (Q10 (a)–(f)), all reproduced:
+GRAM paper in the ways the reference code does (O-Q10 (a)–(f)), all reproduced:
 
-* setup, over ID train grouped by the TRUE label ``c``: one scalar ``min_{c,l,p}`` and
+* fit, over ID train grouped by the TRUE label ``c``: one scalar ``min_{c,l,p}`` and
   ``max_{c,l,p}`` over all images of class ``c`` *and* all channels (the reference concatenates the
   per-image channel vectors into one flat list);
 * score: the predicted class ``ĉ = argmax logits``, the channel SUM ``s_{l,p} = Σ_i r̃_i`` (float64)
@@ -18,7 +21,7 @@ GRAM paper in the ways the reference code does (Q10 (a)–(f)), all reproduced:
 
       dev = Σ_{l,p} relu(min_{ĉ,l,p} − s_{l,p}) / |min_{ĉ,l,p} + 1e-6|
                   + relu(s_{l,p} − max_{ĉ,l,p}) / |max_{ĉ,l,p} + 1e-6|
-      conf = dev / 50         (float64, NOT negated: larger deviation = "more ID", Q10 (c))
+      conf = dev / 50         (float64, NOT negated: larger deviation = "more ID", O-Q10 (c))
 
 The statistics are cast to float64 before the channel sum, the min/max and the deviation, as the
 reference does by converting ``r̃`` to Python floats.
@@ -26,7 +29,7 @@ reference does by converting ``r̃`` to Python floats.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -34,12 +37,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from src.ood.detectors import register
-from src.ood.detectors.base import Batch, Data, Detector, plain_view
+from src.ood.detectors.base import NetworkDetector, plain_view
+from src.ood.features import Data, Features, Split
 from src.ood.wrapper import OODNetwork
 
-#: the reference's epsilon, added inside the absolute value of the normaliser (Q10 (e))
+#: the reference's epsilon, added inside the absolute value of the normaliser (O-Q10 (e))
 EPS: float = 1e-6
-#: the reference's constant divisor of the summed deviations (Q10 (f))
+#: the reference's constant divisor of the summed deviations (O-Q10 (f))
 DIVISOR: float = 50.0
 
 
@@ -73,21 +77,22 @@ def _check_powers(powers: Sequence[Any]) -> list[float]:
 
 
 @register
-class Gram(Detector):
+class Gram(NetworkDetector):
     """GRAM as implemented in OpenOOD (reference sign: larger deviation = more ID).
 
     Args:
         powers: the exponents ``p`` (reference default ``[1, 2, 3, 4, 5]``).
-        sweep: APS grid ``{"powers_list": [[...], ...]}`` (the reference has one candidate, Q11).
+        sweep: APS grid ``{"powers_list": [[...], ...]}`` (the reference has one candidate, O-Q11).
         corrected_sign: negate ``conf`` (so a larger deviation counts as more OOD).
 
-    The min/max are fitted for the powers set at ``setup`` time; ``set_hyperparam`` may then only
+    The min/max are fitted for the powers set at fit time; ``set_hyperparam`` may then only
     select among those (the reference indexes its tables by position and would silently mix
     powers; here any other power is an error).
     """
 
     name = "gram"
     reference_sign_inverted = True
+    needs_fit = True  # on the network's layer activations of the training inputs: no training features
 
     def __init__(
         self,
@@ -99,13 +104,13 @@ class Gram(Detector):
         self.powers: list[float] = _check_powers(powers)
         #: powers the tables were fitted for, in table order
         self.fitted_powers: list[float] = []
-        #: [num_classes, num_layers, num_fitted_powers] float64; None before setup
+        #: [num_classes, num_layers, num_fitted_powers] float64; None before the fit
         self.mins: Tensor | None = None
         self.maxs: Tensor | None = None
 
-    # -- setup --------------------------------------------------------------------------------------
+    # -- fit ------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def setup(self, net: OODNetwork, train_batches: Iterable[Batch]) -> None:
+    def fit_network(self, net: OODNetwork, train: Split) -> None:
         """Per (true class, layer, power) scalar min and max of ``r̃`` over all images and channels.
 
         Running, vectorised: per batch the per-image channel min/max [B, L·P] are reduced into the
@@ -120,9 +125,8 @@ class Gram(Detector):
         mins: Tensor | None = None
         maxs: Tensor | None = None
         seen = torch.zeros(num_classes, dtype=torch.bool, device=net.device)
-        for data, labels in train_batches:
-            out = net(plain_view(data).to(net.device), return_feature_list=True)
-            maps: list[Tensor] = out[1]
+        for data, labels in train.inputs():
+            maps = net.feature_list(plain_view(data).to(net.device))
             labels = labels.to(net.device).long()
             if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
                 found = labels.unique().tolist()
@@ -140,7 +144,7 @@ class Gram(Detector):
             maxs.scatter_reduce_(0, index, batch_max, reduce="amax")
             seen[labels] = True
         if mins is None or maxs is None:
-            raise ValueError("gram: setup received no training batches")
+            raise ValueError("gram: the fit received no training batches")
         if not bool(seen.all()):
             missing = torch.nonzero(~seen).flatten().tolist()
             raise ValueError(
@@ -156,7 +160,7 @@ class Gram(Detector):
         """``values = [powers]`` (sweep key ``powers_list``).
 
         Raises:
-            ValueError: after setup, a power the tables were not fitted for.
+            ValueError: after the fit, a power the tables were not fitted for.
         """
         powers = _check_powers(values[0])
         if self.mins is not None:
@@ -169,37 +173,37 @@ class Gram(Detector):
     def _power_columns(self, powers: Sequence[float]) -> list[int]:
         missing = [p for p in powers if p not in self.fitted_powers]
         if missing:
-            raise ValueError(
-                f"gram: powers {missing} were not fitted (setup used {self.fitted_powers}); call setup again"
-            )
+            raise ValueError(f"gram: powers {missing} were not fitted (the fit used {self.fitted_powers}); fit again")
         return [self.fitted_powers.index(p) for p in powers]
+
+    def is_fitted(self) -> bool:
+        return self.mins is not None and self.maxs is not None
 
     # -- scoring ----------------------------------------------------------------------------------
     @torch.no_grad()
-    def score(self, net: OODNetwork, data: Data) -> tuple[Tensor, Tensor]:
+    def score_network(self, net: OODNetwork, data: Data, features: Features | None) -> tuple[Tensor, Tensor]:
         """Score one batch.
 
         Args:
-            net: the network; one call with ``return_feature_list=True`` (logits [B, C] and the maps).
+            net: the network; ``feature_list`` of the batch's plain view gives the maps.
             data: images [B, 3, H, W] (or a three-view list, whose plain view is used).
+            features: reads ``logits`` [B, C] (the predicted class selects the tables).
 
         Returns:
             ``pred`` int64 [B] (argmax of the logits) and ``conf`` float64 [B] (``dev / 50``).
 
         Raises:
-            RuntimeError: before ``setup``.
+            NotFittedError: before the fit.
             ValueError: a power or layer count that does not match the fitted tables.
         """
-        if self.mins is None or self.maxs is None:
-            raise RuntimeError("gram: call setup(net, train_batches) before scoring")
+        self.check_fitted()
+        assert self.mins is not None and self.maxs is not None
         columns = self._power_columns(self.powers)
-        out = net(plain_view(data).to(net.device), return_feature_list=True)
-        logits: Tensor = out[0]
-        maps: list[Tensor] = out[1]
+        maps = net.feature_list(plain_view(data).to(net.device))
         if len(maps) != self.mins.shape[1]:
-            raise ValueError(f"gram: the network gives {len(maps)} feature maps, setup saw {self.mins.shape[1]}")
-        # argmax softmax = argmax logits; the class tables are gathered by the PREDICTED class (Q10 (d))
-        pred = logits.argmax(dim=1)
+            raise ValueError(f"gram: the network gives {len(maps)} feature maps, the fit saw {self.mins.shape[1]}")
+        # argmax softmax = argmax logits; the class tables are gathered by the PREDICTED class (O-Q10 (d))
+        pred = self.features_of(features).logits.argmax(dim=1)
         mins = self.mins.to(pred.device)[pred]  # [B, L, P_fitted]
         maxs = self.maxs.to(pred.device)[pred]
         dev = torch.zeros(pred.shape[0], dtype=torch.float64, device=pred.device)

@@ -1,6 +1,6 @@
-"""``kldivsimk``: (K+1)-th smallest KL divergence to the training posteriors (spec: ood.md §11.9, §14, Q8, Q9, Q22).
+"""``kldivsimk``: (K+1)-th smallest KL divergence to the training posteriors (O-Q8, O-Q9, O-Q22).
 
-Setup stores the posteriors ``q_i = N(μ_i, diag(σ_i²))``, ``σ_i² = exp(ℓ_i)``, of the plain views v3
+The fit stores the posteriors ``q_i = N(μ_i, diag(σ_i²))``, ``σ_i² = exp(ℓ_i)``, of the plain views v3
 of all ID training images. A test image (v3) with posterior ``q_x = N(m, diag(s²))`` scores
 
     KL_i = KL(q_i ‖ q_x) = ½ Σ_d [ σ_{i,d}²/s_d² + (μ_{i,d} − m_d)²/s_d² − 1 − ln(σ_{i,d}²/s_d²) ]
@@ -8,7 +8,7 @@ of all ID training images. A test image (v3) with posterior ``q_x = N(m, diag(s�
 
 (training posterior FIRST; NaN → 65504, the float16 maximum; ±∞ → the float32 extremes, as
 ``torch.nan_to_num`` does in the reference's float32 code), NOT negated: a larger divergence
-counts as *more* in-distribution (Q8). ``pred`` = argmax of the v3 logits.
+counts as *more* in-distribution (O-Q8). ``pred`` = argmax of the v3 logits.
 
 Vectorised with two GEMMs per (training chunk, test chunk): with ``w = 1/s²`` and the per-training
 constant ``a_i = Σ_d ln σ_{i,d}²``,
@@ -22,16 +22,14 @@ smallest values is merged with every training chunk by ``topk``; no N_train × N
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from src.ood.detectors import register
-from src.ood.detectors.base import Batch, Data, Detector, plain_view
-from src.ood.detectors.sigmamean import posterior
-from src.ood.wrapper import OODNetwork
+from src.ood.detectors.base import Detector
+from src.ood.features import Features
 
 #: the reference's NaN replacement, torch.finfo(torch.float16).max
 NAN_VALUE: float = 65504.0
@@ -127,8 +125,11 @@ class KLDivSimK(Detector):
     name = "kldivsimk"
     preprocessor = "barlowtwins"
     probabilistic = True
-    uses_augmented_views = False  # v3 only (Quirk Q31)
     reference_sign_inverted = True
+    needs_fit = True
+    # the plain view v3 only: the reference computed v1/v2 and discarded them (O-Q31)
+    reads = frozenset({"logits", "mu", "log_var"})
+    fit_reads = frozenset({"mu", "log_var"})
 
     def __init__(
         self,
@@ -139,7 +140,7 @@ class KLDivSimK(Detector):
         corrected_sign: bool = False,
     ) -> None:
         super().__init__(sweep=sweep, corrected_sign=corrected_sign)
-        #: training posteriors [N, D] (μ_i, ℓ_i) of the plain views; None before setup
+        #: training posteriors [N, D] (μ_i, ℓ_i) of the plain views; None before the fit
         self.train_mu: Tensor | None = None
         self.train_log_var: Tensor | None = None
         self._train_terms: tuple[Tensor, Tensor, Tensor] | None = None
@@ -157,54 +158,50 @@ class KLDivSimK(Detector):
             raise ValueError(f"kldivsimk: K={k} is a 0-based index, so it needs more than the {n} training posteriors")
         return k
 
-    @torch.no_grad()
-    def setup(self, net: OODNetwork, train_batches: Iterable[Batch]) -> None:
-        """Collect the posteriors (μ_i, ℓ_i) [N, D] of the training plain views v3 (on ``net.device``).
+    def fit(self, train: Features, labels: Tensor) -> None:
+        """Keep the posteriors (μ_i, ℓ_i) [N, D] of the training plain views v3.
 
         Raises:
-            ValueError: a model without a stochastic space, or no training data.
+            MissingFeatureError: a model without a stochastic space (a ValueError).
+            ValueError: no training data.
         """
-        mus, log_vars = [], []
-        for data, _ in train_batches:
-            _, mu, log_var = posterior(net, plain_view(data).to(net.device), self.name)
-            mus.append(mu)
-            log_vars.append(log_var)
-        if not mus:
-            raise ValueError("kldivsimk: setup received no training batches")
-        self.train_mu = torch.cat(mus)
-        self.train_log_var = torch.cat(log_vars)
+        mu, log_var = train.get("mu", self.name), train.get("log_var", self.name)
+        if mu.shape[0] == 0:
+            raise ValueError("kldivsimk: the fit received no training posteriors")
+        self.train_mu, self.train_log_var = mu, log_var
         # the float64 training side is the same for every scored batch: computed once
         self._train_terms = training_terms(self.train_mu, self.train_log_var, self.train_mu.device)
+
+    def is_fitted(self) -> bool:
+        return self.train_mu is not None and self.train_log_var is not None
 
     def set_hyperparam(self, values: list[Any]) -> None:
         """``values = [K]`` (sweep key ``K_list``).
 
         Raises:
-            ValueError: K negative, or (after setup) K >= the number of training posteriors.
+            ValueError: K negative, or (after the fit) K >= the number of training posteriors.
         """
         self.K = self._check_k(values[0])
 
     def get_hyperparam(self) -> list[Any]:
         return [self.K]
 
-    @torch.no_grad()
-    def score(self, net: OODNetwork, data: Data) -> tuple[Tensor, Tensor]:
+    def score(self, features: Features) -> tuple[Tensor, Tensor]:
         """Score one batch.
 
         Args:
-            net: a Bayes-H or Bayes-Z network; one call on v3 with ``return_dist=True``.
-            data: the three views ``[v1, v2, v3]``, each [B, 3, H, W] (only v3 is used), or v3 itself.
+            features: reads ``logits`` [B, C] and the posterior ``mu``, ``log_var`` [B, D] of the plain view v3.
 
         Returns:
             ``pred`` int64 [B] and ``conf`` float32 [B], the (K+1)-th smallest KL.
 
         Raises:
-            RuntimeError: before ``setup``.
+            NotFittedError: before ``fit``.
             ValueError: K >= the number of training posteriors, or a model without a stochastic space.
         """
-        if self.train_mu is None or self.train_log_var is None:
-            raise RuntimeError("kldivsimk: call setup(net, train_batches) before scoring")
-        logits, mu, log_var = posterior(net, plain_view(data).to(net.device), self.name)
+        self.check_fitted()
+        assert self.train_mu is not None and self.train_log_var is not None
+        mu, log_var = features.get("mu", self.name), features.get("log_var", self.name)
         conf = kth_smallest_kl(
             self.train_mu,
             self.train_log_var,
@@ -215,4 +212,4 @@ class KLDivSimK(Detector):
             test_chunk_size=self.test_chunk_size,
             train_terms=self._train_terms if self._train_terms and self._train_terms[0].device == mu.device else None,
         )
-        return logits.argmax(dim=1).long(), conf
+        return features.logits.argmax(dim=1).long(), conf

@@ -1,10 +1,10 @@
-"""``mds``: class-conditional Mahalanobis distance on backbone features (spec: ood.md §11.3, Quirk Q21;
-Lee et al., 2018).
+"""``mds``: class-conditional Mahalanobis distance on backbone features (O-Q21; Lee et al., 2018).
 
-Setup on ID train features ``x_i`` [N, D] with true labels ``y_i``:
+Fit on the ID training features ``x_i`` [N, D] with true labels ``y_i``:
 
-    μ_c = mean_{i: y_i = c} x_i                      (c = 0 … C−1)
-    r_i = x_i − μ_{y_i},   r̄ = mean_i r_i            (≈ 0; kept as sklearn's assume_centered=False does)
+    μ_c = mean_{i: y_i = c} x_i                      (c = 0 … C−1, float32)
+    r_i = x_i − μ_{y_i}                              (float32)
+    r̄   = mean_i r_i                                 (≈ 0; kept as sklearn's assume_centered=False does)
     Σ   = (1/N) Σ_i (r_i − r̄)(r_i − r̄)ᵀ              (maximum-likelihood normalisation, float64)
     Π   = pinvh(Σ)                                    (symmetric pseudo-inverse, float64 → float32)
 
@@ -12,14 +12,13 @@ Score of a test feature ``x`` (float32):
 
     conf(x) = max_c −(x − μ_c)ᵀ Π (x − μ_c),    pred(x) = argmax_k f_k(x)
 
-The feature is the wrapper's ``feats`` (encoder output; the stochastic MC mean ``h̄`` for Bayes-H,
-Quirk Q12). ``fit_mahalanobis`` and ``mahalanobis_score`` are shared with ``umds``.
+The feature is ``feats`` (encoder output; the stochastic MC mean ``h̄`` for Bayes-H, O-Q12).
+``fit_mahalanobis`` and ``mahalanobis_score`` are shared with ``umds``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from typing import Any
 
 import scipy.linalg
@@ -27,43 +26,30 @@ import torch
 from torch import Tensor
 
 from src.ood.detectors import register
-from src.ood.detectors.base import Batch, Data, Detector, collect, plain_view
-from src.ood.wrapper import OODNetwork
+from src.ood.detectors.base import Detector
+from src.ood.features import Features
 
 log = logging.getLogger(__name__)
 
 
-def collect_features(net: OODNetwork, train_batches: Iterable[Batch]) -> tuple[Tensor, Tensor]:
-    """The wrapper's ``feats`` over ID training batches, without gradients.
-
-    Also logs the training accuracy of the logits, the reference's sanity check.
-
-    Args:
-        net: the network, already in eval mode.
-        train_batches: ``(data, labels)`` batches (plain view used for three-view data).
-
-    Returns:
-        ``feats`` [N, D] (network dtype) and ``labels`` int64 [N], both on ``net.device``.
-
-    Raises:
-        ValueError: no training batches.
-    """
-    outs, labels = collect(net, train_batches, return_feature=True)
-    if not outs:
-        raise ValueError("setup got no training batches")
-    logits = torch.cat([out[0] for out in outs])
-    feats = torch.cat([out[1] for out in outs])
-    labels = labels.to(device=feats.device, dtype=torch.long)
-    log.info("training accuracy (sanity check): %.2f%%", 100 * logits.argmax(1).eq(labels).double().mean().item())
-    return feats, labels
+def log_training_accuracy(name: str, train: Features, labels: Tensor) -> None:
+    """Log the training accuracy of the logits: the reference's sanity check of a fit."""
+    correct = train.logits.argmax(1).eq(labels.to(train.device)).double().mean().item()
+    log.info("%s: training accuracy (sanity check): %.2f%%", name, 100 * correct)
 
 
 def fit_mahalanobis(features: Tensor, labels: Tensor, num_groups: int) -> tuple[Tensor, Tensor]:
-    """Group means and the shared (pooled within-group) precision matrix.
+    """Group means and the shared (pooled within-group) precision matrix, as the OpenOOD fork fits them.
 
-    ``μ_g`` = mean of the features of group ``g``; ``Σ = (1/N) Σ_i (r_i − r̄)(r_i − r̄)ᵀ`` with
-    ``r_i = x_i − μ_{y_i}``; ``Π = pinvh(Σ)``. Everything is computed in float64 (as sklearn's
-    ``EmpiricalCovariance`` does through ``np.cov``) and cast to float32 at the end.
+    ``μ_g`` = ``mean(0)`` of the features of group ``g`` and ``r_i = x_i − μ_{y_i}``, both in the
+    features' dtype (float32 for every network) on the CPU, the centred vectors concatenated group by
+    group and cast to float32; then, in float64 (sklearn's ``EmpiricalCovariance`` through ``np.cov``):
+    ``Σ = (1/N) Σ_i (r_i − r̄)(r_i − r̄)ᵀ`` and ``Π = pinvh(Σ)``, cast to float32 (O-Q21).
+
+    The precision of the means and the centring matters: Bayes-H features give a covariance with a
+    condition number around 1e9, where float64 centring (or another float32 summation order for the
+    means) moved mds's AUROC by 0.26 points and FPR@95 by 3 points against the fork. The fork
+    fitted on the CPU, so the means are taken with torch's CPU float32 reduction.
 
     Args:
         features: ``x`` [N, D].
@@ -78,22 +64,25 @@ def fit_mahalanobis(features: Tensor, labels: Tensor, num_groups: int) -> tuple[
     """
     if features.dim() != 2 or labels.shape != features.shape[:1]:
         raise ValueError(f"features must be [N, D] and labels [N], got {tuple(features.shape)}, {tuple(labels.shape)}")
-    labels = labels.to(device=features.device, dtype=torch.long)
+    device = features.device
+    x = features.detach().cpu()
+    labels = labels.detach().cpu().long()
     if labels.numel() and (labels.min() < 0 or labels.max() >= num_groups):
         raise ValueError(f"labels must lie in [0, {num_groups}), got [{labels.min()}, {labels.max()}]")
     counts = torch.bincount(labels, minlength=num_groups)
     if (counts == 0).any():
         empty = torch.nonzero(counts == 0).flatten().tolist()
         raise ValueError(f"groups {empty} have no training feature, so their means are undefined")
-    x = features.to(torch.float64)
-    means = torch.zeros(num_groups, x.shape[1], dtype=torch.float64, device=x.device).index_add_(0, labels, x)
-    means /= counts.unsqueeze(1)
-    centred = x - means[labels]
-    # sklearn's assume_centered=False re-centres the (already centred) vectors: only rounding changes
+    members = [x[labels == g] for g in range(num_groups)]
+    means = [m.mean(0) for m in members]
+    centred = torch.cat([m - mu for m, mu in zip(members, means)]).float().double()
+    # sklearn's assume_centered=False re-centres the (already centred) vectors, in float64
     centred -= centred.mean(0)
     cov = centred.T @ centred / x.shape[0]
-    precision = scipy.linalg.pinvh(cov.cpu().numpy())
-    return means.float(), torch.from_numpy(precision).to(device=x.device, dtype=torch.float32)
+    precision = scipy.linalg.pinvh(cov.numpy())
+    return torch.stack(means).to(device=device, dtype=torch.float32), torch.from_numpy(precision).to(
+        device=device, dtype=torch.float32
+    )
 
 
 def mahalanobis_score(features: Tensor, means: Tensor, precision: Tensor) -> Tensor:
@@ -121,32 +110,36 @@ class MDS(Detector):
     """Class-conditional Mahalanobis with a pooled covariance; true training labels group the features."""
 
     name = "mds"
+    needs_fit = True
+    reads = frozenset({"logits", "feats"})
+    fit_reads = frozenset({"logits", "feats"})  # the logits feed the logged training accuracy
 
     def __init__(self, sweep: dict[str, list[Any]] | None = None, corrected_sign: bool = False) -> None:
         super().__init__(sweep=sweep, corrected_sign=corrected_sign)
         self.means: Tensor | None = None
         self.precision: Tensor | None = None
 
-    def setup(self, net: OODNetwork, train_batches: Iterable[Batch]) -> None:
-        """Fit ``μ_c`` (c < ``net.num_classes``) and ``Π`` on the training features and true labels."""
-        feats, labels = collect_features(net, train_batches)
-        self.means, self.precision = fit_mahalanobis(feats, labels, net.num_classes)
+    def fit(self, train: Features, labels: Tensor) -> None:
+        """Fit ``μ_c`` (c < C, the logits' width) and ``Π`` on the training ``feats`` [N, D] and true labels [N]."""
+        log_training_accuracy(self.name, train, labels)
+        self.means, self.precision = fit_mahalanobis(train.get("feats", self.name), labels, train.logits.shape[1])
 
-    @torch.no_grad()
-    def score(self, net: OODNetwork, data: Data) -> tuple[Tensor, Tensor]:
+    def is_fitted(self) -> bool:
+        return self.means is not None and self.precision is not None
+
+    def score(self, features: Features) -> tuple[Tensor, Tensor]:
         """Score one batch.
 
         Args:
-            net: the network; one call for logits and ``feats``.
-            data: images [B, 3, H, W] (or a three-view list, whose plain view is used).
+            features: reads ``logits`` [B, C] and ``feats`` [B, D].
 
         Returns:
             ``pred`` int64 [B] (argmax of the logits) and ``conf`` float32 [B].
 
         Raises:
-            RuntimeError: ``setup`` has not run.
+            NotFittedError: before ``fit``.
         """
-        if self.means is None or self.precision is None:
-            raise RuntimeError(f"{self.name}: call setup(net, train_batches) before scoring")
-        logits, feats = net(plain_view(data).to(net.device), return_feature=True)
-        return logits.argmax(dim=1), mahalanobis_score(feats, self.means, self.precision)
+        self.check_fitted()
+        assert self.means is not None and self.precision is not None
+        feats = features.get("feats", self.name)
+        return features.logits.argmax(dim=1), mahalanobis_score(feats, self.means, self.precision)

@@ -1,9 +1,9 @@
-"""``msp``: maximum softmax probability (spec: ood.md §11.1; Hendrycks & Gimpel, 2017).
+"""``msp``: maximum softmax probability (Hendrycks & Gimpel, 2017).
 
     conf(x) = max_k softmax(f(x))_k,    pred(x) = argmax_k f_k(x)
 
-with ``f`` the network's logits (for Bayes-H, the MC mean of the logits of one fresh set of
-samples per call, Quirks Q12/Q13). No setup and no hyper-parameters.
+with ``f`` the logits [B, C] (for Bayes-H the MC mean of the logits of the batch's S samples,
+O-Q12, O-Q13). No fit and no hyper-parameters.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 
 from src.ood.detectors import register
-from src.ood.detectors.base import Data, Detector, plain_view
-from src.ood.wrapper import OODNetwork
+from src.ood.detectors.base import Detector
+from src.ood.features import Features
 
 
 @register
@@ -22,18 +22,14 @@ class MSP(Detector):
 
     name = "msp"
 
-    @torch.no_grad()
-    def score(self, net: OODNetwork, data: Data) -> tuple[Tensor, Tensor]:
+    def score(self, features: Features) -> tuple[Tensor, Tensor]:
         """Score one batch.
 
         Args:
-            net: the network; called once for the logits [B, C].
-            data: images [B, 3, H, W] (or a three-view list, whose plain view is used).
+            features: reads ``logits`` [B, C].
 
         Returns:
-            ``pred`` int64 [B] (argmax of the logits) and ``conf`` float32 [B] (max softmax).
+            ``pred`` int64 [B] (argmax of the logits) and ``conf`` [B] (max softmax, the logits' dtype).
         """
-        logits = net(plain_view(data).to(net.device))
-        assert isinstance(logits, Tensor)
-        conf, pred = torch.softmax(logits, dim=1).max(dim=1)
+        conf, pred = torch.softmax(features.logits, dim=1).max(dim=1)
         return pred.long(), conf

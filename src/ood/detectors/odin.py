@@ -1,6 +1,8 @@
-"""``odin``: temperature scaling plus input perturbation (spec: ood.md §11.2, Quirk Q28; Liang et al., 2018).
+"""``odin``: temperature scaling plus input perturbation (O-Q28; Liang et al., 2018).
 
-For a batch ``x`` [B, C, H, W] of normalised images, temperature ``T`` and noise ``ε``:
+A network detector: both passes go through the network (``net.logits``), the first one with
+the input gradient; it reads nothing from the batch's features. For a batch ``x`` [B, C, H, W]
+of normalised images, temperature ``T`` and noise ``ε``:
 
     ŷ = argmax_k f_k(x)                                   (detached)
     L = (1/B) Σ_b CE(f(x_b) / T, ŷ_b)
@@ -9,12 +11,11 @@ For a batch ``x`` [B, C, H, W] of normalised images, temperature ``T`` and noise
     conf = max_k softmax(f(x̃) / T)_k,   pred = argmax_k f_k(x̃)
 
 ``std`` is the per-channel std of the input normalisation (``net.input_std``; CIFAR-10:
-(0.2470, 0.2435, 0.2616)). For Bayes-H the two forward passes draw independent MC noise.
+(0.2470, 0.2435, 0.2616)). For Bayes-H the two forward passes draw independent MC noise (O-Q28).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -22,7 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from src.ood.detectors import register
-from src.ood.detectors.base import Batch, Data, Detector, plain_view
+from src.ood.detectors.base import NetworkDetector, plain_view
+from src.ood.features import Data, Features
 from src.ood.wrapper import OODNetwork
 
 
@@ -40,7 +42,7 @@ def _input_std(net: OODNetwork, channels: int | None = None) -> tuple[float, ...
 
 
 @register
-class ODIN(Detector):
+class ODIN(NetworkDetector):
     """ODIN with the reference's defaults ``T = 1000``, ``ε = 0.0014``; APS over ``[T, ε]``.
 
     Args:
@@ -51,6 +53,7 @@ class ODIN(Detector):
     """
 
     name = "odin"
+    reads: frozenset[str] = frozenset()
 
     def __init__(
         self,
@@ -63,10 +66,6 @@ class ODIN(Detector):
         self.temperature = float(temperature)
         self.noise = float(noise)
 
-    def setup(self, net: OODNetwork, train_batches: Iterable[Batch]) -> None:
-        """Nothing to fit; fails early when the network has no input std."""
-        _input_std(net)
-
     def set_hyperparam(self, values: list[Any]) -> None:
         """``values = [T, ε]`` (the sweep key order)."""
         self.temperature, self.noise = float(values[0]), float(values[1])
@@ -74,12 +73,13 @@ class ODIN(Detector):
     def get_hyperparam(self) -> list[Any]:
         return [self.temperature, self.noise]
 
-    def score(self, net: OODNetwork, data: Data) -> tuple[Tensor, Tensor]:
+    def score_network(self, net: OODNetwork, data: Data, features: Features | None) -> tuple[Tensor, Tensor]:
         """Score one batch.
 
         Args:
             net: the network; two forward passes and one backward pass to the input.
             data: images [B, C, H, W] (or a three-view list, whose plain view is used).
+            features: None (ODIN reads no features: the scored pass is on the perturbed input).
 
         Returns:
             ``pred`` int64 [B] and ``conf`` float32 [B], both from the perturbed input.
@@ -94,17 +94,14 @@ class ODIN(Detector):
             # a fresh leaf, and autograd.grad rather than backward(): only ∂L/∂x is computed, so
             # the model's parameter gradients are never touched (the reference accumulated them)
             x = x0.detach().clone().requires_grad_(True)
-            logits = net(x)
-            assert isinstance(logits, Tensor)
+            logits = net.logits(x)
             target = logits.detach().argmax(dim=1)
             loss = F.cross_entropy(logits / self.temperature, target)
             (grad,) = torch.autograd.grad(loss, x)
         sign = (grad >= 0).to(x0.dtype).mul(2).sub(1) / std
         x_tilde = x0 - self.noise * sign
         with torch.no_grad():
-            out = net(x_tilde)
-            assert isinstance(out, Tensor)
-            out = out / self.temperature
+            out = net.logits(x_tilde) / self.temperature
             # the reference's explicit max-shifted softmax
             out = out - out.max(dim=1, keepdim=True).values
             prob = out.exp() / out.exp().sum(dim=1, keepdim=True)

@@ -1,8 +1,8 @@
-"""``umds``: unsupervised Mahalanobis, k-means pseudo-classes instead of labels (spec: ood.md §11.4, Quirk Q20).
+"""``umds``: unsupervised Mahalanobis, k-means pseudo-classes instead of labels (O-Q20).
 
-Identical to ``mds`` (same ``fit_mahalanobis`` / ``mahalanobis_score``) except that the groups
-are the ``k = net.num_classes`` clusters of a k-means on the ID train features, re-implemented
-after faiss ``Kmeans(d, k, niter=100)`` without faiss:
+Identical to ``mds`` (same ``fit_mahalanobis`` / ``mahalanobis_score``, same ``feats``) except that
+the groups are the ``k = C`` clusters (C = the number of classes, the logits' width) of a k-means on
+the ID training features, re-implemented after faiss ``Kmeans(d, k, niter=100)`` without faiss:
 
 1. randomly permute the N training features, then subsample ``n = min(N, 256·k)`` of them
    uniformly without replacement (faiss' ``max_points_per_centroid = 256``);
@@ -22,16 +22,14 @@ clustering is reproducible; the reference's permutation used the unseeded numpy 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from src.ood.detectors import register
-from src.ood.detectors.base import Batch
-from src.ood.detectors.mds import MDS, collect_features, fit_mahalanobis
-from src.ood.wrapper import OODNetwork
+from src.ood.detectors.mds import MDS, fit_mahalanobis, log_training_accuracy
+from src.ood.features import Features
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +143,7 @@ def kmeans(
 
 @register
 class UMDS(MDS):
-    """Mahalanobis with a pooled covariance over ``k = net.num_classes`` k-means clusters.
+    """Mahalanobis with a pooled covariance over ``k = C`` k-means clusters (C = the number of classes).
 
     Args:
         seed: seed of the clustering's generator; None draws a fresh seed (unreproducible, as the reference).
@@ -163,25 +161,27 @@ class UMDS(MDS):
         self.centroids: Tensor | None = None
         self.cluster_labels: Tensor | None = None
 
-    def setup(self, net: OODNetwork, train_batches: Iterable[Batch]) -> None:
-        """Cluster the training features, then fit the cluster means and the pooled precision."""
-        feats, _ = collect_features(net, train_batches)
+    def fit(self, train: Features, labels: Tensor) -> None:
+        """Cluster the training ``feats`` [N, D] into ``k = C`` (the logits' width) groups, then fit the
+        cluster means and the pooled precision; the true ``labels`` only feed the logged sanity check."""
+        log_training_accuracy(self.name, train, labels)
+        feats = train.get("feats", self.name)
         generator = torch.Generator()
         if self.seed is None:
             generator.seed()
         else:
             generator.manual_seed(self.seed)
-        k = net.num_classes
+        k = train.logits.shape[1]
         self.centroids = kmeans(feats, k, generator=generator)
-        labels = assign_clusters(feats, self.centroids)
-        counts = torch.bincount(labels, minlength=k)
+        clusters = assign_clusters(feats, self.centroids)
+        counts = torch.bincount(clusters, minlength=k)
         if (counts == 0).any():
             # only possible if the final assignment empties a cluster: the reference's mean would be NaN
             # and turn every score into NaN; keeping the non-empty clusters is the only usable choice
             keep = torch.nonzero(counts > 0).flatten()
             log.warning("umds: %d of %d k-means clusters are empty; scoring with the others", k - keep.numel(), k)
-            remap = torch.full((k,), -1, dtype=torch.long, device=labels.device)
-            remap[keep] = torch.arange(keep.numel(), device=labels.device)
-            labels, k = remap[labels], keep.numel()
-        self.cluster_labels = labels
-        self.means, self.precision = fit_mahalanobis(feats, labels, k)
+            remap = torch.full((k,), -1, dtype=torch.long, device=clusters.device)
+            remap[keep] = torch.arange(keep.numel(), device=clusters.device)
+            clusters, k = remap[clusters], keep.numel()
+        self.cluster_labels = clusters
+        self.means, self.precision = fit_mahalanobis(feats, clusters, k)
