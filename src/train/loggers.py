@@ -1,4 +1,4 @@
-"""Experiment loggers from the ``logging`` config node (spec: model_training.md §13.4).
+"""Experiment loggers from the ``logging`` config node.
 
 CSV is on by default; TensorBoard and wandb on request. wandb never needs network: it runs
 offline unless an API key is configured (``WANDB_API_KEY`` or a ``wandb login``) or the
@@ -7,9 +7,10 @@ user sets ``logging.wandb_logger_kwargs.mode`` explicitly.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def get_lightning_loggers(
     """Loggers rooted at ``root`` in the reference's order: TensorBoard, wandb, CSV.
 
     wandb-specific options with wandb off are ignored with a warning (the reference raised,
-    which made its semi-supervised commands fail; Quirk Q1).
+    which made its semi-supervised commands fail; T-Q18b, D-Q1).
     """
     root = Path(root)
     cfg = dict(logging_cfg or {})
@@ -66,3 +67,15 @@ def get_lightning_loggers(
     if cfg.get("csv", True):
         loggers.append(CSVLogger(save_dir=str(root / "csv"), name=run_name or "lightning_logs"))
     return loggers
+
+
+@contextlib.contextmanager
+def wandb_session(logging_cfg: Mapping[str, Any] | None) -> Iterator[None]:
+    """Run a stage; afterwards, however it ended, close the wandb run when wandb is on (``wandb.finish``)."""
+    try:
+        yield
+    finally:
+        if (logging_cfg or {}).get("wandb", False):
+            import wandb
+
+            wandb.finish()
