@@ -9,13 +9,22 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from src.model.prior import PRIORS
 from src.task.bayesian_ssl import HBayesianSelfSupervisedLearning, ZBayesianSelfSupervisedLearning
 from src.train.callbacks.online_finetuner import OnlineFineTuner
-from tests.conftest import build_model, model_combinations, model_kwargs, three_view_batch
+from tests.conftest import COMBINATIONS, build_model, model_kwargs, three_view_batch
 from tests.reference.ssl_step import reference_step
 
 
-@pytest.mark.parametrize(("model_name", "loss", "prior"), model_combinations(priors=True))
+def step_cases() -> list[tuple[str, str, str]]:
+    """Every model with every loss it accepts; the stochastic models alternate over the priors (every prior's
+    density and KL term is checked against its reference in tests/model; every model x loss x prior trains
+    in test_model_contract.py)."""
+    priors = list(PRIORS)
+    return [(m, loss, priors[i % len(priors)]) for i, (m, loss) in enumerate(COMBINATIONS)]
+
+
+@pytest.mark.parametrize(("model_name", "loss", "prior"), step_cases())
 def test_step_matches_per_sample_reference(model_name: str, loss: str, prior: str) -> None:
     """Every loss term, every parameter gradient and every BatchNorm running statistic of the batched
     step equal the reference's per-sample computation (same weights, same MC noise)."""
@@ -201,25 +210,24 @@ def test_online_probe_step(model_name: str, loss: str, forwards: int) -> None:
     assert 0.0 <= float(acc) <= 1.0 and float(loss_value.detach()) > 0
 
 
-@pytest.mark.parametrize(("model_name", "loss"), [("ssl", "vicreg"), ("ssl_bayes_h", "mc_barlow_twins")])
-def test_channels_last_gives_the_same_loss_and_gradients(model_name: str, loss: str) -> None:
+def test_channels_last_gives_the_same_encoder_outputs_and_gradients() -> None:
+    """channels_last changes only the encoder's memory format (weights and inputs): same values, same
+    gradients, same state-dict keys (eval mode: BatchNorm's batch statistics on a tiny batch would amplify
+    float32 summation-order noise)."""
     torch.manual_seed(0)
-    # float64: a tiny batch through BatchNorm amplifies float32 summation-order noise in the grads
-    plain = build_model(model_name, loss).double()
-    nhwc = build_model(model_name, loss, channels_last=True).double()
+    plain = build_model("ssl", "barlow_twins").eval()
+    nhwc = build_model("ssl", "barlow_twins", channels_last=True).eval()
     nhwc.load_state_dict(plain.state_dict())
     conv = nhwc.encoder.conv1.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and conv.dim() == 4
     assert nhwc.state_dict().keys() == plain.state_dict().keys()
-    (x1, x2, x3), y = three_view_batch(batch_size=8, size=8)
-    batch = ((x1.double(), x2.double(), x3.double()), y)
-    losses = []
+    x = three_view_batch(batch_size=4, size=8)[0][0]
+    weights = torch.randn(4, 512)
+    outs = []
     for model in (plain, nhwc):
-        torch.manual_seed(1)  # same MC noise for both
-        out = model.shared_step(batch)
-        out["loss"].backward()
-        losses.append(out["loss"].detach())
-    assert torch.allclose(losses[0], losses[1], rtol=1e-10)
-    for (name, p), q in zip(plain.named_parameters(), nhwc.parameters(), strict=True):
-        if p.grad is not None:
-            assert torch.allclose(p.grad, q.grad, rtol=1e-8, atol=1e-10), name
+        out = model.encode(x)
+        (out * weights).sum().backward()
+        outs.append(out.detach())
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-5)
+    for (name, p), q in zip(plain.encoder.named_parameters(), nhwc.encoder.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=name)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
-from src.train.loggers import get_lightning_loggers, wandb_session
+from src.train.loggers import LOGGERS, ON_BY_DEFAULT, get_lightning_loggers, wandb_session
 
 
 def test_csv_only_by_default(tmp_path: Path) -> None:
@@ -58,3 +58,13 @@ def test_wandb_session_finishes_the_wandb_run_however_the_stage_ends(
     with pytest.raises(RuntimeError, match="stage failed"), wandb_session({"wandb": wandb_on}):
         raise RuntimeError("stage failed")
     assert len(calls) == (2 if wandb_on else 0)
+
+
+def test_every_registered_logger_has_its_flag_in_the_logging_config() -> None:
+    from omegaconf import OmegaConf
+
+    from tests.conftest import CONF
+
+    flags = OmegaConf.load(CONF / "logging" / "default.yaml")
+    assert set(LOGGERS) <= set(flags) and list(LOGGERS) == ["tensorboard", "wandb", "csv"]
+    assert ON_BY_DEFAULT <= set(LOGGERS)

@@ -41,7 +41,7 @@ def test_joblib_sweep_gives_every_job_its_own_output_path(demo_root: Path, tmp_p
         "train.trainer.accelerator=cpu",
         "train.mc_samples=2",
         "++train.beta_scale=" + ",".join(map(str, BETAS)),
-        # the swept value goes into the path (resolved per job), as in the README example
+        # the swept value goes into the path (resolved per job), as the docs recommend
         "output_path=out/ssl_bayes_z_vicreg_beta_${train.beta_scale}",
         "hydra.sweep.dir=out/sweep",
     ]
