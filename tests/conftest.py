@@ -8,6 +8,10 @@ model. Every composition is cached, so each combination is composed once per tes
 :data:`COMBINATIONS` and :func:`model_combinations` come from the registries: every registered model
 with every loss it accepts (and every prior, for the stochastic models), so a new plug-in is tested by
 registering it (and adding its config file, under the same name).
+
+Torch runs one intra-op thread in the test process: the tensors here are tiny, and on a machine whose
+cores are shared, OpenMP threads waiting for each other cost several times the work itself
+(``TEST_TORCH_THREADS`` overrides it).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +32,8 @@ import src.task  # registers every SSL model
 from src.model.loss import LOSSES
 from src.model.prior import PRIORS
 from src.utils.plain import to_plain
+
+torch.set_num_threads(int(os.environ.get("TEST_TORCH_THREADS", "1")))
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "src" / "experiments" / "conf"
