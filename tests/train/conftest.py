@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
-from src.data.demo import prepare_demo_data
+from src.data.datamodule.demo import prepare_demo_data
 from tests.conftest import ROOT, compose_config
 
 SCRIPT = ROOT / "src" / "experiments" / "scripts" / "run_pipeline.py"
