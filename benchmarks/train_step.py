@@ -1,4 +1,4 @@
-"""Train-step throughput of the six model × loss combinations: the project's step vs the reference's way.
+"""Train-step throughput of every model × loss combination: the project's step vs the reference's way.
 
 One optimizer step = forward ``shared_step(batch)["loss"]``, backward, gradient clipping at 0.5
 (global norm), AdamW step, under fp16 autocast + GradScaler on CUDA (fp32, or bf16 autocast with
@@ -9,15 +9,18 @@ Two paths per combination, on the same weights:
 
 * ``project``: the real Lightning module's ``shared_step`` (Bayes-H projects all 2M MC slices in
   one call with per-slice BatchNorm statistics; the MC losses are one batched computation);
-* ``reference``: written here, the way the paper's release computed it (model_training.md §5.3,
-  §7.3): the same encoder, Gaussian head, sampling and KL term, but the projector mapped over
-  the MC samples one at a time (``torch.stack([projection_head(h[m]) for m in range(M)])``) and
-  the MC loss as a Python loop over the M sample pairs calling the plain loss
-  (``barlow_twins_terms`` / ``vicreg_terms``) per pair, every term averaged over M.
+* ``reference``: the way the paper's release computed it, from the tests' plain reference
+  implementations (``tests.reference.ssl_step.reference_step``, the one copy shared with the
+  tests): the same encoder and weights, the clamp formula of the Gaussian head, the projector mapped
+  over the MC samples one at a time (``torch.stack([projector(h[m]) for m in range(M)])``), the MC
+  loss as a Python loop over the M sample pairs and the KL-style term as a loop over the samples
+  (losses and KL in fp32 with autocast off, as the project computes them: T-Q30).
 
-Before timing, both paths run one batch with the same MC noise (the RNG seeded identically
-before each, so ``sample`` draws the same ε) in fp32; the loss terms, the parameter gradients and
-the projector's BatchNorm running statistics are compared and the differences recorded.
+The module's constructor arguments are ``train.kwargs`` of the composed Hydra config (CIFAR-10
+stem, ResNet-18, the standard prior), shrunk to the chosen size. Before timing, both paths run one
+batch with the same MC noise (the RNG seeded identically before each, so both draw the same ε) in
+fp32; the loss terms, the parameter gradients and the projector's BatchNorm running statistics are
+compared and the differences recorded.
 
 Usage (repository root)::
 
@@ -33,9 +36,11 @@ import copy
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+from hydra import compose, initialize_config_dir
 from torch import Tensor
 
 from benchmarks._timing import (
@@ -52,23 +57,21 @@ from benchmarks._timing import (
     time_interleaved,
     write_result,
 )
-from src.model.loss.barlow_twins import BarlowTwinsLoss, barlow_twins_terms
-from src.model.loss.vicreg import VICRegLoss, vicreg_terms
+from src.model.loss import LOSSES
 from src.task import SSL_MODELS
-from src.task.bayesian_ssl import HBayesianSelfSupervisedLearning
 from src.task.ssl import BaseSelfSupervisedLearning, Batch
-from src.utils.precision import at_least_fp32, autocast_off
+from src.utils.plain import to_plain
+from tests.reference.ssl_step import reference_step
 
 NAME = "train_step"
+CONF = Path(__file__).resolve().parents[1] / "src" / "experiments" / "conf"
 
-#: (model name, loss) pairs the paper trains
-COMBINATIONS: tuple[tuple[str, str], ...] = (
-    ("ssl", "barlow_twins"),
-    ("ssl", "vicreg"),
-    ("ssl_bayes_h", "mc_barlow_twins"),
-    ("ssl_bayes_h", "mc_vicreg"),
-    ("ssl_bayes_z", "mc_barlow_twins"),
-    ("ssl_bayes_z", "mc_vicreg"),
+#: (model name, loss): every registered model with every registered loss it accepts (the paper's six)
+COMBINATIONS: tuple[tuple[str, str], ...] = tuple(
+    (model, loss)
+    for model, cls in SSL_MODELS.items()
+    for loss, loss_cls in LOSSES.items()
+    if cls.accepts_loss(loss_cls)
 )
 PATHS: tuple[str, ...] = ("project", "reference")
 
@@ -111,40 +114,24 @@ def case_name(model_name: str, loss: str) -> str:
 
 
 def module_kwargs(model_name: str, loss: str, size: TrainSize) -> dict[str, Any]:
-    """Plain constructor arguments of the Lightning module (CIFAR-10 stem, ResNet-18, AdamW)."""
-    name = loss.removeprefix("mc_")
-    loss_spec: dict[str, Any] = {"type": loss, "batch_size": size.batch_size}
-    if name == "barlow_twins":
-        loss_spec["lambda_coeff"] = 5e-3
-    else:
-        loss_spec.update(z_dim=size.z_dim, variance_coeff=25.0, invariance_coeff=25.0, covariance_coeff=1.0)
-    kwargs: dict[str, Any] = dict(
-        model_name=model_name,
-        batch_size=size.batch_size,
-        num_classes=10,
-        dataset="cifar10",
-        cl_loss_name=name,
-        cl_loss=loss_spec,
-        optimizer_name="adamw",
-        optimizer={"_target_": "torch.optim.AdamW", "name": "adamw", "lr": 1e-3, "weight_decay": 1e-4},
-        learning_rate=1e-3,
-        scheduler=None,
-        encoder="resnet18",
-        latent_dim=512,
-        hidden_dim=size.hidden_dim,
-        z_dim=size.z_dim,
-        compile_encoder=False,
-        seed=1997,
-    )
+    """Plain constructor arguments of the Lightning module: ``train.kwargs`` of the composed config
+    (CIFAR-10 stem, ResNet-18, AdamW, the standard prior), shrunk to ``size``; no scheduler."""
+    overrides = [
+        f"+model/task/ssl@train={model_name}",
+        f"model/loss={loss}",
+        "model/prior=standard",
+        f"dataset.batch_size={size.batch_size}",
+        f"model.backbone.hidden_dim={size.hidden_dim}",
+        f"model.backbone.z_dim={size.z_dim}",
+        "train.scheduler=null",
+    ]
     if model_name != "ssl":
-        kwargs.update(
-            prior_name="standard",
-            prior={"name": "standard"},
-            beta_scale=1e-3,
-            sigma="full_diagonal",
-            mc_samples=size.mc_samples,
-            use_mc_samples=True,
-        )
+        overrides.append(f"train.mc_samples={size.mc_samples}")
+    with initialize_config_dir(version_base=None, config_dir=str(CONF)):
+        cfg = compose(config_name="config", overrides=overrides)
+    kwargs = to_plain(cfg.train.kwargs)
+    kwargs.pop("_target_")
+    kwargs["seed"] = int(cfg.seed)
     return kwargs
 
 
@@ -164,80 +151,11 @@ def random_batch(size: TrainSize, device: torch.device, seed: int) -> Batch:
     return (views[0], views[1], views[2]), y
 
 
-# ----------------------------------------------------------------------------- reference path
-
-
-def plain_terms(loss_module: torch.nn.Module) -> Callable[[Tensor, Tensor], dict[str, Tensor]]:
-    """The non-MC loss of ``loss_module``'s configuration on one [B, D] pair (fp32, autocast off)."""
-    if isinstance(loss_module, BarlowTwinsLoss):
-        bt = loss_module
-
-        def terms(z1: Tensor, z2: Tensor) -> dict[str, Tensor]:
-            return barlow_twins_terms(z1, z2, bt.batch_size, bt.lambda_coeff)
-
-    elif isinstance(loss_module, VICRegLoss):
-        vic = loss_module
-
-        def terms(z1: Tensor, z2: Tensor) -> dict[str, Tensor]:
-            return vicreg_terms(
-                z1, z2, vic.batch_size, vic.z_dim, vic.variance_coeff, vic.invariance_coeff, vic.covariance_coeff
-            )
-
-    else:
-        raise TypeError(f"no reference loss for {type(loss_module).__name__}")
-
-    def fp32_terms(z1: Tensor, z2: Tensor) -> dict[str, Tensor]:
-        with autocast_off(z1):
-            return terms(at_least_fp32(z1), at_least_fp32(z2))
-
-    return fp32_terms
-
-
-def reference_mc_loss(loss_module: torch.nn.Module, z1: Tensor, z2: Tensor) -> dict[str, Tensor]:
-    """The paper release's MC loss: a Python loop over the M pairs (z1[m], z2[m]), every term averaged."""
-    terms = plain_terms(loss_module)
-    per_sample = [terms(z1[m], z2[m]) for m in range(z1.shape[0])]
-    return {k: torch.stack([t[k] for t in per_sample]).mean(0) for k in per_sample[0]}
-
-
-def reference_project_h(module: HBayesianSelfSupervisedLearning, h: Tensor) -> Tensor:
-    """The paper release's Bayes-H projection: the head applied to each MC slice [B, L] in turn."""
-    return torch.stack([module.projection_head(h[m]) for m in range(h.shape[0])])
-
-
-def reference_shared_step(module: BaseSelfSupervisedLearning, batch: Batch) -> dict[str, Tensor]:
-    """``shared_step`` the reference's way (loops over MC samples); same weights, same RNG use.
-
-    The encoder, Gaussian head, sampling (``module(x)`` / ``module.project``) and the KL term
-    are the module's own; only the projection over samples and the MC loss are looped.
-    """
-    x1, x2 = module.unpack(batch)
-    if module.stochastic_space == "H":
-        v1, v2 = module(x1), module(x2)  # encoder → Gaussian head → M samples, view 1 then view 2
-        z1, z2 = reference_project_h(module, v1.samples), reference_project_h(module, v2.samples)
-    elif module.stochastic_space == "Z":
-        v1 = module.project(module(x1))  # 2-D projector, then Gaussian head and M samples
-        v2 = module.project(module(x2))
-        z1, z2 = v1.samples, v2.samples
-    else:
-        z1 = module.projection_head(module(x1))
-        z2 = module.projection_head(module(x2))
-        out = plain_terms(module.cl_loss)(z1, z2)
-        out["loss"] = out["cl_loss"]
-        return out
-    out = reference_mc_loss(module.cl_loss, z1, z2)
-    kl = 0.5 * (module.kl(v1.samples, v1.mu, v1.log_var) + module.kl(v2.samples, v2.mu, v2.log_var))  # type: ignore[attr-defined]
-    out["kl_prior_loss"] = kl
-    out["weighted_kl_prior_loss"] = module.beta_scale * kl  # type: ignore[attr-defined]
-    out["loss"] = out["cl_loss"] + out["weighted_kl_prior_loss"]
-    return out
-
-
 def forward_fn(module: BaseSelfSupervisedLearning, path: str) -> Callable[[Batch], dict[str, Any]]:
     """The step's forward for ``path`` (``project`` or ``reference``)."""
     if path == "project":
         return module.shared_step
-    return lambda batch: reference_shared_step(module, batch)
+    return lambda batch: reference_step(module, batch)
 
 
 # -------------------------------------------------------------------------------- equivalence
@@ -436,7 +354,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         nargs="+",
         default=None,
         choices=[case_name(m, lo) for m, lo in COMBINATIONS],
-        help="only these model+loss cases (default: all six)",
+        help="only these model+loss cases (default: all)",
     )
     return parser.parse_args(argv)
 

@@ -1,4 +1,4 @@
-"""ResNet encoders with per-dataset stems (spec: model_training.md §2).
+"""ResNet encoders with per-dataset stems (``ENCODERS``, by ``model.backbone.encoder``).
 
 torchvision's ResNet with its own initialisation and ``fc`` replaced by an identity, so the
 output is the global-average-pooled feature [B, E]. Small-image datasets swap the stem; the
@@ -8,10 +8,13 @@ default Conv2d initialisation (Kaiming-uniform, a=sqrt(5)), as in the reference.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
 from torchvision import models
+
+from src.utils.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -24,11 +27,19 @@ class Stem:
     only_for: tuple[str, ...] | None = None
 
 
-ENCODERS: dict[str, tuple[type[nn.Module], int]] = {
-    "resnet18": (models.resnet18, 512),
-    "resnet34": (models.resnet34, 512),
-    "resnet50": (models.resnet50, 2048),
-}
+@dataclass(frozen=True)
+class EncoderSpec:
+    """A torchvision builder (called with ``weights=None``) and the width E of its pooled feature."""
+
+    factory: Callable[..., nn.Module]
+    out_dim: int
+
+
+#: the encoders by ``model.backbone.encoder``; a new backbone is one registration here
+ENCODERS: Registry[EncoderSpec] = Registry("encoder", config_key="model.backbone.encoder")
+ENCODERS.add("resnet18", EncoderSpec(models.resnet18, 512))
+ENCODERS.add("resnet34", EncoderSpec(models.resnet34, 512))
+ENCODERS.add("resnet50", EncoderSpec(models.resnet50, 2048))
 
 # Dataset name -> stem. Datasets not listed use the standard ImageNet stem
 # (7x7 stride-2 conv + 3x3 stride-2 maxpool). Later datasets register themselves here.
@@ -45,19 +56,20 @@ STEMS: dict[str, Stem] = {
 }
 
 
-def encoder_out_dim(name: str) -> int:
-    """E, the width of the pooled feature of encoder ``name``."""
+def _spec(name: str) -> EncoderSpec:
     if name not in ENCODERS:
         raise ValueError(f"encoder={name!r} is not known; use one of {sorted(ENCODERS)}")
-    return ENCODERS[name][1]
+    return ENCODERS[name]
+
+
+def encoder_out_dim(name: str) -> int:
+    """E, the width of the pooled feature of encoder ``name``."""
+    return _spec(name).out_dim
 
 
 def get_encoder(name: str, dataset: str) -> nn.Module:
     """Build encoder ``name`` (resnet18/34/50) with the stem for ``dataset``; output [B, E]."""
-    if name not in ENCODERS:
-        raise ValueError(f"encoder={name!r} is not known; use one of {sorted(ENCODERS)}")
-    factory, _ = ENCODERS[name]
-    net = factory(weights=None)
+    net = _spec(name).factory(weights=None)
     net.fc = nn.Identity()
     stem = STEMS.get(dataset)
     if stem is not None and (stem.only_for is None or name in stem.only_for):

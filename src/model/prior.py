@@ -1,4 +1,4 @@
-"""Priors over the stochastic embedding (spec: model_training.md §6.2, Quirks Q11, Q12).
+"""Priors over the stochastic embedding (``PRIORS``, by ``model.prior.name``; T-Q11, T-Q12).
 
 Both priors take MC samples ``x`` of shape [M, B, D] and return log p̄ of shape [B, D],
 the MC dimension already averaged (that is how the reference's KL-style term uses them).
@@ -49,7 +49,7 @@ class MoGPrior(nn.Module):
 
         log p(x)_{b,d} = log sum_k pi_k exp( (1/M) sum_m log N(x_{m,b,d}; means_{k,d}, exp(log_vars_{k,d})) )
 
-    with pi = softmax(w) over K. This is not a joint mixture density (Quirk Q11); it is
+    with pi = softmax(w) over K. This is not a joint mixture density (T-Q11); it is
     reproduced exactly, including the N(0, 1) initialisation of *both* ``means`` and
     ``log_vars`` and zero-initialised ``w`` of shape [K, 1, 1].
 
@@ -80,7 +80,7 @@ class MoGPrior(nn.Module):
         return torch.logsumexp(avg_log_n + log_pi, dim=0)
 
     def sample(self, n: int) -> Tensor:
-        """Draws from the mixture with std = exp(log_var / 2) (corrected; Quirk Q12)."""
+        """Draws from the mixture with std = exp(log_var / 2) (corrected; T-Q12)."""
         pi = torch.softmax(self.w.view(-1), 0)
         k = torch.multinomial(pi, n, replacement=True)
         eps = torch.randn(n, self.latent_dim, device=self.means.device)

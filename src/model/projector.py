@@ -1,4 +1,4 @@
-"""Projection heads and their application over Monte-Carlo samples (spec §3, §5.3).
+"""Projection heads and their application over Monte-Carlo samples.
 
 The heads mirror lightly's: a ``layers`` Sequential of Linear → BatchNorm1d → ReLU blocks
 and a final Linear; a Linear has a bias iff no BatchNorm follows it. State-dict keys are
@@ -168,7 +168,7 @@ class ProjectionHead(nn.Module):
 
 
 def build_projection_head(dataset: str, in_dim: int, hidden_dim: int, z_dim: int) -> ProjectionHead:
-    """ImageNet: 3-layer Barlow Twins head; every other dataset: 2-layer head (spec §3)."""
+    """ImageNet (the exact name): 3-layer Barlow Twins head; every other dataset: 2-layer head."""
     if dataset == "imagenet":
         blocks = [
             (in_dim, hidden_dim, True, True),

@@ -1,7 +1,7 @@
 """The Gaussian head shared by Bayes-H and Bayes-Z, MC sampling and the KL-style term.
 
-Spec: model_training.md §5.2 and §6.3. The two Bayesian models differ only in where this
-head sits: on the encoder output (Bayes-H) or on the projector output (Bayes-Z).
+The two Bayesian models differ only in where this head sits: on the encoder output (Bayes-H) or
+on the projector output (Bayes-Z).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def sample(mu: Tensor, log_var: Tensor, mc_samples: int) -> Tensor:
     """Reparameterised draws mu + sigma * eps, shape [M, B, D] (the sample dimension first).
 
     Computed in fp32 even under fp16 autocast (the reference drew eps in fp16 and promoted
-    the samples to fp32; Quirk Q30).
+    the samples to fp32; T-Q30).
     """
     mu = at_least_fp32(mu)
     std = torch.exp(0.5 * at_least_fp32(log_var))
@@ -61,7 +61,7 @@ def distribution(mu: Tensor, log_var: Tensor) -> Normal:
 
 
 def kl_term(samples: Tensor, mu: Tensor, log_var: Tensor, prior: nn.Module) -> Tensor:
-    """The reference's KL-style regulariser for one view (spec §6.3), a scalar.
+    """The reference's KL-style regulariser for one view, a scalar.
 
         log q̄_{b,d} = (1/M) sum_m log N(s_{m,b,d}; mu_{b,d}, exp(log_var_{b,d}))
         log p̄_{b,d} = prior.log_prob(s)_{b,d}

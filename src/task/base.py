@@ -19,8 +19,9 @@ class BaseTask(pl.LightningModule):
     :meth:`save_plain_hparams`; ``load_from_checkpoint`` calls the constructor with them.
     """
 
-    def save_plain_hparams(self, hparams: dict[str, Any]) -> None:
-        self.save_hyperparameters(to_plain(hparams), logger=False)
+    def save_plain_hparams(self, hparams: dict[str, Any], logger: bool = False) -> None:
+        """Store ``hparams`` as plain values (``logger``: also hand them to the experiment loggers)."""
+        self.save_hyperparameters(to_plain(hparams), logger=logger)
 
     def optimizer_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of the main optimizer (all, unless a subclass excludes some)."""

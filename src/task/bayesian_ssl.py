@@ -1,4 +1,4 @@
-"""Stochastic SSL: Bayes-H and Bayes-Z (spec: model_training.md §5.2–§5.4, §6.3).
+"""Stochastic SSL: Bayes-H and Bayes-Z.
 
 Both models put the shared :class:`~src.model.stochastic.GaussianHead` somewhere in the
 encoder → projector chain, draw M reparameterised samples [M, B, D], feed them to the MC
@@ -54,7 +54,7 @@ class BaseBayesianSelfSupervisedLearning(BaseSelfSupervisedLearning):
         prior: the ``model.prior`` node as a dict (``standard`` or ``mog`` with ``num_components``).
         beta_scale: β >= 0, the weight of the KL-style term.
         mc_samples: M >= 1.
-        prior_name, sigma: metadata (``sigma`` is ignored, as in the reference, Q7).
+        prior_name, sigma: metadata (``sigma`` is ignored, as in the reference, T-Q7).
 
     Subclasses set ``stochastic_space`` (``"H"`` or ``"Z"``) and ``rv_name`` and define
     ``stochastic_in_dim()`` (input width of the Gaussian head) and ``stochastic_dim()`` (its output width D).

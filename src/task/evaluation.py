@@ -1,4 +1,4 @@
-"""Linear probes on frozen representations (spec: data_evaluation.md §11.2, model_training.md §13.7).
+"""Linear probes on frozen representations.
 
 ``LinearProbingClassifier`` puts a linear head on a frozen encoder: an SSL checkpoint of this
 project or a torchvision ImageNet baseline (``resnet-18`` / ``resnet-50``).
@@ -8,12 +8,12 @@ encoder), which is what the DVC stages train.
 For a batch the probe computes, with z the representation ([B, D], or the M MC samples of
 Bayes-H as [B, M, D]):
 
-    ẑ = z / ‖z‖₂ (over the last dim, per MC sample, no epsilon; only with ``norm_repr``, Q37)
+    ẑ = z / ‖z‖₂ (over the last dim, per MC sample, no epsilon; only with ``norm_repr``, D-Q37)
     logits = W ẑ + b                      [B, C] or [B, M, C]
     logits = mean_m logits[:, m]          for MC samples (= the head applied to mean_m ẑ_m)
 
 Metrics (multiclass): ``accuracy`` = torchmetrics ``MulticlassAccuracy`` with its default
-**macro** average (mean per-class recall; Q8/Q24 — the semi-supervised and finetune accuracies
+**macro** average (mean per-class recall; D-Q8, T-Q24: the semi-supervised and finetune accuracies
 are micro), ``ece`` = ``MulticlassCalibrationError`` (15 bins, L1; softmax applied by
 torchmetrics to the logits). Logged as ``train/…`` per step (the batch value), ``val/…`` and
 ``test/…`` per epoch over the whole loader, plus ``train/loss``.
@@ -23,30 +23,24 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassCalibrationError,
-    MultilabelAveragePrecision,
-)
 
 from src.model.encoder import encoder_out_dim
 from src.task.checkpoint import load_ssl_model
+from src.task.classifier import ClassificationMetrics, ClassifierTask
 from src.utils.checkpoint import load_checkpoint
-from src.utils.plain import to_plain
+from src.utils.registry import Registry
 
 #: torchvision supervised baselines: name -> (torchvision builder, weights, representation width)
 PRETRAINED_BASELINES: dict[str, tuple[str, str, int]] = {
     "resnet-50": ("resnet50", "IMAGENET1K_V2", 2048),
     "resnet-18": ("resnet18", "IMAGENET1K_V1", 512),
 }
-TASKS = ("multiclass", "multilabel")
 
 
 def load_pretrained_baseline(name: str) -> nn.Module:
@@ -74,14 +68,14 @@ def load_pretrained_baseline(name: str) -> nn.Module:
 
 
 def load_model_from_ckpt(model_name: str, model_path: str | os.PathLike[str]) -> pl.LightningModule:
-    """An SSL module (``ssl``, ``ssl_bayes_h``, ``ssl_bayes_z``) from its checkpoint, in eval mode (§5)."""
+    """An SSL module (``ssl``, ``ssl_bayes_h``, ``ssl_bayes_z``) from its checkpoint, in eval mode."""
     return load_ssl_model(model_path, model_name).eval()
 
 
 def checkpoint_repr_dim(model_name: str, model_path: str | os.PathLike[str] | None) -> int:
     """D of a model without building it: 2048/512 for the baselines, else the checkpoint's ``encoder_out_dim``.
 
-    The reference hard-coded 512 for every SSL checkpoint (Q12/Q22); reading the encoder name
+    The reference hard-coded 512 for every SSL checkpoint (D-Q12, T-Q22); reading the encoder name
     from the checkpoint gives 512 for all its (ResNet-18) runs and the right width otherwise.
     """
     if model_name in PRETRAINED_BASELINES:
@@ -92,20 +86,11 @@ def checkpoint_repr_dim(model_name: str, model_path: str | os.PathLike[str] | No
     return encoder_out_dim(str(hparams.get("encoder", "resnet18")))
 
 
-def probe_metrics(task: str, num_classes: int, prefix: str) -> MetricCollection:
-    """``accuracy`` (macro) and ``ece`` (15 bins, L1) for multiclass; ``mAP`` (macro) for multilabel."""
-    if task == "multiclass":
-        return MetricCollection(
-            {
-                # average="macro" is torchmetrics' default, written out because the number depends on it
-                "accuracy": MulticlassAccuracy(num_classes, top_k=1, average="macro"),
-                "ece": MulticlassCalibrationError(num_classes, n_bins=15, norm="l1"),
-            },
-            prefix=prefix,
-        )
-    return MetricCollection({"mAP": MultilabelAveragePrecision(num_classes, average="macro")}, prefix=prefix)
+#: the probe heads by ``task``; each is ``head(in_dim, num_classes)`` with a ``loss(out, y)``
+PROBE_HEADS: Registry[type[nn.Module]] = Registry("probe task", config_key="task")
 
 
+@PROBE_HEADS.register("multiclass")
 class MulticlassLinear(nn.Module):
     """Linear(D → C); logits out, cross-entropy loss."""
 
@@ -121,11 +106,12 @@ class MulticlassLinear(nn.Module):
         return F.cross_entropy(out, y)
 
 
+@PROBE_HEADS.register("multilabel")
 class MultilabelLinear(nn.Module):
-    """Linear(D → C) followed by a sigmoid (unused by every config, Q31).
+    """Linear(D → C) followed by a sigmoid (unused by every config, D-Q31).
 
     Mirrors the reference: ``MultiLabelSoftMarginLoss`` is applied to the *probabilities*, a
-    double sigmoid (Q23/Q33).
+    double sigmoid (T-Q23, D-Q33).
     """
 
     def __init__(self, in_dim: int, num_classes: int) -> None:
@@ -140,25 +126,38 @@ class MultilabelLinear(nn.Module):
         return F.multilabel_soft_margin_loss(out, y.float())
 
 
-class LinearProbingClassifier(pl.LightningModule):
+#: the task names the probes accept
+TASKS = tuple(PROBE_HEADS.keys())
+
+
+class LinearProbingClassifier(ClassifierTask):
     """A linear probe on a (frozen) encoder.
 
     Args:
         model_name: ``resnet-50`` / ``resnet-18`` (torchvision baselines), or the SSL model name
             (``ssl``, ``ssl_bayes_h``, ``ssl_bayes_z``; ``train.name`` of the run).
         model_path: the SSL checkpoint (``<run>/checkpoints/model.ckpt``); unused for baselines.
-        optim_kwargs: AdamW arguments (lr 0.01, weight_decay 5e-4 in every config).
+        optim_kwargs: AdamW arguments (lr 0.01, weight_decay 5e-4 in every config); a ``name`` or
+            ``_target_`` key selects another registered optimizer.
         max_epochs: stored only (the Trainer gets it from the config).
         scheduler_kwargs: ``{"milestones", "gamma"}`` of a per-epoch MultiStepLR, or None.
         num_classes: C.
-        task: ``multiclass`` or ``multilabel``.
+        task: ``multiclass`` or ``multilabel`` (a registered probe head).
         frozen_encoder: freeze the encoder and keep it in eval mode (re-applied at every call,
             so BatchNorm never leaves eval mode during the probe's fit).
         norm_repr: L2-normalise each representation (per MC sample) before the head.
-        repr_dim: D; None reads it from the encoder (``encoder_out_dim``, Q22). Given, it must match.
+        repr_dim: D; None reads it from the encoder (``encoder_out_dim``, T-Q22). Given, it must match.
 
-    All arguments are plain values and saved as hyper-parameters.
+    All arguments are plain values and saved as hyper-parameters. The lifecycle is
+    :class:`~src.task.classifier.ClassifierTask`'s: ``train/loss`` and ``train/<metric>`` (the
+    batch's value) per step, ``val/<metric>`` and ``test/<metric>`` over the whole loader per epoch.
     """
+
+    metrics: ClassVar[ClassificationMetrics] = ClassificationMetrics(accuracy_at_5=None, average="macro")
+    separator: ClassVar[str] = "/"
+    train_metrics_per_step: ClassVar[bool] = True
+    log_eval_loss: ClassVar[bool] = False
+    prog_bar_phase: ClassVar[str] = "train"
 
     def __init__(
         self,
@@ -174,36 +173,32 @@ class LinearProbingClassifier(pl.LightningModule):
         repr_dim: int | None = None,
     ) -> None:
         super().__init__()
-        if task not in TASKS:
+        if task not in PROBE_HEADS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         encoder, dim = self.build_encoder(model_name, model_path, repr_dim)
         if repr_dim is not None and int(repr_dim) != dim:
             raise ValueError(f"repr_dim={repr_dim} but the encoder of {model_name!r} gives {dim}-d representations")
-        self.save_hyperparameters(
-            to_plain(
-                dict(
-                    model_name=model_name,
-                    model_path=None if model_path is None else str(model_path),
-                    optim_kwargs=optim_kwargs,
-                    max_epochs=max_epochs,
-                    scheduler_kwargs=scheduler_kwargs,
-                    num_classes=num_classes,
-                    task=task,
-                    frozen_encoder=frozen_encoder,
-                    norm_repr=norm_repr,
-                    repr_dim=dim,
-                )
-            )
+        self.save_plain_hparams(
+            dict(
+                model_name=model_name,
+                model_path=None if model_path is None else str(model_path),
+                optim_kwargs=optim_kwargs,
+                max_epochs=max_epochs,
+                scheduler_kwargs=scheduler_kwargs,
+                num_classes=num_classes,
+                task=task,
+                frozen_encoder=frozen_encoder,
+                norm_repr=norm_repr,
+                repr_dim=dim,
+            ),
+            logger=True,
         )
         self.encoder = encoder
         self.repr_dim = dim
         if frozen_encoder:
             self._freeze_encoder()
-        head = MulticlassLinear if task == "multiclass" else MultilabelLinear
-        self.predictor = head(dim, int(num_classes))
-        self.train_metrics = probe_metrics(task, int(num_classes), "train/")
-        self.val_metrics = probe_metrics(task, int(num_classes), "val/")
-        self.test_metrics = probe_metrics(task, int(num_classes), "test/")
+        self.predictor = PROBE_HEADS[task](dim, int(num_classes))
+        self.init_metrics(num_classes, task)
 
     def build_encoder(
         self, model_name: str, model_path: str | os.PathLike[str] | None, repr_dim: int | None
@@ -234,51 +229,24 @@ class LinearProbingClassifier(pl.LightningModule):
         """Logits [B, C] (probabilities for multilabel), MC logits averaged over the sample axis."""
         z = self.forward_repr(x)
         if self.hparams["norm_repr"]:
-            # no epsilon, as the reference: a zero vector gives NaN (Q37)
+            # no epsilon, as the reference: a zero vector gives NaN (D-Q37)
             z = z / torch.linalg.vector_norm(z, dim=-1, keepdim=True)
         out = self.predictor(z)
         if out.dim() == 3:
             out = out.mean(dim=1)
         return out
 
-    def _step(self, batch: Any) -> tuple[Tensor, Tensor, Tensor]:
-        x, y = batch
-        out = self(x)
-        return self.predictor.loss(out, y), out, y
+    def loss(self, out: Tensor, y: Tensor) -> Tensor:
+        return self.predictor.loss(out, y)
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        loss, out, y = self._step(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=y.shape[0])
-        self.log_dict(self.train_metrics(out.detach(), y), batch_size=y.shape[0])
-        return loss
+    def optimizer_spec(self) -> dict[str, Any]:
+        return {"name": "adamw", **dict(self.hparams["optim_kwargs"])}
 
-    def on_train_epoch_end(self) -> None:
-        # step values are already logged; dropping the accumulated state keeps ECE's memory bounded
-        self.train_metrics.reset()
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        _, out, y = self._step(batch)
-        self.val_metrics.update(out, y)
-        self.log_dict(self.val_metrics, on_step=False, on_epoch=True, batch_size=y.shape[0])
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        _, out, y = self._step(batch)
-        self.test_metrics.update(out, y)
-        self.log_dict(self.test_metrics, on_step=False, on_epoch=True, batch_size=y.shape[0])
-
-    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
-        x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        return self(x)
-
-    def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.AdamW(self.parameters(), **dict(self.hparams["optim_kwargs"]))
+    def scheduler_spec(self) -> dict[str, Any] | None:
         sch = self.hparams["scheduler_kwargs"]
         if sch is None:
-            return optimizer
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, milestones=list(sch["milestones"]), gamma=float(sch["gamma"])
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+            return None
+        return {"name": "multistep", "learning_rate": float(self.optimizer_spec().get("lr", 0.0)), **dict(sch)}
 
 
 class PreEmbeddedLinearProbingClassifier(LinearProbingClassifier):

@@ -1,72 +1,57 @@
-"""Semi-supervised finetuning of a pretrained SSL module (spec: model_training.md §11, data_evaluation.md §12).
+"""Semi-supervised finetuning of a pretrained SSL module (ImageNet 1 % / 10 %).
 
 The whole SSL module (encoder and every head; only the parameters on the forward path get
 gradients) is trained end to end together with a new Linear(E → C) head on labelled
 ``[X, Y]`` batches:
 
     features = model(x)                         [B, E] (ssl, Bayes-Z: the encoder output)
-             | model(x)[1]                      [M, B, L] (Bayes-H samples h, ``use_mc_samples``)
+             | model(x).samples                 [M, B, L] (Bayes-H samples h, ``use_mc_samples``)
     logits   = mean_m predictor(h_m)            [B, C] (MC samples; re-drawn at every forward, also
-                                                in val/test, Q26) | predictor(features)
+                                                in val/test, D-Q26) | predictor(features)
     loss     = cross_entropy(logits, y)
 
 Optimizer: AdamW with two parameter groups, ``backbone`` (every SSL-module parameter, lr =
 ``optimizer.lr`` 1e-4) and ``linear`` (the head, lr = ``optimizer.lr_linear`` 1e-3), both with
-``optimizer.weight_decay`` (1e-5). Scheduler, stepped per epoch: ``cosine`` =
-CosineAnnealingLR(T_max = max_epochs, η_min = learning_rate · sch_eta_min_scale = 1e-5), one η_min
-shared by both groups (Q25/Q26); ``multistep`` = MultiStepLR(milestones, gamma).
+``optimizer.weight_decay`` (1e-5). Scheduler (any registered one, by ``train.scheduler``) with
+``scheduler_kwargs``: ``cosine`` = CosineAnnealingLR(T_max = max_epochs, η_min = learning_rate ·
+sch_eta_min_scale = 1e-5) stepped per epoch, one η_min shared by both groups (T-Q26, D-Q25);
+``multistep`` = MultiStepLR(milestones, gamma).
 
-Metrics (micro, unlike the probe's macro accuracy; Q24): ``accuracy`` (top-1), ``accuracy_at_5``
-and ``ece`` (15 bins, L1) with prefixes ``train_``/``val_``/``test_``, computed over each epoch;
-``train_loss`` per step, ``val_loss`` and ``test_loss`` as epoch means over batches (Q16/Q24).
+The lifecycle is :class:`~src.task.classifier.ClassifierTask`'s. Metrics (micro, unlike the probe's
+macro accuracy; T-Q24): ``accuracy`` (top-1), ``accuracy_at_5`` and ``ece`` (15 bins, L1) with
+prefixes ``train_``/``val_``/``test_``, computed over each epoch; ``train_loss`` per step,
+``val_loss`` and ``test_loss`` as epoch means over batches (T-Q16, D-Q24).
 
 Hyper-parameters are plain values; the SSL module is not one, but its own (plain)
 hyper-parameters are stored as ``pl_module_hparams`` so that ``load_from_checkpoint`` can
 rebuild it without the pretraining checkpoint. The stored optimizer dict is never mutated
-(the reference popped ``name`` and ``lr_linear`` from it, Q25).
+(the reference popped ``name`` and ``lr_linear`` from it, T-Q4).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
+from torch import nn
 
-from src.task.base import BaseTask
-from src.task.optim import OPTIMIZERS, optimizer_key, optimizer_kwargs
+from src.task.classifier import FINETUNE_MODELS, SSLHeadClassifier
+from src.task.optim import SCHEDULERS, effective_lr
 
-FINETUNE_MODELS = ("simple_mlp",)
-SCHEDULERS = ("cosine", "multistep")
+__all__ = ["FINETUNE_MODELS", "SemiSupervised"]
 
 
-def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
-    """BaseTask's collection: micro top-1 ``accuracy``, micro ``accuracy_at_5``, ``ece`` (L1, 15 bins)."""
-    return MetricCollection(
-        {
-            "accuracy": MulticlassAccuracy(num_classes, average="micro"),
-            "accuracy_at_5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
-            "ece": MulticlassCalibrationError(num_classes, n_bins=15, norm="l1"),
-        },
-        prefix=prefix,
-    )
-
-
-class SemiSupervised(BaseTask):
+class SemiSupervised(SSLHeadClassifier):
     """End-to-end finetuning of an SSL module plus a new linear head.
 
     Args:
         pl_module: the loaded SSL module (kept as sub-module ``model``). None rebuilds it from
             ``pl_module_hparams`` (what ``load_from_checkpoint`` does).
-        finetune_model: must be ``simple_mlp`` (a single Linear layer).
+        finetune_model: a registered head (``simple_mlp``: a single Linear layer).
         num_classes: C.
         learning_rate: the backbone lr of the config; η_min of ``cosine`` derives from it.
         optimizer: the ``model.optimizer`` node as a dict: ``lr``, ``lr_linear``, ``weight_decay``.
         use_mc_samples: feed Bayes-H's M samples to the head and average the logits; else its repr.
-        scheduler: ``cosine`` or ``multistep``.
+        scheduler: a registered scheduler (``cosine``, ``multistep``, ...).
         scheduler_kwargs: ``{"sch_eta_min_scale"}`` for cosine, ``{"milestones", "gamma"}`` for multistep.
         pl_module_hparams: the SSL module's hyper-parameters; taken from ``pl_module`` when None.
         **kwargs: metadata stored as hyper-parameters only (``batch_size``, ``dataset``,
@@ -93,10 +78,10 @@ class SemiSupervised(BaseTask):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        if finetune_model not in FINETUNE_MODELS:
-            raise ValueError(f"train.finetune_model={finetune_model!r} is not supported; use one of {FINETUNE_MODELS}")
         if scheduler not in SCHEDULERS:
-            raise ValueError(f"train.scheduler={scheduler!r} is not supported here; use one of {SCHEDULERS}")
+            raise ValueError(
+                f"train.scheduler={scheduler!r} is not a known scheduler; use one of {', '.join(SCHEDULERS.keys())}"
+            )
         if "lr_linear" not in optimizer:
             raise ValueError("model.optimizer needs `lr_linear`, the learning rate of the linear head")
         if pl_module is None:
@@ -120,93 +105,26 @@ class SemiSupervised(BaseTask):
                 **kwargs,
             )
         )
-        self.model = pl_module
-        self.predictor = nn.Linear(int(pl_module.encoder_out_dim), int(num_classes))
-        self.train_metrics = classification_metrics(int(num_classes), "train_")
-        self.val_metrics = classification_metrics(int(num_classes), "val_")
-        self.test_metrics = classification_metrics(int(num_classes), "test_")
+        self.attach(pl_module, finetune_model, num_classes, "train.finetune_model")
+        self.init_metrics(num_classes)
 
-    def features(self, x: Tensor) -> Tensor:
-        """[B, E], or the Bayes-H samples [M, B, L] when ``use_mc_samples``."""
-        out = self.model(x)
-        if self.model.stochastic_space == "H":  # forward gives the StochasticOutput of the representation
-            return out.samples if self.hparams["use_mc_samples"] else out.repr
-        return out
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        spec = dict(self.hparams["optimizer"])
+        lr = effective_lr(spec, int(self.hparams.get("batch_size") or 256))
+        return [
+            {"params": list(self.model.parameters()), "lr": lr, "name": "backbone"},
+            {"params": list(self.predictor.parameters()), "lr": float(spec["lr_linear"]), "name": "linear"},
+        ]
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits [B, C]; for MC features the mean over M of predictor(h_m)."""
-        f = self.features(x)
-        logits = self.predictor(f)
-        if self.hparams["use_mc_samples"] and f.dim() == 3:
-            logits = logits.mean(0)
-        return logits
+    def optimizer_spec(self) -> dict[str, Any]:
+        return dict(self.hparams["optimizer"])
 
-    def _step(self, batch: Any) -> tuple[Tensor, Tensor, Tensor]:
-        x, y = batch
-        logits = self(x).float()  # fp16 under 16-mixed; loss and metrics in fp32
-        return F.cross_entropy(logits, y), logits, y
-
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        loss, logits, y = self._step(batch)
-        self.train_metrics.update(logits.detach(), y)
-        self.log("train_loss", loss, on_step=True, on_epoch=False, batch_size=y.shape[0])
-        return loss
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        loss, logits, y = self._step(batch)
-        self.val_metrics.update(logits, y)
-        # the epoch value is the unweighted mean over batches (the reference's batch_size=2 hint, Q24)
-        self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=1)
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        loss, logits, y = self._step(batch)
-        self.test_metrics.update(logits, y)
-        self.log("test_loss", loss, on_step=False, on_epoch=True, batch_size=1)
-
-    def _log_metrics(self, metrics: MetricCollection) -> None:
-        self.log_dict(metrics.compute(), sync_dist=True)
-        metrics.reset()
-
-    def on_train_epoch_end(self) -> None:
-        self._log_metrics(self.train_metrics)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_metrics(self.val_metrics)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_metrics(self.test_metrics)
-
-    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
-        x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        return self(x)
-
-    def configure_optimizers(self) -> Any:
-        hp = self.hparams
-        spec = dict(hp["optimizer"])
-        kwargs = optimizer_kwargs(spec, int(hp.get("batch_size") or 256))
-        lr = kwargs.pop("lr")
-        cls = OPTIMIZERS[optimizer_key(spec)]
-        optimizer = cls(
-            [
-                {"params": list(self.model.parameters()), "lr": lr, "name": "backbone"},
-                {"params": list(self.predictor.parameters()), "lr": float(spec["lr_linear"]), "name": "linear"},
-            ],
-            lr=lr,
-            **kwargs,
-        )
-        sch_kwargs = dict(hp["scheduler_kwargs"] or {})
-        if hp["scheduler"] == "cosine":
-            if "sch_eta_min_scale" not in sch_kwargs:
-                raise ValueError("train.scheduler_kwargs needs `sch_eta_min_scale` for the cosine scheduler")
-            # one η_min for both groups, from the backbone lr (Q25/Q26)
-            eta_min = float(hp["learning_rate"]) * float(sch_kwargs["sch_eta_min_scale"])
-            max_epochs = int(self.trainer.max_epochs) if self.trainer.max_epochs else 1
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs, eta_min=eta_min)
-        else:
-            missing = {"milestones", "gamma"} - set(sch_kwargs)
-            if missing:
-                raise ValueError(f"train.scheduler_kwargs needs {sorted(missing)} for the multistep scheduler")
-            scheduler = torch.optim.lr_scheduler.MultiStepLR(
-                optimizer, milestones=list(sch_kwargs["milestones"]), gamma=float(sch_kwargs["gamma"])
-            )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+    def scheduler_spec(self) -> dict[str, Any]:
+        options = dict(self.hparams["scheduler_kwargs"] or {})
+        scale = options.pop("sch_eta_min_scale", None)
+        return {
+            "name": self.hparams["scheduler"],
+            "learning_rate": float(self.hparams["learning_rate"]),  # one η_min for both groups (T-Q26)
+            "eta_min_scale": None if scale is None else float(scale),
+            **options,
+        }

@@ -1,4 +1,4 @@
-"""Deterministic self-supervised learning (spec: model_training.md §4, §5.1).
+"""Deterministic self-supervised learning, and the machinery the three SSL models share.
 
 ``BaseSelfSupervisedLearning`` holds what all three models share: the encoder, the
 projection head, the contrastive loss, the online probe and loss logging. The stochastic
@@ -30,13 +30,13 @@ SSL_MODELS: Registry[type[BaseSelfSupervisedLearning]] = Registry(
 
 
 def _legacy_key_hook(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-    """Accept reference state dicts: ``encoder._orig_mod.*`` (compiled encoder, Q29)."""
+    """Accept reference state dicts: ``encoder._orig_mod.*`` (compiled encoder, T-Q29)."""
     for key in [k for k in state_dict if k.startswith(prefix + "encoder._orig_mod.")]:
         state_dict[key.replace("encoder._orig_mod.", "encoder.", 1)] = state_dict.pop(key)
 
 
 class BaseSelfSupervisedLearning(BaseTask):
-    """Shared SSL machinery. Constructor arguments are plain values (see ``spec/README.md``).
+    """Shared SSL machinery. Constructor arguments are plain values (what ``train.kwargs`` composes to).
 
     Args:
         model_name: ``ssl``, ``ssl_bayes_h`` or ``ssl_bayes_z`` (metadata, used for reloads).
@@ -49,7 +49,7 @@ class BaseSelfSupervisedLearning(BaseTask):
         scheduler: ``cosine`` (default), ``cosine_warmup``, ``lambda``, ``cosine_warm_restarts``,
             ``one_cycle`` or null.
         encoder: ``resnet18``, ``resnet34`` or ``resnet50``.
-        latent_dim, hidden_dim, z_dim: L, H and Z of the spec.
+        latent_dim, hidden_dim, z_dim: L (the stochastic width of Bayes-H), H (projector hidden width), Z (embedding).
         compile_encoder: wrap the encoder's forward with ``torch.compile``; state-dict keys
             stay ``encoder.*``.
         channels_last: keep the encoder's weights and inputs in NHWC memory format (same
@@ -66,6 +66,12 @@ class BaseSelfSupervisedLearning(BaseTask):
     def stochastic(self) -> bool:
         """Whether the model draws MC samples [M, B, D] (and so needs an MC loss)."""
         return self.stochastic_space is not None
+
+    @classmethod
+    def accepts_loss(cls, loss_cls: type[nn.Module]) -> bool:
+        """Whether a registered loss class fits this model: MC losses ([M, B, D]) for the stochastic
+        models, the plain ones ([B, D]) for the deterministic one (T-Q1)."""
+        return bool(getattr(loss_cls, "mc", False)) == (cls.stochastic_space is not None)
 
     def __init__(
         self,
@@ -115,7 +121,7 @@ class BaseSelfSupervisedLearning(BaseTask):
         self.dataset_name = dataset
 
         self.cl_loss = build_loss(cl_loss)
-        if self.cl_loss.mc != self.stochastic:
+        if not self.accepts_loss(type(self.cl_loss)):
             want = "an MC loss (mc_barlow_twins or mc_vicreg)" if self.stochastic else "barlow_twins or vicreg"
             raise ValueError(
                 f"model {model_name!r} ({type(self).__name__}) needs {want}, got "
@@ -128,7 +134,7 @@ class BaseSelfSupervisedLearning(BaseTask):
             self.encoder = self.encoder.to(memory_format=torch.channels_last)
         self.projection_head = build_projection_head(dataset, self.encoder_out_dim, int(hidden_dim), int(z_dim))
         self.online_finetuner = nn.Linear(self.encoder_out_dim, self.num_classes)
-        # Bypasses nn.Module registration, so state-dict keys stay `encoder.*` (Q29).
+        # Bypasses nn.Module registration, so state-dict keys stay `encoder.*` (T-Q29).
         object.__setattr__(self, "_compiled_encoder", torch.compile(self.encoder) if compile_encoder else None)
         self._register_load_state_dict_pre_hook(_legacy_key_hook, with_module=True)
 
@@ -146,7 +152,7 @@ class BaseSelfSupervisedLearning(BaseTask):
         self.online_finetuner = nn.Linear(self.encoder_out_dim, self.num_classes).to(self.device)
 
     def optimizer_parameters(self) -> Iterator[nn.Parameter]:
-        # The online probe is trained only by its own Adam in the callback (Quirk Q14).
+        # The online probe is trained only by its own Adam in the callback (T-Q14).
         return (p for n, p in self.named_parameters() if not n.startswith("online_finetuner."))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -182,7 +188,7 @@ class BaseSelfSupervisedLearning(BaseTask):
     # -- logging --------------------------------------------------------------------------------
     def log_step_outputs(self, out: dict[str, Any], phase: str, batch_size: int) -> None:
         """Every entry whose key ends in ``loss`` as ``<phase>_<key>``: per step in training,
-        epoch mean in validation (spec §4.3). Values stay on the device."""
+        epoch mean in validation (no progress bar: T-Q5). Values stay on the device."""
         train = phase == "train"
         for key, value in out.items():
             if key.endswith("loss"):

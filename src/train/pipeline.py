@@ -1,4 +1,4 @@
-"""Pretraining and offline finetuning, driven by the composed Hydra config (spec §13.1–§13.5).
+"""Pretraining and offline finetuning, driven by the composed Hydra config.
 
 ``run_pipeline(cfg)`` writes, under ``cfg.output_path``:
 
@@ -18,6 +18,9 @@ command, from the last checkpoint of the phase it was in: pretraining resumes fr
 ``checkpoints/last.ckpt`` unless ``pretrain_done.json`` says it is complete, finetuning from
 ``finetune/checkpoints/last.ckpt``. Checkpoints carry the RNG streams (``ResumeState``), so
 on CPU a resumed run ends with the same weights and metrics as an uninterrupted one.
+
+A non-finite training loss stops the run (``NonFiniteLossError``) unless the config sets
+``continue_on_non_finite_loss: true``, which keeps training as the reference did.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from src.data.datamodule import datamodule_from_config
 from src.task import SSL_MODELS
 from src.task.checkpoint import load_ssl_model
 from src.task.finetuning import LastLayerFinetuner
+from src.train.loggers import wandb_session
 from src.train.trainer import build_trainer, merge_metrics, relative, sigterm_exits_nonzero
 from src.utils.io import read_json, write_json, write_text
 from src.utils.plain import to_plain
@@ -64,6 +68,11 @@ def ssl_model_kwargs(cfg: DictConfig, train_iters_per_epoch: int) -> tuple[str, 
     return name, kwargs
 
 
+def stop_on_non_finite_loss(cfg: DictConfig) -> bool:
+    """False when the config asks to keep training through a NaN/inf loss (``continue_on_non_finite_loss``)."""
+    return not bool(cfg.get("continue_on_non_finite_loss", False))
+
+
 def generate_run_id(length: int = 8) -> str:
     """An 8-character lowercase/digit id, the format of wandb's ``generate_id``."""
     alphabet = string.ascii_lowercase + string.digits
@@ -71,7 +80,7 @@ def generate_run_id(length: int = 8) -> str:
 
 
 def pretrain(cfg: DictConfig, output_path: Path) -> dict[str, Any]:
-    """Fit the SSL model, then validate its final weights (spec §13.2)."""
+    """Fit the SSL model, then validate its final weights (which, not the best checkpoint's, are reported: T-Q25)."""
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
     datamodule.check_batches()
@@ -84,6 +93,7 @@ def pretrain(cfg: DictConfig, output_path: Path) -> dict[str, Any]:
         callbacks_cfg=cfg.train.get("callbacks"),
         logging_cfg=cfg.logging,
         debug=cfg.get("debug"),
+        stop_on_non_finite_loss=stop_on_non_finite_loss(cfg),
         encoder_output_dim=int(cfg.train.kwargs.latent_dim),
         num_classes=int(cfg.dataset.num_classes),
     )
@@ -102,13 +112,13 @@ def pretrain(cfg: DictConfig, output_path: Path) -> dict[str, Any]:
 
 
 def finetune(cfg: DictConfig, output_path: Path, model_ckpt_path: str | Path) -> dict[str, Any]:
-    """Train the last layer on the finetune view, then validate and test the final weights (§13.3)."""
+    """Train the last layer on the finetune view, then validate and test the final weights (T-Q25)."""
     root = output_path / "finetune"
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
     datamodule.check_batches()
     pl_module = load_ssl_model(model_ckpt_path, cfg.train.name)
-    pl_module.train()  # the reference's loaded module is never put in eval mode (Quirk Q15b)
+    pl_module.train()  # the reference's loaded module is never put in eval mode (T-Q15b)
     kwargs = to_plain(cfg.finetune.kwargs)
     kwargs.pop("_target_", None)
     model = LastLayerFinetuner(pl_module=pl_module, **kwargs)
@@ -119,6 +129,7 @@ def finetune(cfg: DictConfig, output_path: Path, model_ckpt_path: str | Path) ->
         callbacks_cfg=cfg.finetune.get("callbacks"),
         logging_cfg=cfg.logging,
         debug=cfg.get("debug"),
+        stop_on_non_finite_loss=stop_on_non_finite_loss(cfg),
     )
     phase.fit(model, datamodule)
     phase.trainer.validate(model, datamodule=datamodule)
@@ -127,7 +138,7 @@ def finetune(cfg: DictConfig, output_path: Path, model_ckpt_path: str | Path) ->
 
 
 def save_hydra_config(cfg: DictConfig, output_path: Path) -> None:
-    """The composed config, interpolations unresolved; ``output_path`` as a plain string (Q36)."""
+    """The composed config, interpolations unresolved; ``output_path`` as a plain string (D-Q36)."""
     cfg = cfg.copy()
     OmegaConf.set_struct(cfg, False)
     cfg.output_path = str(output_path)
@@ -135,13 +146,14 @@ def save_hydra_config(cfg: DictConfig, output_path: Path) -> None:
 
 
 def run_pipeline(cfg: DictConfig) -> dict[str, Any] | None:
-    """Seed, pretrain, optionally finetune, and write ``results.json`` (spec §13.1).
+    """Seed, pretrain, optionally finetune, and write ``results.json``.
 
     A run stopped by SIGTERM exits with status 143 (Lightning's own exception is a
     ``SystemExit`` with status 0, which DVC would take for success); running the same
-    command again resumes from the phase's ``last.ckpt``.
+    command again resumes from the phase's ``last.ckpt``. With wandb on, the wandb run is
+    closed however the stage ends.
     """
-    with sigterm_exits_nonzero():
+    with sigterm_exits_nonzero(), wandb_session(cfg.get("logging")):
         return _run_pipeline(cfg)
 
 

@@ -1,18 +1,19 @@
-"""Semi-supervised finetuning on ImageNet 1 % / 10 % (spec: data_evaluation.md §12, model_training.md §13.6).
+"""Semi-supervised finetuning on ImageNet 1 % / 10 %.
 
 ``run_semi_supervised(cfg)`` (config ``semi_supervised``) reads ``<run_path>/results.json`` of a
 pretraining run, finetunes its best checkpoint end to end with a new linear head
 (``src.task.semi_supervised.SemiSupervised``) and writes, under ``cfg.output_path``:
 
-    checkpoints/model.ckpt       best val_accuracy (ImageNet val = test set, Q3/Q32)
+    checkpoints/model.ckpt       best val_accuracy (ImageNet val = test set, D-Q3, T-Q32)
     checkpoints/last.ckpt
     csv/lightning_logs/version_0/{metrics.csv,hparams.yaml}
     results.json                 test metrics of the *final* in-memory weights (after early
-                                 stopping: 5 epochs past the best, Q3/Q25), the best checkpoint
+                                 stopping: 5 epochs past the best, D-Q3, T-Q25), the best checkpoint
                                  path relative to the working directory, and metadata; written
                                  last and atomically
 
-A run whose ``results.json`` exists is finished: running it again does nothing.
+A run whose ``results.json`` exists is finished: running it again does nothing. A non-finite
+training loss stops the run unless the config sets ``continue_on_non_finite_loss: true``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.task.checkpoint import load_ssl_model
 from src.task.semi_supervised import SemiSupervised
-from src.train.pipeline import RESULTS_FILE, build_datamodule
+from src.train.loggers import wandb_session
+from src.train.pipeline import RESULTS_FILE, build_datamodule, stop_on_non_finite_loss
 from src.train.trainer import build_trainer, merge_metrics, relative, sigterm_exits_nonzero
 from src.utils.io import read_json, write_json
 from src.utils.plain import to_plain
@@ -40,7 +42,7 @@ def pretrained_checkpoint(run: dict[str, Any], run_path: Path) -> Path:
     """The best pretraining checkpoint named by a run's ``results.json``.
 
     The reference stored an absolute path, which breaks when the repository moves; when the
-    recorded path does not exist, ``<run_path>/checkpoints/model.ckpt`` is used instead (Q27).
+    recorded path does not exist, ``<run_path>/checkpoints/model.ckpt`` is used instead (D-Q27).
 
     Raises:
         FileNotFoundError: neither path exists.
@@ -60,7 +62,7 @@ def pretrained_checkpoint(run: dict[str, Any], run_path: Path) -> Path:
 
 
 def train(cfg: DictConfig, run: dict[str, Any], run_path: Path, output_path: Path) -> dict[str, Any]:
-    """Finetune and test (§12.3); returns ``{"metrics": test dict, "ckpt_path": best checkpoint or None}``."""
+    """Finetune and test; returns ``{"metrics": test dict, "ckpt_path": best checkpoint or None}``."""
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
 
@@ -90,6 +92,7 @@ def train(cfg: DictConfig, run: dict[str, Any], run_path: Path, output_path: Pat
         callbacks_cfg=cfg.train.get("callbacks"),
         logging_cfg=cfg.logging,
         debug=cfg.get("debug"),
+        stop_on_non_finite_loss=stop_on_non_finite_loss(cfg),
     )
     # an interrupted run continues from its last.ckpt (see src/train/pipeline.py)
     phase.fit(model, datamodule)
@@ -99,12 +102,12 @@ def train(cfg: DictConfig, run: dict[str, Any], run_path: Path, output_path: Pat
 
 
 def run_semi_supervised(cfg: DictConfig) -> dict[str, Any] | None:
-    """Seed, finetune, test and write ``results.json`` (§12.1); None when the run was already finished.
+    """Seed, finetune, test and write ``results.json``; None when the run was already finished.
 
     An interrupted run continues from ``checkpoints/last.ckpt`` when started again; SIGTERM
-    exits with status 143.
+    exits with status 143. With wandb on, the wandb run is closed however the stage ends.
     """
-    with sigterm_exits_nonzero():
+    with sigterm_exits_nonzero(), wandb_session(cfg.get("logging")):
         return _run_semi_supervised(cfg)
 
 

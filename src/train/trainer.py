@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,14 +29,13 @@ from src.train.callbacks.resume_state import ResumeState
 from src.train.checkpoint_io import AtomicCheckpointIO
 from src.train.loggers import get_lightning_loggers
 from src.utils.plain import to_plain
+from src.utils.registry import Registry
 
 log = logging.getLogger(__name__)
 
 LAST_CKPT = "last.ckpt"
 #: exit status of a run stopped by SIGTERM (128 + 15, what a shell reports for the signal)
 SIGTERM_EXIT = 143
-#: the callbacks a phase's ``callbacks`` node may name
-CALLBACK_NAMES = ("checkpoint", "early_stopping", "online_finetuner", "learning_rate_monitor")
 
 
 def trainer_kwargs(trainer_cfg: Mapping[str, Any], debug: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -59,40 +58,81 @@ def trainer_kwargs(trainer_cfg: Mapping[str, Any], debug: Mapping[str, Any] | No
     return kwargs
 
 
+@dataclass(frozen=True)
+class PhaseContext:
+    """What a callback builder may need beside its own config node."""
+
+    #: where the phase's checkpoints go
+    checkpoint_dir: Path
+    #: whether the Trainer has a logger (Lightning refuses a learning-rate monitor without one)
+    has_logger: bool
+    #: online-probe arguments that come from elsewhere in the config (``encoder_output_dim``, ``num_classes``)
+    probe: Mapping[str, Any]
+
+
+#: the callbacks a phase's ``callbacks`` node may name: ``builder(args, context) -> Callback | None``
+#: (None: not wanted in this context). A new callback is one registration here.
+CALLBACKS: Registry[Callable[[dict[str, Any], PhaseContext], Callback | None]] = Registry(
+    "callback", config_key="callbacks"
+)
+
+
+@CALLBACKS.register("checkpoint")
+def _checkpoint(args: dict[str, Any], ctx: PhaseContext) -> Callback:
+    # overwrite model.ckpt in place rather than writing model-v1.ckpt
+    return ModelCheckpoint(dirpath=ctx.checkpoint_dir, enable_version_counter=False, **args)
+
+
+@CALLBACKS.register("early_stopping")
+def _early_stopping(args: dict[str, Any], ctx: PhaseContext) -> Callback:
+    return EarlyStopping(**args)
+
+
+@CALLBACKS.register("online_finetuner")
+def _online_finetuner(args: dict[str, Any], ctx: PhaseContext) -> Callback:
+    return OnlineFineTuner(**ctx.probe, **args)
+
+
+@CALLBACKS.register("learning_rate_monitor")
+def _learning_rate_monitor(args: dict[str, Any], ctx: PhaseContext) -> Callback | None:
+    # Lightning refuses the monitor without a logger (T-Q18g)
+    return LearningRateMonitor(**args) if ctx.has_logger else None
+
+
+#: the callbacks a phase's ``callbacks`` node may name, in registration order
+CALLBACK_NAMES = tuple(CALLBACKS.keys())
+
+
 def build_callbacks(
     callbacks_cfg: Mapping[str, Any] | None, checkpoint_dir: Path, has_logger: bool, **probe: Any
 ) -> list[Callback]:
-    """Callbacks of a phase in the reference's order; unknown names are an error.
+    """Callbacks of a phase in the config's order (the reference's); unknown names are an error.
 
     ``probe`` holds the online probe's arguments that come from elsewhere in the config
     (``encoder_output_dim``, ``num_classes``).
     """
+    ctx = PhaseContext(checkpoint_dir=checkpoint_dir, has_logger=has_logger, probe=probe)
     callbacks: list[Callback] = []
     for name, args in (to_plain(callbacks_cfg) or {}).items():
-        args = dict(args or {})
-        if name == "checkpoint":
-            # overwrite model.ckpt in place rather than writing model-v1.ckpt
-            callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, enable_version_counter=False, **args))
-        elif name == "early_stopping":
-            callbacks.append(EarlyStopping(**args))
-        elif name == "online_finetuner":
-            callbacks.append(OnlineFineTuner(**probe, **args))
-        elif name == "learning_rate_monitor":
-            if has_logger:  # Lightning refuses the monitor without a logger (T-Q18g)
-                callbacks.append(LearningRateMonitor(**args))
-        else:
-            raise ValueError(f"callbacks.{name} is not a known callback; use one of {', '.join(CALLBACK_NAMES)}")
+        if name not in CALLBACKS:
+            raise ValueError(f"callbacks.{name} is not a known callback; use one of {', '.join(CALLBACKS.keys())}")
+        callback = CALLBACKS[name](dict(args or {}), ctx)
+        if callback is not None:
+            callbacks.append(callback)
     return callbacks
 
 
-def reliability_callbacks(callbacks: list[Callback], checkpoint_dir: Path, check_every_n_steps: int) -> list[Callback]:
+def reliability_callbacks(
+    callbacks: list[Callback], checkpoint_dir: Path, check_every_n_steps: int, stop_on_non_finite_loss: bool = True
+) -> list[Callback]:
     """The callbacks every training phase gets on top of the configured ones.
 
-    ``ResumeState`` (RNG streams, stop flag) and ``NonFiniteLossGuard`` always; a
-    last-checkpoint writer when no configured checkpoint keeps ``last.ckpt``, so that every
-    phase can resume.
+    ``ResumeState`` (RNG streams, stop flag) and ``NonFiniteLossGuard`` always (it stops the run, or
+    with ``stop_on_non_finite_loss=False`` only warns, as the reference kept training); a
+    last-checkpoint writer when no configured checkpoint keeps ``last.ckpt``, so that every phase
+    can resume.
     """
-    extra: list[Callback] = [ResumeState(), NonFiniteLossGuard(check_every_n_steps)]
+    extra: list[Callback] = [ResumeState(), NonFiniteLossGuard(check_every_n_steps, stop=stop_on_non_finite_loss)]
     if not any(isinstance(c, ModelCheckpoint) and c.save_last for c in callbacks):
         extra.append(ModelCheckpoint(dirpath=checkpoint_dir, save_top_k=0, save_last=True))
     return callbacks + extra
@@ -136,6 +176,7 @@ def build_trainer(
     debug: Mapping[str, Any] | None = None,
     checkpoint_dir: Path | None = None,
     reliability: bool = True,
+    stop_on_non_finite_loss: bool = True,
     **probe: Any,
 ) -> TrainingPhase:
     """The Trainer of one phase, writing under ``root``.
@@ -151,6 +192,8 @@ def build_trainer(
         checkpoint_dir: where checkpoints go (default ``root / "checkpoints"``).
         reliability: add the resume-state, non-finite-loss and ``last.ckpt`` callbacks and the atomic
             weights-only checkpoint I/O (every training phase; off only for throw-away trainers).
+        stop_on_non_finite_loss: stop the run at a NaN/inf training loss (the default); False only warns
+            and keeps training, as the reference did (the configs' ``continue_on_non_finite_loss``).
         **probe: online-probe arguments for :func:`build_callbacks`.
     """
     checkpoint_dir = checkpoint_dir or root / "checkpoints"
@@ -161,7 +204,9 @@ def build_trainer(
     all_callbacks = configured
     plugins: list[Any] = []
     if reliability:
-        all_callbacks = reliability_callbacks(configured, checkpoint_dir, int(kwargs.get("log_every_n_steps", 50)))
+        all_callbacks = reliability_callbacks(
+            configured, checkpoint_dir, int(kwargs.get("log_every_n_steps", 50)), stop_on_non_finite_loss
+        )
         plugins.append(AtomicCheckpointIO())
     trainer = pl.Trainer(
         default_root_dir=root, callbacks=all_callbacks, logger=list(loggers) or False, plugins=plugins, **kwargs

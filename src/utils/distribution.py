@@ -1,9 +1,9 @@
-"""Element-wise Gaussian log densities (spec: model_training.md §6.1).
+"""Element-wise Gaussian log densities.
 
 Both helpers work on tensors of any shape and optionally reduce over ``dim``:
 ``reduction="avg"`` takes the mean, ``"sum"`` the sum, ``None`` returns the
 element-wise tensor. Any other value is an error (the reference silently ignored
-``"mean"``; see Quirk Q21).
+``"mean"``; see T-Q21).
 """
 
 from __future__ import annotations

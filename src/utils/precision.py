@@ -9,7 +9,7 @@ _HALF = (torch.float16, torch.bfloat16)
 
 
 def at_least_fp32(t: Tensor) -> Tensor:
-    """fp16/bf16 -> fp32; fp32 and fp64 keep their precision (spec Quirk Q30 allows fp32 losses)."""
+    """fp16/bf16 -> fp32; fp32 and fp64 keep their precision (T-Q30: fp32 losses are the project's choice)."""
     return t.float() if t.dtype in _HALF else t
 
 

@@ -60,6 +60,7 @@ def test_train_step(tmp_path: Path) -> None:
         assert "ratio_vs_deterministic" in case
 
 
+@pytest.mark.slow  # DataLoader worker processes
 def test_epoch_throughput(tmp_path: Path) -> None:
     result = run(epoch_throughput, tmp_path)
     assert [r["workers"] for r in result["loader"]] == [0, epoch_throughput.SIZES["tiny"].workers]

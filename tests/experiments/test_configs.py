@@ -1,5 +1,5 @@
-"""Every config a DVC stage of the spec composes (spec data_evaluation.md §14), the README's
-Compose example, and composition-time errors for wrong options and keys."""
+"""Every config a paper DVC stage composes, the README's Compose example, the reference's keys and the
+fidelity defaults, and composition-time errors for wrong options and keys."""
 
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ def test_pretraining_stage_configs_compose(stage: str) -> None:
 
 @pytest.mark.parametrize("pct", ["1", "10"])
 def test_semi_supervised_stage_configs_compose(pct: str) -> None:
-    """The reference's command (`logging.tracking_project_name` without `+`, Quirk Q1) composes here."""
+    """The reference's command (`logging.tracking_project_name` without `+`, T-Q18b, D-Q1) composes here."""
     m = "ssl_bayes_h_vicreg_beta_1e-05"
     cfg = _compose(
         "semi_supervised",
@@ -156,6 +156,7 @@ def test_readme_compose_example() -> None:
         "output_path",
         "model_ckpt_path",
         "finetuner_ckpt_path",
+        "continue_on_non_finite_loss",
         "dataset",
         "model",
         "logging",
@@ -174,6 +175,27 @@ def test_readme_compose_example() -> None:
         "scale_lr": True,
     }
     assert cfg.output_path == "data/results/cifar10/ssl/barlow_twins"
+
+
+@pytest.mark.parametrize("loss", ["barlow_twins", "mc_barlow_twins", "vicreg", "mc_vicreg"])
+def test_loss_configs_keep_the_reference_keys_and_the_per_device_default(loss: str) -> None:
+    """The informational leaf is `loss_kwargs.loss` as in the reference (T-Q3), so a user's override of the
+    reference key composes; the loss is the reference's per-device one unless asked for (T-Q27)."""
+    family = loss.removeprefix("mc_")
+    cfg = _compose("config", [f"model/loss={loss}", f"model.loss.loss_kwargs.loss={family}_override"])
+    assert cfg.model.loss.loss_kwargs.loss == f"{family}_override" and cfg.model.loss.name == family
+    assert "name" not in cfg.model.loss.loss_kwargs
+    assert cfg.model.loss.gather_distributed is False
+    assert _compose(
+        "config", [f"model/loss={loss}", "model.loss.gather_distributed=true"]
+    ).model.loss.gather_distributed
+
+
+def test_fidelity_switches_default_to_the_reference() -> None:
+    """A non-finite loss stops the run unless continue_on_non_finite_loss=true (the reference kept training)."""
+    for name in ("config", "semi_supervised"):
+        assert _compose(name, []).continue_on_non_finite_loss is False
+        assert _compose(name, ["continue_on_non_finite_loss=true"]).continue_on_non_finite_loss is True
 
 
 @pytest.mark.parametrize(
@@ -205,6 +227,7 @@ def test_linear_probing_configs(path: Path) -> None:
     assert (cfg.num_classes, cfg.max_epochs, list(cfg.scheduler_kwargs.milestones), cfg.batch_size) == expected
 
 
+@pytest.mark.slow
 def test_readme_compose_snippet_runs_verbatim() -> None:
     """The README's Compose example, extracted and run from the repository root."""
     import re

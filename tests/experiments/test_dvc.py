@@ -1,5 +1,5 @@
-"""dvc.yaml: every paper stage of the spec (names, grids, outputs), commands that compose their
-Hydra configs, the dry-run graph, and the demo chain."""
+"""dvc.yaml: every paper stage (names, grids, outputs), commands that compose their Hydra configs, the
+dry-run graph, and the demo chain (the dvc subprocesses and the exhaustive composition are slow)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from src.ood.detectors import PAPER_DETECTORS
+
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "src" / "experiments" / "conf"
 MODELS8 = [
@@ -25,11 +27,10 @@ MODELS8 = [
     "ssl_bayes_h_vicreg_beta_1e-05",
     "ssl_bayes_z_vicreg_beta_0.001",
 ]
-DETECTORS = ["msp", "mds", "sigmamean", "logpprior", "umds", "gram", "odin", "kldivsimk", "edsimk"]
 
 
 def expected_paper_stages() -> dict[str, str]:
-    """Stage name -> its (first) output path, from the spec's grids (data_evaluation.md §14)."""
+    """Stage name -> its (first) output path, from the paper's grids."""
     s = {f"imagenet_ssl@{x}": f"data/results/imagenet/ssl/ssl_{x}" for x in ("barlow_twins", "vicreg")}
     s |= {
         f"imagenet_ssl_bayes_h_barlow@{b}": f"data/results/imagenet/ssl/ssl_bayes_h_barlow_beta_{b}"
@@ -62,7 +63,7 @@ def expected_paper_stages() -> dict[str, str]:
             s[f"{stage}@{prior}-{beta}-{mc}-{seed}"] = (
                 f"data/results/ablation/cifar10/{prefix}_{prior}_beta_{beta}_mc_{mc}_seed_{seed}"
             )
-    s |= {f"ood_detection_study@cifar10-{d}": f"data/results/ood/cifar10/{d}" for d in DETECTORS}
+    s |= {f"ood_detection_study@cifar10-{d}": f"data/results/ood/cifar10/{d}" for d in PAPER_DETECTORS}
     return s
 
 
@@ -87,6 +88,7 @@ def test_every_paper_stage_with_its_output() -> None:
     assert paper == set(expected)  # nothing extra either
 
 
+@pytest.mark.slow
 def test_dvc_stage_list_cli() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "dvc", "stage", "list", "--name-only"],
@@ -107,6 +109,7 @@ def _hydra_overrides(cmd: str) -> tuple[str, list[str]]:
     return Path(script).stem, overrides
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["run_pipeline", "run_semi_supervised"])
 def test_hydra_stage_commands_compose(kind: str) -> None:
     """Each stage command's overrides compose the real config (no training)."""
@@ -130,8 +133,9 @@ def test_hydra_stage_commands_compose(kind: str) -> None:
     assert checked == (8 + 180 + 6 + 12 if kind == "run_pipeline" else 16)
 
 
+@pytest.mark.slow
 def test_ablation_vicreg_stages_depend_on_their_own_loss_config() -> None:
-    """Quirk Q28 fixed: the VICReg ablations depend on mc_vicreg.yaml, and the OOD stage on the runs."""
+    """D-Q28 fixed: the VICReg ablations depend on mc_vicreg.yaml, and the OOD stage on the runs."""
     from dvc.repo import Repo
 
     with Repo(str(ROOT)) as repo:
@@ -156,6 +160,7 @@ def dag(target: str) -> tuple[set[str], str]:
     return {n for n in nodes if "->" not in n}, proc.stdout
 
 
+@pytest.mark.slow
 def test_dry_run_lists_the_chain() -> None:
     # `dvc repro --dry` stops at the first stage whose dependency is produced by an earlier,
     # not yet run stage (a fresh clone has no data/datasets/demo), so the demo chain is read
@@ -175,6 +180,7 @@ def test_dry_run_lists_the_chain() -> None:
     assert "Running stage 'imagenet_ssl@barlow_twins'" in proc.stdout, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_fashion_mnist_chain() -> None:
     """fmnist_report pulls in exactly the Fashion-MNIST stages; each OOD study waits for its runs."""
     nodes, dot = dag("fmnist_report")
@@ -189,6 +195,7 @@ def test_fashion_mnist_chain() -> None:
     assert "--postprocessor-name all" in cmd and outs == ["data/results/ood/fashion_mnist_split"]
 
 
+@pytest.mark.slow
 def test_missing_dataset_stops_at_once_with_a_clear_message(tmp_path: Path) -> None:
     cmd, _ = stages()["imagenet_ssl@barlow_twins"]
     _, overrides = _hydra_overrides(cmd)

@@ -2,8 +2,9 @@
 
 Two CPU processes (gloo) each take one half of a fixed batch. Every check runs in ONE spawn (the
 module fixture ``ranks``), whose per-rank results come back through ``torch.save`` files; the tests
-compare them, in float64, with plain single-process references on the concatenated batch written
-here: the loss formulas of spec §7 and a slice-by-slice loop of ``nn.BatchNorm1d``.
+compare them, in float64, with plain single-process references on the concatenated batch: the loss
+formulas of ``tests.reference.losses`` and a slice-by-slice loop of ``nn.BatchNorm1d``. The tests
+that need the two processes are marked ``slow``.
 
 Why the gradients must match: with ``gather_distributed=True`` every rank evaluates the same global
 loss L, the gather's backward sums the ranks' dL/dz_local (W times this rank's share), and DDP's
@@ -25,6 +26,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from src.model.loss import LOSSES
 from src.model.projector import ProjectionHead, batch_norm_per_slice
+from tests.reference.losses import barlow_twins as ref_barlow_twins
+from tests.reference.losses import mc
+from tests.reference.losses import vicreg as ref_vicreg
 
 WORLD = 2
 N = 8  # global batch; each rank holds N // WORLD rows
@@ -190,32 +194,13 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- plain references
 
 
-def ref_barlow_twins(z1: Tensor, z2: Tensor, batch_size: int, lam: float = 5e-3) -> Tensor:
-    """Spec §7.1 for one [N, D] pair, loop-free but written out."""
-    z1n = (z1 - z1.mean(0)) / z1.std(0)
-    z2n = (z2 - z2.mean(0)) / z2.std(0)
-    c = z1n.T @ z2n / batch_size
-    eye = torch.eye(c.shape[0], dtype=torch.bool)  # off-diagonal mask
-    return ((c.diagonal() - 1) ** 2).sum() + lam * (c[~eye] ** 2).sum()
-
-
-def ref_vicreg(za: Tensor, zb: Tensor, batch_size: int, z_dim: int = D_OUT) -> Tensor:
-    """Spec §7.2 for one [N, D] pair with coefficients 25/25/1."""
-    za, zb = za - za.mean(0), zb - zb.mean(0)
-    inv = ((za - zb) ** 2).mean()
-    var = (
-        torch.relu(1 - torch.sqrt(za.var(0) + 1e-6)).mean() + torch.relu(1 - torch.sqrt(zb.var(0) + 1e-6)).mean()
-    ) / 2
-    eye = torch.eye(za.shape[1], dtype=torch.bool)
-    cov = sum(((z.T @ z / (batch_size - 1))[~eye] ** 2).sum() / z_dim for z in (za, zb))
-    return 25 * inv + 25 * var + cov
-
-
 def ref_loss(name: str, z1: Tensor, z2: Tensor, batch_size: int) -> Tensor:
-    fn = ref_vicreg if "vicreg" in name else ref_barlow_twins
-    if name.startswith("mc_"):  # MC: mean over the M paired samples
-        return torch.stack([fn(z1[m], z2[m], batch_size) for m in range(z1.shape[0])]).mean()
-    return fn(z1, z2, batch_size)
+    """The plain reference's ``cl_loss`` (coefficients of the loss's defaults: 5e-3; 25/25/1)."""
+    if "vicreg" in name:
+        fn, kwargs = ref_vicreg, {"batch_size": batch_size, "z_dim": D_OUT}
+    else:
+        fn, kwargs = ref_barlow_twins, {"batch_size": batch_size}
+    return (mc(fn, z1, z2, **kwargs) if name.startswith("mc_") else fn(z1, z2, **kwargs))["cl_loss"]
 
 
 def ref_value_and_grads(name: str, rows: slice, batch_size: int) -> tuple[Tensor, dict[str, Tensor]]:
@@ -230,6 +215,7 @@ def ref_value_and_grads(name: str, rows: slice, batch_size: int) -> tuple[Tensor
 # ----------------------------------------------------------------------------- tests
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", LOSS_NAMES)
 def test_gathered_loss_and_gradients_equal_single_process_on_global_batch(name: str, ranks) -> None:
     value, grads = ref_value_and_grads(name, slice(None), batch_size=N)
@@ -247,6 +233,7 @@ def test_gathered_loss_and_gradients_equal_single_process_on_global_batch(name: 
             torch.testing.assert_close(got["grads"][k], grads[k], **TOL, msg=f"rank {r}: grad {k}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", LOSS_NAMES)
 def test_per_device_loss_without_gather(name: str, ranks) -> None:
     """gather_distributed=False: each rank's loss is its local loss (per-device batch_size), and
@@ -261,6 +248,7 @@ def test_per_device_loss_without_gather(name: str, ranks) -> None:
     assert not torch.allclose(local[0][0], ranks[0]["losses"][f"{name}/True"]["terms"]["cl_loss"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("momentum", BN_MOMENTA)
 def test_synced_per_slice_batch_norm_equals_slice_loop_on_global_batch(momentum: float | None, ranks) -> None:
     """Outputs and gradients against M sequential nn.BatchNorm1d calls on the full batch; running
@@ -290,6 +278,7 @@ def test_synced_per_slice_batch_norm_equals_slice_loop_on_global_batch(momentum:
         torch.testing.assert_close(ranks[0]["bn"][str(momentum)][k] + ranks[1]["bn"][str(momentum)][k], p.grad, **TOL)
 
 
+@pytest.mark.slow
 def test_projection_head_with_sync_batchnorm_over_mc_samples(ranks) -> None:
     """apply_per_slice accepts the SyncBatchNorm Lightning swaps in, and syncs the 3-D path."""
     head = projection_head()

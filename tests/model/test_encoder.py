@@ -1,33 +1,47 @@
-"""Encoders: output widths, per-dataset stems and their initialisation (spec §2)."""
+"""Encoders (``ENCODERS``): output widths, per-dataset stems and their initialisation."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from src.model.encoder import ENCODERS, encoder_out_dim, get_encoder
+from src.model.encoder import ENCODERS, STEMS, encoder_out_dim, get_encoder
 
 
-@pytest.mark.parametrize("name", sorted(ENCODERS))
-@pytest.mark.parametrize(
-    ("dataset", "channels", "size"),
-    [("cifar10", 3, 32), ("cifar100", 3, 16), ("mnist", 1, 28), ("tinyimagenet", 3, 16), ("imagenet", 3, 64)],
-)
-def test_output_shape_for_every_stem(name: str, dataset: str, channels: int, size: int) -> None:
+@functools.cache
+def encoder(name: str, dataset: str) -> nn.Module:
+    """One build per (encoder, stem), shared by the read-only tests below (eval mode)."""
     torch.manual_seed(0)
-    net = get_encoder(name, dataset).eval()
+    return get_encoder(name, dataset).eval()
+
+
+@pytest.mark.parametrize("name", list(ENCODERS))
+def test_output_width_of_every_encoder(name: str) -> None:
     with torch.no_grad():
-        out = net(torch.randn(2, channels, size, size))
+        out = encoder(name, "cifar10")(torch.randn(2, 3, 8, 8))
     assert out.shape == (2, encoder_out_dim(name))
     assert encoder_out_dim(name) == {"resnet18": 512, "resnet34": 512, "resnet50": 2048}[name]
 
 
-@pytest.mark.parametrize("name", sorted(ENCODERS))
+@pytest.mark.parametrize(
+    ("dataset", "channels", "size"),
+    # small inputs: every stem still ends in a 1x1 feature map
+    # (cifar100 shares cifar10's stem: test_cifar100_has_the_cifar10_stem)
+    [("cifar10", 3, 8), ("mnist", 1, 8), ("tinyimagenet", 3, 8), ("imagenet", 3, 32)],
+)
+def test_output_shape_for_every_stem(dataset: str, channels: int, size: int) -> None:
+    with torch.no_grad():
+        out = encoder("resnet18", dataset)(torch.randn(2, channels, size, size))
+    assert out.shape == (2, 512)
+
+
+@pytest.mark.parametrize("name", list(ENCODERS))
 def test_cifar_stem(name: str) -> None:
-    net = get_encoder(name, "cifar10")
+    net = encoder(name, "cifar10")
     conv = net.conv1
     assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding) == (
         3,
@@ -39,29 +53,36 @@ def test_cifar_stem(name: str) -> None:
     assert conv.bias is None
     assert isinstance(net.maxpool, nn.MaxPool2d) and net.maxpool.kernel_size == 1 and net.maxpool.stride == 1
     assert isinstance(net.fc, nn.Identity)
-    # A CIFAR 32x32 input keeps a 4x4 map before pooling: the stem does not downsample.
+    # The stem does not downsample: 16x16 gives a 2x2 map before pooling (32x32 CIFAR images give 4x4).
     feats: dict[str, torch.Size] = {}
 
     def keep_shape(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
         feats["map"] = output.shape
 
-    net.layer4.register_forward_hook(keep_shape)
-    net.eval()(torch.randn(1, 3, 32, 32))
-    assert feats["map"][-2:] == (4, 4)
+    if name == "resnet18":  # the stem is the same for every encoder; one forward shows it
+        handle = net.layer4.register_forward_hook(keep_shape)
+        with torch.no_grad():
+            net(torch.randn(1, 3, 16, 16))
+        handle.remove()
+        assert feats["map"][-2:] == (2, 2)
+
+
+def test_cifar100_has_the_cifar10_stem() -> None:
+    assert STEMS["cifar100"] == STEMS["cifar10"]
 
 
 def test_mnist_stem_takes_one_channel() -> None:
-    assert get_encoder("resnet18", "mnist").conv1.in_channels == 1
+    assert encoder("resnet18", "mnist").conv1.in_channels == 1
 
 
 def test_tinyimagenet_stem_only_for_resnet18() -> None:
-    assert get_encoder("resnet18", "tinyimagenet").conv1.kernel_size == (4, 4)
-    assert get_encoder("resnet34", "tinyimagenet").conv1.kernel_size == (7, 7)
-    assert get_encoder("resnet50", "tinyimagenet").conv1.kernel_size == (7, 7)
+    assert encoder("resnet18", "tinyimagenet").conv1.kernel_size == (4, 4)
+    assert STEMS["tinyimagenet"].only_for == ("resnet18",)
+    assert encoder("resnet34", "tinyimagenet").conv1.kernel_size == (7, 7)  # the standard stem
 
 
 def test_standard_stem_for_other_datasets() -> None:
-    net = get_encoder("resnet18", "imagenet")
+    net = encoder("resnet18", "imagenet")
     assert net.conv1.kernel_size == (7, 7) and net.conv1.stride == (2, 2) and net.conv1.padding == (3, 3)
     assert net.maxpool.kernel_size == 3 and net.maxpool.stride == 2
 

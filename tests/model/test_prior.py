@@ -1,64 +1,19 @@
-"""Priors against plain references of spec §6.2 (Quirk Q11): scalar math loops and a materialised [M,K,B,D] form."""
+"""Priors against the plain references of ``tests.reference.priors`` (T-Q11): float64 scalar loops and
+the materialised per-sample form; and a contract test over every registered prior (``PRIORS``), built
+from its composed config node."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-from torch import Tensor
 
 from src.model.prior import PRIORS, MoGPrior, StandardPrior, build_prior
-
-LOG_2PI = math.log(2.0 * math.pi)
-
-
-def scalar_log_normal(x: float, mu: float, log_var: float) -> float:
-    return -0.5 * (LOG_2PI + log_var + math.exp(-log_var) * (x - mu) ** 2)
-
-
-def loop_standard_log_prob(x: Tensor) -> Tensor:
-    """(1/M) sum_m log N(x_mbd; 0, 1), one scalar at a time."""
-    m, b, d = x.shape
-    xs = x.double().tolist()
-    out = [
-        [math.fsum(-0.5 * LOG_2PI - 0.5 * xs[i][bi][di] ** 2 for i in range(m)) / m for di in range(d)]
-        for bi in range(b)
-    ]
-    return torch.tensor(out, dtype=torch.float64)
-
-
-def loop_mog_log_prob(x: Tensor, means: Tensor, log_vars: Tensor, w: Tensor) -> Tensor:
-    """log sum_k softmax(w)_k exp( (1/M) sum_m log N(x_mbd; means_kd, exp(log_vars_kd)) ), per (b, d)."""
-    m, b, d = x.shape
-    k = means.shape[0]
-    xs, mus, lvs = x.double().tolist(), means.double().tolist(), log_vars.double().tolist()
-    ws = w.double().reshape(-1).tolist()
-    w_max = max(ws)
-    log_norm = w_max + math.log(math.fsum(math.exp(wi - w_max) for wi in ws))
-    log_pi = [wi - log_norm for wi in ws]
-    out = []
-    for bi in range(b):
-        row = []
-        for di in range(d):
-            terms = []
-            for ki in range(k):
-                avg = math.fsum(scalar_log_normal(xs[i][bi][di], mus[ki][di], lvs[ki][di]) for i in range(m)) / m
-                terms.append(log_pi[ki] + avg)
-            t_max = max(terms)
-            row.append(t_max + math.log(math.fsum(math.exp(t - t_max) for t in terms)))
-        out.append(row)
-    return torch.tensor(out, dtype=torch.float64)
-
-
-def tensor_mog_log_prob(x: Tensor, means: Tensor, log_vars: Tensor, w: Tensor) -> Tensor:
-    """The straightforward tensor form that materialises [M, K, B, D] (spec §6.2 steps 1-4)."""
-    xm = x[:, None, :, :]  # [M, 1, B, D]
-    mu = means[None, :, None, :]  # [1, K, 1, D]
-    lv = log_vars[None, :, None, :]
-    log_n = -0.5 * (LOG_2PI + lv + torch.exp(-lv) * (xm - mu) ** 2)  # [M, K, B, D]
-    avg = log_n.mean(0)  # [K, B, D]
-    return torch.logsumexp(avg + torch.log_softmax(w, dim=0), dim=0)
+from src.utils.plain import to_plain
+from tests.conftest import CONF, compose_config
+from tests.reference.priors import mog_log_prob as tensor_mog_log_prob
+from tests.reference.priors import mog_log_prob_scalar as loop_mog_log_prob
+from tests.reference.priors import prior_log_prob
+from tests.reference.priors import standard_log_prob_scalar as loop_standard_log_prob
 
 
 def randomise_mog(prior: MoGPrior, seed: int, lv_range: tuple[float, float] = (-6.0, 3.0)) -> None:
@@ -100,7 +55,7 @@ def test_standard_prior_sample_shape() -> None:
 
 
 def test_mog_sample_uses_exp_half_log_var_as_std() -> None:
-    """Quirk Q12 (corrected, optional): draws use std = exp(log_var / 2); w = [10, -10] picks component 0."""
+    """T-Q12 (corrected, optional): draws use std = exp(log_var / 2); w = [10, -10] picks component 0."""
     torch.manual_seed(0)
     prior = MoGPrior(latent_dim=3, num_components=2)
     with torch.no_grad():
@@ -172,7 +127,7 @@ def test_mog_with_one_component_and_one_sample_is_a_gaussian() -> None:
 
 
 def test_mog_mc_average_sits_inside_the_logsumexp() -> None:
-    """Quirk Q11: log p is not the MC mean of per-sample mixture densities (which would be a different number)."""
+    """T-Q11: log p is not the MC mean of per-sample mixture densities (which would be a different number)."""
     torch.manual_seed(6)
     prior = MoGPrior(latent_dim=3, num_components=4).double()
     randomise_mog(prior, seed=6)
@@ -221,7 +176,7 @@ def test_mog_gradients_match_materialised_reference(m: int) -> None:
 
 
 def test_mog_initialisation() -> None:
-    """means and log_vars are N(0, 1) draws (not zeros, Quirk Q11); w is zeros [K, 1, 1]."""
+    """means and log_vars are N(0, 1) draws (not zeros, T-Q11); w is zeros [K, 1, 1]."""
     torch.manual_seed(0)
     k, d = 10, 4096
     prior = MoGPrior(latent_dim=d, num_components=k)
@@ -245,51 +200,69 @@ def test_mog_default_has_ten_components() -> None:
     assert MoGPrior(latent_dim=3).means.shape == (10, 3)
 
 
-@pytest.mark.parametrize("cls", [StandardPrior, MoGPrior])
-@pytest.mark.parametrize("shape", [(3, 4), (2, 3, 5), (2, 3, 4, 4), (4,)])
-def test_log_prob_rejects_bad_shapes(cls, shape) -> None:
-    prior = cls(latent_dim=4)
-    with pytest.raises(ValueError):
-        prior.log_prob(torch.randn(*shape))
-
-
 def test_mog_rejects_zero_components() -> None:
     with pytest.raises(ValueError):
         MoGPrior(latent_dim=3, num_components=0)
 
 
-# ----------------------------------------------------------------------------- registry
+# ----------------------------------------------------------------------------- registry contract
+KEYS = list(PRIORS)
 
 
-def _check_prior(prior: torch.nn.Module, key: str, d: int, k: int = 10) -> None:
+def composed_prior(key: str, latent_dim: int) -> torch.nn.Module:
+    """The ``model/prior=<key>`` node as the Bayes models build it (``latent_dim`` set by the model)."""
+    node = to_plain(compose_config(f"model/prior={key}").model.prior)
+    prior = build_prior(node, latent_dim)
     assert type(prior) is PRIORS[key]
-    torch.manual_seed(1)
-    x = torch.randn(3, 2, d, dtype=torch.float64)
-    if key == "standard":
-        torch.testing.assert_close(prior.log_prob(x.float()).double(), loop_standard_log_prob(x), rtol=1e-5, atol=1e-5)
-    elif key == "mog":
-        assert prior.means.shape == (k, d)
-        expected = loop_mog_log_prob(x, prior.means, prior.log_vars, prior.w)
-        torch.testing.assert_close(prior.log_prob(x.float()).double(), expected, rtol=1e-5, atol=1e-4)
-    else:
-        raise AssertionError(f"registry entry {key} has no reference in this test")
+    return prior
 
 
-@pytest.mark.parametrize("key", sorted(PRIORS))
-def test_registry_builds_by_name(key: str) -> None:
-    prior = build_prior({"name": key}, latent_dim=6)
-    _check_prior(prior, key, 6)
+def test_every_prior_has_a_config_of_the_same_name() -> None:
+    assert set(KEYS) <= {p.stem for p in (CONF / "model" / "prior").glob("*.yaml")}
 
 
-@pytest.mark.parametrize("key", sorted(PRIORS))
-def test_registry_builds_by_target_and_overrides_latent_dim(key: str) -> None:
-    cls = PRIORS[key]
-    spec = {"_target_": f"{cls.__module__}.{cls.__name__}", "_partial_": True, "name": key, "latent_dim": 999}
-    if key == "mog":
-        spec["num_components"] = 3
-    prior = build_prior(spec, latent_dim=5)
-    assert prior.latent_dim == 5
-    _check_prior(prior, key, 5, k=3)
+@pytest.mark.parametrize("key", KEYS)
+def test_log_prob_shape_finite_values_and_gradients(key: str) -> None:
+    """log p̄ [B, D] from samples [M, B, D]; gradients reach the samples and every prior parameter."""
+    m, b, d = 3, 4, 5
+    prior = composed_prior(key, d)
+    assert prior.latent_dim == d
+    x = torch.randn(m, b, d, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    out = prior.log_prob(x)
+    assert out.shape == (b, d) and out.dtype == x.dtype and torch.isfinite(out).all()
+    leaves = [x, *prior.parameters()]
+    grads = torch.autograd.grad(out.sum(), leaves)
+    for name, g in zip(["x", *(n for n, _ in prior.named_parameters())], grads, strict=True):
+        assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_log_prob_matches_the_plain_reference(key: str) -> None:
+    prior = composed_prior(key, 6).double()
+    x = torch.randn(3, 2, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 2
+    try:
+        expected = prior_log_prob(key, prior, x)
+    except KeyError:
+        pytest.skip(f"no plain reference for {key!r} in tests/reference/priors.py")
+    torch.testing.assert_close(prior.log_prob(x), expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("key", KEYS)
+@pytest.mark.parametrize("shape", [(3, 4), (2, 3, 5), (2, 3, 4, 4), (4,)])
+def test_log_prob_rejects_bad_shapes(key: str, shape: tuple[int, ...]) -> None:
+    prior = composed_prior(key, 4)
+    with pytest.raises(ValueError):
+        prior.log_prob(torch.randn(*shape))
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_state_dict_loads_weights_only(key: str, tmp_path) -> None:
+    prior = composed_prior(key, 4)
+    torch.save(prior.state_dict(), tmp_path / "prior.pt")
+    other = composed_prior(key, 4)
+    other.load_state_dict(torch.load(tmp_path / "prior.pt", weights_only=True))
+    for k, v in prior.state_dict().items():
+        assert torch.equal(other.state_dict()[k], v), k
 
 
 def test_registry_none_is_standard() -> None:
@@ -300,5 +273,5 @@ def test_registry_none_is_standard() -> None:
     "spec", [{"name": "vamp"}, {"_target_": "src.model.prior.GaussianPrior"}, {"_target_": "prior.MoGPrior"}]
 )
 def test_registry_unknown_prior_raises(spec: dict) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a known prior"):
         build_prior(spec, latent_dim=4)

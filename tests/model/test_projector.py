@@ -1,4 +1,5 @@
-"""Projection heads (spec §3) and the batched per-MC-slice projector (spec §5.3) against a slice-by-slice loop.
+"""Projection heads and the batched per-MC-slice projector against the slice-by-slice loop of
+``tests.reference.ssl_step.project_per_slice``.
 
 The reference applies a deep copy of the head to each MC slice in turn, exactly as the original maps the
 head over the M samples: per-slice BatchNorm batch statistics and M sequential running-stat updates.
@@ -10,16 +11,13 @@ import copy
 
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from src.model.projector import ProjectionHead, batch_norm_per_slice, build_projection_head
+from tests.reference.ssl_step import project_per_slice
 
 RTOL = 1e-5
 ATOL = 1e-6
-
-
-def loop_reference(module: nn.Module, x: Tensor) -> Tensor:
-    return torch.stack([module(x[m]) for m in range(x.shape[0])])
 
 
 def randomise(head: nn.Module, seed: int) -> None:
@@ -136,7 +134,7 @@ def test_projector_over_mc_samples_matches_slice_loop_train_mode(dataset: str, m
         upstream = torch.randn(m, b, 5)
         x_fast, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
         out = head(x_fast)
-        expected = loop_reference(ref, x_ref)
+        expected = project_per_slice(ref, x_ref)
         assert out.shape == (m, b, 5)
         torch.testing.assert_close(out, expected, rtol=RTOL, atol=ATOL, msg=f"step {step}")
         (out * upstream).sum().backward()
@@ -161,7 +159,7 @@ def test_projector_over_mc_samples_matches_slice_loop_eval_mode(dataset: str) ->
     x = torch.randn(4, 7, 6)
     upstream = torch.randn(4, 7, 5)
     x_fast, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
-    out, expected = head(x_fast), loop_reference(ref, x_ref)
+    out, expected = head(x_fast), project_per_slice(ref, x_ref)
     torch.testing.assert_close(out, expected, rtol=RTOL, atol=ATOL)
     (out * upstream).sum().backward()
     (expected * upstream).sum().backward()
@@ -199,7 +197,7 @@ def _check_bn_against_loop(bn: nn.BatchNorm1d, calls: int, m: int, b: int, c: in
         upstream = torch.randn(m, b, c, generator=g)
         x_fast, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
         out = batch_norm_per_slice(bn, x_fast)
-        expected = loop_reference(ref, x_ref)
+        expected = project_per_slice(ref, x_ref)
         torch.testing.assert_close(out, expected, rtol=RTOL, atol=ATOL, msg=f"step {step}")
         (out * upstream).sum().backward()
         (expected * upstream).sum().backward()

@@ -1,8 +1,10 @@
-"""Gaussian head, reparameterised sampling and the KL-style term against spec §5.2 and §6.3."""
+"""Gaussian head, reparameterised sampling and the KL-style term against the plain references of
+``tests.reference`` (the clamp formula, per-sample loops of the log densities)."""
 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,60 +22,35 @@ from src.model.stochastic import (
     kl_term,
     sample,
 )
-
-LOG_2PI = math.log(2.0 * math.pi)
-
-
-def scalar_log_normal(x: float, mu: float, log_var: float) -> float:
-    return -0.5 * (LOG_2PI + log_var + math.exp(-log_var) * (x - mu) ** 2)
-
-
-def loop_log_prior(s: list, b: int, d: int, prior: torch.nn.Module) -> float:
-    """(1/M) sum_m log N(s; 0, 1) for the standard prior, spec §6.2 per-dimension mixture for MoG."""
-    m = len(s)
-    if isinstance(prior, StandardPrior):
-        return math.fsum(-0.5 * LOG_2PI - 0.5 * s[i][b][d] ** 2 for i in range(m)) / m
-    means, log_vars = prior.means.double().tolist(), prior.log_vars.double().tolist()
-    ws = prior.w.double().reshape(-1).tolist()
-    log_z = math.log(math.fsum(math.exp(w) for w in ws))
-    terms = [
-        ws[k] - log_z + math.fsum(scalar_log_normal(s[i][b][d], means[k][d], log_vars[k][d]) for i in range(m)) / m
-        for k in range(len(ws))
-    ]
-    t_max = max(terms)
-    return t_max + math.log(math.fsum(math.exp(t - t_max) for t in terms))
+from tests.reference import priors as ref
+from tests.reference.ssl_step import LOG_VAR_BOUNDS, MU_BOUNDS
 
 
 def loop_kl(samples: Tensor, mu: Tensor, log_var: Tensor, prior: torch.nn.Module) -> float:
-    """KL^ = (1/B) sum_b sum_d ( mean_m log N(s; mu, e^l) - log p_bar ), scalar by scalar (spec §6.3)."""
-    m, b, d = samples.shape
-    s, mus, lvs = samples.double().tolist(), mu.double().tolist(), log_var.double().tolist()
-    total = []
-    for bi in range(b):
-        for di in range(d):
-            log_q = math.fsum(scalar_log_normal(s[i][bi][di], mus[bi][di], lvs[bi][di]) for i in range(m)) / m
-            total.append(log_q - loop_log_prior(s, bi, di, prior))
-    return math.fsum(total) / b
+    """KL^ in float64, the prior's log density from the scalar oracle (T-Q11)."""
+    s = samples.double()
+    if isinstance(prior, StandardPrior):
+        log_p = ref.standard_log_prob_scalar(s)
+    else:
+        log_p = ref.mog_log_prob_scalar(s, prior.means, prior.log_vars, prior.w)
+    return float(ref.kl_term(s, mu.double(), log_var.double(), log_p))
 
 
 def tensor_kl(samples: Tensor, mu: Tensor, log_var: Tensor, prior_params: dict[str, Tensor] | None) -> Tensor:
-    """The same term with materialised tensors in float64 (for autograd)."""
-    log_q = (-0.5 * (LOG_2PI + log_var + torch.exp(-log_var) * (samples - mu) ** 2)).mean(0)
+    """The same term from the per-sample tensor references (differentiable, for gradients)."""
     if prior_params is None:
-        log_p = (-0.5 * LOG_2PI - 0.5 * samples**2).mean(0)
+        log_p = ref.standard_log_prob(samples)
     else:
-        mus = prior_params["means"][None, :, None, :]
-        lvs = prior_params["log_vars"][None, :, None, :]
-        log_n = (-0.5 * (LOG_2PI + lvs + torch.exp(-lvs) * (samples[:, None] - mus) ** 2)).mean(0)
-        log_p = torch.logsumexp(log_n + torch.log_softmax(prior_params["w"], 0), 0)
-    return (log_q - log_p).sum(-1).mean()
+        log_p = ref.prior_log_prob("mog", SimpleNamespace(**prior_params), samples)
+    return ref.kl_term(samples, mu, log_var, log_p)
 
 
 # ----------------------------------------------------------------------------- constants and clamps
 
 
 def test_clamp_constants() -> None:
-    assert (MIN_MU, MAX_MU) == (-20.0, 20.0)
+    assert (MIN_MU, MAX_MU) == (-20.0, 20.0) == MU_BOUNDS
+    assert (MIN_LOG_VAR, MAX_LOG_VAR) == LOG_VAR_BOUNDS
     assert (MIN_SIGMA, MAX_SIGMA) == (0.01, 5.0)
     assert MIN_LOG_VAR == pytest.approx(-9.210340371976182, abs=1e-14)
     assert MAX_LOG_VAR == pytest.approx(3.2188758248682006, abs=1e-14)
@@ -89,7 +66,7 @@ def test_gaussian_head_layers() -> None:
 
 
 def test_gaussian_head_clamps_values_and_gradients() -> None:
-    """Outputs beyond the bounds are clipped and get zero gradient; the rest pass through (spec §5.2)."""
+    """Outputs beyond the bounds are clipped and get zero gradient; the rest pass through."""
     torch.manual_seed(0)
     b, i_dim, o_dim = 16, 3, 6
     head = GaussianHead(i_dim, o_dim).double()
@@ -171,7 +148,7 @@ def test_sample_reparameterisation_gradients() -> None:
 
 
 def test_sample_is_fp32_for_half_parameters() -> None:
-    """Quirk Q30: the samples are fp32 even when mu comes out of an fp16 layer."""
+    """T-Q30: the samples are fp32 even when mu comes out of an fp16 layer (the reference drew eps in fp16)."""
     torch.manual_seed(2)
     s = sample(torch.randn(2, 3).half(), torch.zeros(2, 3), 4)
     assert s.dtype == torch.float32

@@ -1,4 +1,4 @@
-"""Gaussian log-density helpers against a scalar transcription of spec §6.1 and torch.distributions."""
+"""Gaussian log-density helpers against a scalar transcription of the formula and torch.distributions."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def test_log_normal_diag_reductions(gaussian_inputs, reduction: str, dim: int | 
 
 
 def test_log_normal_diag_broadcasts_samples_against_parameters() -> None:
-    """Samples [M, B, D] against parameters [B, D], averaged over M (the KL-term usage, spec §6.3)."""
+    """Samples [M, B, D] against parameters [B, D], averaged over M (the KL-term usage)."""
     torch.manual_seed(1)
     m, b, d = 4, 3, 5
     s = torch.randn(m, b, d, dtype=torch.float64)
@@ -148,7 +148,7 @@ def test_log_standard_normal_gradient() -> None:
 
 @pytest.mark.parametrize("reduction", ["mean", "Mean", "AVG", "none", "", "max", "prod"])
 def test_unknown_reduction_raises(reduction: str) -> None:
-    """Quirk Q21: only "avg"/"sum"/None are reductions; anything else (including "mean") is an error."""
+    """T-Q21: only "avg"/"sum"/None are reductions; anything else (including "mean") is an error."""
     x = torch.zeros(2, 3)
     with pytest.raises(ValueError):
         log_normal_diag(x, x, x, reduction=reduction, dim=0)

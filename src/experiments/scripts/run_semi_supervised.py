@@ -1,6 +1,6 @@
 """Semi-supervised finetuning of a pretrained run on ImageNet 1 % / 10 %, configured by Hydra.
 
-The DVC stage command (spec: data_evaluation.md §14.3), e.g.:
+The DVC stage command, e.g.:
 
     python src/experiments/scripts/run_semi_supervised.py dataset=imagenet1pct seed=1997 \
         run_path=data/results/imagenet/ssl/ssl_barlow_twins \
@@ -8,7 +8,7 @@ The DVC stage command (spec: data_evaluation.md §14.3), e.g.:
         logging.tracking_project_name=bayes-ssl \
         '+logging.wandb_logger_kwargs.tags=["semi_supervised", "imagenet", "1pct"]'
 
-With wandb off (the default) the wandb options are ignored with a warning (Quirk Q1). Outputs
+With wandb off (the default) the wandb options are ignored with a warning (T-Q18b, D-Q1). Outputs
 go to ``output_path`` (see ``src/train/semi_supervised.py``).
 """
 
@@ -23,13 +23,7 @@ from src.train.semi_supervised import run_semi_supervised
 
 @hydra.main(version_base=None, config_path="../conf", config_name="semi_supervised")
 def main(cfg: DictConfig) -> None:
-    try:
-        run_semi_supervised(cfg)
-    finally:
-        if cfg.logging.get("wandb", False):
-            import wandb
-
-            wandb.finish()
+    run_semi_supervised(cfg)
 
 
 if __name__ == "__main__":

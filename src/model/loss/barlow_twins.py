@@ -1,4 +1,4 @@
-"""Barlow Twins loss, as computed by the reference (spec: model_training.md §7.1, Quirk Q9).
+"""Barlow Twins loss, as computed by the reference (T-Q9).
 
 For two views z1, z2 of shape [N, D]:
 
@@ -13,7 +13,7 @@ D=1024, N=256); this floor is the reference's and is kept.
 
 Under DDP (W > 1 ranks) with ``gather_distributed=True`` both views are first gathered
 across ranks (N = W*B rows) and C is divided by ``batch_size * W``: the loss of one process
-on the global batch (spec Quirk Q27 notes the reference computed it per device).
+on the global batch. The default, ``False``, is the reference's per-device loss (T-Q27).
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ class BarlowTwinsLoss(nn.Module):
             by ``batch_size * W`` (W = 1 without DDP or with ``gather_distributed=False``).
         lambda_coeff: weight of the off-diagonal (redundancy-reduction) term.
         gather_distributed: under DDP, compute the loss on the global batch gathered from all
-            ranks (autograd-aware); False keeps the reference's per-device loss.
-        name, loss_kwargs: config metadata, accepted and ignored as the reference does.
+            ranks (autograd-aware); False (the default) keeps the reference's per-device loss (T-Q27).
+        name, loss_kwargs: config metadata, accepted and ignored as the reference does (T-Q3).
             Any other keyword is an error (a misspelt coefficient must not fall back to its default).
     """
 
@@ -76,7 +76,7 @@ class BarlowTwinsLoss(nn.Module):
         lambda_coeff: float = 5e-3,
         name: str | None = None,
         loss_kwargs: dict[str, Any] | None = None,
-        gather_distributed: bool = True,
+        gather_distributed: bool = False,
     ) -> None:
         super().__init__()
         self.batch_size = check_batch_size(batch_size, type(self).__name__)
@@ -102,7 +102,7 @@ class BarlowTwinsLoss(nn.Module):
 
 @LOSSES.register("mc_barlow_twins")
 class MCBarlowTwinsLoss(BarlowTwinsLoss):
-    """Barlow Twins over MC samples ``[M, B, D]`` (spec §7.3).
+    """Barlow Twins over MC samples ``[M, B, D]``.
 
     Sample m of view 1 is paired with sample m of view 2, the full loss is computed per
     pair (all M pairs in one batched computation) and every returned term is averaged

@@ -1,4 +1,4 @@
-"""VICReg loss, as computed by the reference (spec: model_training.md §7.2, Quirk Q10).
+"""VICReg loss, as computed by the reference (T-Q10).
 
 For two views z_a, z_b of shape [N, D]:
 
@@ -12,8 +12,8 @@ For two views z_a, z_b of shape [N, D]:
 
 Under DDP (W > 1 ranks) with ``gather_distributed=True`` both views are first gathered
 across ranks (N = W*B rows) and the covariance is divided by ``batch_size * W - 1``: the
-loss of one process on the global batch, as the official VICReg code computes it (spec
-Quirk Q27 notes the reference computed it per device).
+loss of one process on the global batch, as the official VICReg code computes it. The
+default, ``False``, is the reference's per-device loss (T-Q27).
 """
 
 from __future__ import annotations
@@ -88,8 +88,8 @@ class VICRegLoss(nn.Module):
         z_dim: embedding width that divides the covariance penalty.
         variance_coeff, invariance_coeff, covariance_coeff: term weights (25, 25, 1).
         gather_distributed: under DDP, compute the loss on the global batch gathered from all
-            ranks (autograd-aware); False keeps the reference's per-device loss.
-        name, loss_kwargs: config metadata, accepted and ignored as the reference does.
+            ranks (autograd-aware); False (the default) keeps the reference's per-device loss (T-Q27).
+        name, loss_kwargs: config metadata, accepted and ignored as the reference does (T-Q3).
     """
 
     mc: bool = False
@@ -103,7 +103,7 @@ class VICRegLoss(nn.Module):
         covariance_coeff: float = 1.0,
         name: str | None = None,
         loss_kwargs: dict[str, Any] | None = None,
-        gather_distributed: bool = True,
+        gather_distributed: bool = False,
     ) -> None:
         super().__init__()
         self.batch_size = check_batch_size(batch_size, type(self).__name__)

@@ -8,15 +8,22 @@ them only every ``check_every_n_steps`` steps and before every checkpoint is sav
 hot path has no host-device synchronisation. A fault raises :class:`NonFiniteLossError`
 naming the first bad step and the non-finite terms; the last checkpoint on disk is the last
 good one, and the pipeline writes no results.
+
+The reference had no such guard: it kept training (under fp16 the gradient scaler skips the
+steps whose gradients overflow). ``stop=False`` (the configs' ``continue_on_non_finite_loss: true``)
+does that too: the first bad step is reported once as a warning and training goes on.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -32,13 +39,19 @@ class NonFiniteLossGuard(pl.Callback):
     Args:
         check_every_n_steps: how often the host looks at the device-side flags; the check
             also runs at every validation start, epoch end, fit end and checkpoint save.
+        stop: raise at the first check that finds a bad step (the default); False logs one warning
+            naming the first bad step and lets training go on, as the reference did.
     """
 
-    def __init__(self, check_every_n_steps: int = 50) -> None:
+    def __init__(self, check_every_n_steps: int = 50, stop: bool = True) -> None:
         super().__init__()
         if int(check_every_n_steps) < 1:
             raise ValueError(f"check_every_n_steps must be >= 1, got {check_every_n_steps}")
+        if not isinstance(stop, bool):
+            raise TypeError(f"stop must be a bool, got {stop!r}")
         self.check_every_n_steps = int(check_every_n_steps)
+        self.stop = stop
+        self.warned = False
         self._names: list[str] | None = None
         self._bad: Tensor | None = None  # [T] bool: term t was non-finite at the first bad step
         self._first: Tensor | None = None  # [3] int64: epoch, batch index, global step; -1 = none yet
@@ -55,6 +68,8 @@ class NonFiniteLossGuard(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if self.warned:
+            return  # continue mode, already reported
         terms = self._terms(pl_module, outputs)
         if not terms:
             return
@@ -77,16 +92,28 @@ class NonFiniteLossGuard(pl.Callback):
             self._check(trainer)
 
     def _check(self, trainer: pl.Trainer) -> None:
-        if self._bad is None or self._first is None or not bool(self._bad.any()):
+        if self.warned or self._bad is None or self._first is None or not bool(self._bad.any()):
             return
         epoch, batch_idx, step = (int(v) for v in self._first.tolist())
         terms = [n for n, b in zip(self._names or [], self._bad.tolist(), strict=True) if b]
+        if not self.stop:
+            self.warned = True  # once per fit: the flags keep the first bad step only
+            log.warning(
+                "the training loss became non-finite at global step %d (epoch %d, batch %d); non-finite terms: "
+                "%s. Training goes on (continue_on_non_finite_loss=true, as the reference did).",
+                step,
+                epoch,
+                batch_idx,
+                ", ".join(terms),
+            )
+            return
         ckpt = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none written yet"
         raise NonFiniteLossError(
             f"the training loss became non-finite at global step {step} (epoch {epoch}, batch {batch_idx}); "
             f"non-finite terms: {', '.join(terms)}. The run was stopped and nothing was marked done; the last "
             f"good checkpoint is {ckpt}. Lower the learning rate (or beta_scale), check the input data for "
-            "NaN/inf values, or train in 32-bit precision, then run the same command again."
+            "NaN/inf values, or train in 32-bit precision, then run the same command again (or set "
+            "continue_on_non_finite_loss=true to keep training, as the reference did)."
         )
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -1,11 +1,11 @@
-"""The online linear probe trained alongside pretraining (spec: model_training.md §9).
+"""The online linear probe trained alongside pretraining.
 
 At fit start the module's probe is replaced by a fresh Linear(E -> C) with its own Adam
-(lr 1e-4, no weight decay); the main optimizer never sees it (Quirk Q14). After every
+(lr 1e-4, no weight decay); the main optimizer never sees it (T-Q14). After every
 training batch (so after the main step) the probe takes one step on the finetune view x3;
 at every validation batch it is evaluated. The features are computed outside autocast
 with the module in its current mode, so in training the encoder's BatchNorm running
-statistics are updated by these extra forwards, as in the reference (Quirk Q15a); Bayes-H
+statistics are updated by these extra forwards, as in the reference (T-Q15a); Bayes-H
 runs its forward twice (the first pass only tells the output type), each with a fresh
 MC draw, and the probe sees the MC-mean ``repr`` of the second.
 

@@ -1,15 +1,13 @@
-"""Loggers from the `logging` config node, and atomic file output."""
+"""Loggers from the `logging` config node, and the wandb session of a stage."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
-from src.train.loggers import get_lightning_loggers
-from src.utils.io import atomic_write, read_json, write_json
+from src.train.loggers import LOGGERS, ON_BY_DEFAULT, get_lightning_loggers, wandb_session
 
 
 def test_csv_only_by_default(tmp_path: Path) -> None:
@@ -39,7 +37,7 @@ def test_order_tensorboard_wandb_csv_and_wandb_offline_without_key(
 
 
 def test_wandb_options_without_wandb_are_ignored_with_a_warning(tmp_path: Path, caplog) -> None:
-    """The reference raised here, so its semi-supervised DVC commands could not run (Quirk Q1)."""
+    """The reference raised here, so its semi-supervised DVC commands could not run (T-Q18b, D-Q1)."""
     cfg = {"wandb": False, "csv": True, "tracking_project_name": "bayes-ssl", "wandb_logger_kwargs": {"tags": ["x"]}}
     with caplog.at_level("WARNING"):
         loggers = get_lightning_loggers(cfg, tmp_path)
@@ -47,31 +45,26 @@ def test_wandb_options_without_wandb_are_ignored_with_a_warning(tmp_path: Path, 
     assert "tracking_project_name" in caplog.text and "wandb_logger_kwargs" in caplog.text
 
 
-def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
-    target = tmp_path / "out" / "results.json"
+@pytest.mark.parametrize("wandb_on", [False, True])
+def test_wandb_session_finishes_the_wandb_run_however_the_stage_ends(
+    wandb_on: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import wandb
 
-    def fail(path: Path) -> None:
-        path.write_text("{partial")
-        raise RuntimeError("killed")
-
-    with pytest.raises(RuntimeError, match="killed"):
-        atomic_write(target, fail)
-    assert not target.exists() and os.listdir(target.parent) == []
-    write_json(target, {"a": 1.5})
-    assert target.read_text() == '{\n\t"a": 1.5\n}\n' and read_json(target) == {"a": 1.5}
-
-
-def test_read_json_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        read_json(tmp_path / "missing.json")
-    bad = tmp_path / "bad.json"
-    bad.write_text("{")
-    with pytest.raises(ValueError, match="not valid JSON"):
-        read_json(bad)
+    calls: list[int] = []
+    monkeypatch.setattr(wandb, "finish", lambda *a, **k: calls.append(1))
+    with wandb_session({"wandb": wandb_on}):
+        pass
+    with pytest.raises(RuntimeError, match="stage failed"), wandb_session({"wandb": wandb_on}):
+        raise RuntimeError("stage failed")
+    assert len(calls) == (2 if wandb_on else 0)
 
 
-def test_unwritable_output_folder_is_a_clear_error(tmp_path: Path) -> None:
-    blocker = tmp_path / "file"
-    blocker.write_text("")
-    with pytest.raises(OSError, match="cannot create the output folder"):
-        write_json(blocker / "sub" / "results.json", {})
+def test_every_registered_logger_has_its_flag_in_the_logging_config() -> None:
+    from omegaconf import OmegaConf
+
+    from tests.conftest import CONF
+
+    flags = OmegaConf.load(CONF / "logging" / "default.yaml")
+    assert set(LOGGERS) <= set(flags) and list(LOGGERS) == ["tensorboard", "wandb", "csv"]
+    assert ON_BY_DEFAULT <= set(LOGGERS)

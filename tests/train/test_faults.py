@@ -1,5 +1,7 @@
-"""A non-finite loss stops the run with the step and the bad terms named, keeps the last good
-checkpoint and marks nothing done; same-seed CPU runs are identical."""
+"""The pipeline and a non-finite loss: by default it stops the run with the step and the bad terms
+named, keeps the last good checkpoint and marks nothing done; with ``continue_on_non_finite_loss=true``
+the run goes on to the end, as the reference's did. Same-seed CPU runs are identical. (slow: multi-epoch
+runs; the guard itself is tested fast in tests/train/callbacks/test_fault_guard.py)"""
 
 from __future__ import annotations
 
@@ -9,19 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.data.prepare.demo_data import prepare_demo_data
 from src.task.bayesian_ssl import ZBayesianSelfSupervisedLearning
 from src.train.callbacks.fault_guard import NonFiniteLossError
 from src.train.pipeline import run_pipeline
 from src.utils.checkpoint import load_checkpoint
-from tests.experiments.test_pipeline import compose_run
+from tests.train.conftest import compose_run
 
 FAULT_AT = 30  # training step (0-based global step) whose KL term is made infinite
-
-
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return prepare_demo_data(tmp_path_factory.mktemp("datasets") / "demo")
 
 
 def tiny(demo_root: Path, out: Path, *extra: str):
@@ -34,9 +30,9 @@ def tiny(demo_root: Path, out: Path, *extra: str):
     )
 
 
-def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
-    demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def faulty_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bayes-Z's training step at global step FAULT_AT returns an infinite KL term (and loss)."""
     original = ZBayesianSelfSupervisedLearning.shared_step
 
     def faulty(self: ZBayesianSelfSupervisedLearning, batch):  # type: ignore[no-untyped-def]
@@ -47,6 +43,12 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
         return out
 
     monkeypatch.setattr(ZBayesianSelfSupervisedLearning, "shared_step", faulty)
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
+    demo_root: Path, tmp_path: Path, faulty_step: None
+) -> None:
     out = tmp_path / "run"
     with pytest.raises(NonFiniteLossError) as info:
         run_pipeline(tiny(demo_root, out))
@@ -65,6 +67,23 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     assert not list(out.rglob("*.tmp"))
 
 
+@pytest.mark.slow
+def test_the_switch_keeps_training_through_a_non_finite_loss(
+    demo_root: Path, tmp_path: Path, faulty_step: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    with caplog.at_level("WARNING", logger="src.train.callbacks.fault_guard"):
+        results = run_pipeline(tiny(demo_root, out, "continue_on_non_finite_loss=true"))
+    assert results is not None and (out / "results.json").is_file()
+    assert f"non-finite at global step {FAULT_AT}" in caplog.text and "Training goes on" in caplog.text
+    # all 3 epochs were trained: the last training epoch logged its index
+    rows = (out / "csv" / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    epochs = {row.split(",")[header.index("train_epoch")] for row in rows[1:]} - {""}
+    assert {float(e) for e in epochs} == {0.0, 1.0, 2.0}
+
+
+@pytest.mark.slow
 def test_same_seed_cpu_runs_are_identical(demo_root: Path, tmp_path: Path) -> None:
     runs = []
     for name in ("a", "b"):

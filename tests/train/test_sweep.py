@@ -1,10 +1,10 @@
-"""A Hydra sweep of run_pipeline with the joblib launcher (README: Cluster sweeps): two jobs run in
-parallel processes, each into its own `output_path`, and Hydra's sweep files go to `hydra.sweep.dir`."""
+"""Hydra sweeps of run_pipeline (src/train/sweep.py): a sweep whose jobs would share one output folder is
+refused before anything trains; with the joblib launcher two jobs run in parallel processes, each into
+its own `output_path`, and Hydra's sweep files go to `hydra.sweep.dir` (slow: subprocesses)."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,18 +12,13 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from src.data.prepare.demo_data import prepare_demo_data
+from src.train.sweep import shared_output_path_error
+from tests.train.conftest import SCRIPT, script_env
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "src" / "experiments" / "scripts" / "run_pipeline.py"
 BETAS = (0.001, 0.01)
 
 
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return prepare_demo_data(tmp_path_factory.mktemp("datasets") / "demo")
-
-
+@pytest.mark.slow
 def test_joblib_sweep_gives_every_job_its_own_output_path(demo_root: Path, tmp_path: Path) -> None:
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     cmd = [
@@ -46,12 +41,11 @@ def test_joblib_sweep_gives_every_job_its_own_output_path(demo_root: Path, tmp_p
         "train.trainer.accelerator=cpu",
         "train.mc_samples=2",
         "++train.beta_scale=" + ",".join(map(str, BETAS)),
-        # the swept value goes into the path (resolved per job), as in the README example
+        # the swept value goes into the path (resolved per job), as the docs recommend
         "output_path=out/ssl_bayes_z_vicreg_beta_${train.beta_scale}",
         "hydra.sweep.dir=out/sweep",
     ]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=script_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
 
@@ -86,14 +80,13 @@ def test_joblib_sweep_gives_every_job_its_own_output_path(demo_root: Path, tmp_p
     ],
 )
 def test_a_sweep_whose_jobs_would_share_output_path_is_refused(overrides: list[str], refused: bool) -> None:
-    from src.experiments.scripts.run_pipeline import shared_output_path_error
-
     error = shared_output_path_error(overrides)
     assert (error is not None) == refused
     if refused:
         assert "train.beta_scale" in error and "output_path" in error and "${train.beta_scale}" in error
 
 
+@pytest.mark.slow
 def test_the_script_refuses_a_sweep_into_one_folder_before_training(demo_root: Path, tmp_path: Path) -> None:
     cmd = [
         sys.executable,
@@ -107,8 +100,7 @@ def test_the_script_refuses_a_sweep_into_one_folder_before_training(demo_root: P
         "output_path=out/one_folder",
         "hydra.sweep.dir=out/sweep",
     ]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=script_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "would write every job to output_path=out/one_folder" in proc.stderr
     assert not (tmp_path / "out" / "one_folder").exists()  # refused before any job wrote anything

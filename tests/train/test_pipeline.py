@@ -1,64 +1,25 @@
-"""run_pipeline end to end on the demo data, for the six model x loss combinations (tiny settings)."""
+"""run_pipeline end to end on the demo data, for every model x loss combination (tiny settings; slow)."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from src.data.prepare.demo_data import prepare_demo_data
 from src.task.checkpoint import load_ssl_model
 from src.train.pipeline import run_pipeline
-from tests.conftest import COMBINATIONS
-
-ROOT = Path(__file__).resolve().parents[2]
-CONF = ROOT / "src" / "experiments" / "conf"
-TINY = [
-    "dataset.batch_size=32",
-    "dataset.input_height=8",  # the demo digits are 8x8 at source: 4x fewer FLOPs than 16
-    "model.backbone.hidden_dim=64",
-    "model.backbone.z_dim=64",
-    "train.trainer.max_epochs=1",
-    "+train.trainer.limit_train_batches=3",
-    "+train.trainer.limit_val_batches=2",
-    "finetune.trainer.max_epochs=3",
-    "+finetune.trainer.limit_val_batches=2",
-    "train.trainer.accelerator=cpu",
-    "finetune.trainer.accelerator=cpu",
-]
+from tests.conftest import COMBINATIONS, compose_config
+from tests.train.conftest import SCRIPT, TINY, compose_run, script_env
 
 
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return prepare_demo_data(tmp_path_factory.mktemp("datasets") / "demo")
-
-
-def compose_run(model_name: str, loss: str, demo_root: Path, output: Path, extra: list[str] | None = None):
-    overrides = [
-        "dataset=demo",
-        f"dataset.data_dir={demo_root}",
-        f"+model/task/ssl@train={model_name}",
-        f"model/loss={loss}",
-        "+model/task@finetune=finetune",
-        f"output_path={output}",
-        *TINY,
-        *(extra or []),
-    ]
-    if model_name != "ssl":
-        overrides.append("train.mc_samples=2")
-    with initialize_config_dir(version_base=None, config_dir=str(CONF)):
-        return compose(config_name="config", overrides=overrides)
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize(("model_name", "loss"), COMBINATIONS)
-def test_pipeline_writes_the_spec_layout(
+def test_pipeline_writes_the_output_layout(
     model_name: str, loss: str, demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)  # results hold paths relative to the working directory
@@ -105,8 +66,9 @@ def test_pipeline_writes_the_spec_layout(
     assert (out / "results.json").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_finetune_updates_backbone_batchnorm_statistics(demo_root: Path, tmp_path: Path) -> None:
-    """The frozen SSL module stays in train mode while the head trains (Quirk Q15b): the BN running
+    """The frozen SSL module stays in train mode while the head trains (T-Q15b): the BN running
     statistics stored in the finetuner checkpoint differ from the pretraining checkpoint's."""
     out = tmp_path / "run"
     run_pipeline(compose_run("ssl", "barlow_twins", demo_root, out))
@@ -116,8 +78,9 @@ def test_finetune_updates_backbone_batchnorm_statistics(demo_root: Path, tmp_pat
     assert torch.equal(pre["encoder.conv1.weight"], ft["model.encoder.conv1.weight"])  # weights stay frozen
 
 
+@pytest.mark.slow
 def test_debug_mode_and_tensorboard(demo_root: Path, tmp_path: Path) -> None:
-    """`debug=default` limits every trainer whatever the task files say (Quirk Q18c is fixed)."""
+    """`debug=default` limits every trainer whatever the task files say (T-Q18c is fixed)."""
     out = tmp_path / "debug"
     cfg = compose_run(
         "ssl_bayes_z",
@@ -132,12 +95,13 @@ def test_debug_mode_and_tensorboard(demo_root: Path, tmp_path: Path) -> None:
     assert any((out / "tensorboard").rglob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_script_multirun(demo_root: Path, tmp_path: Path) -> None:
     """The script as DVC runs it: a plain `python <script> -m ...` from the repository root."""
     out = tmp_path / "multirun_out"
     cmd = [
         sys.executable,
-        str(ROOT / "src/experiments/scripts/run_pipeline.py"),
+        str(SCRIPT),
         "-m",
         "dataset=demo",
         f"dataset.data_dir={demo_root}",
@@ -146,16 +110,13 @@ def test_script_multirun(demo_root: Path, tmp_path: Path) -> None:
         f"output_path={out}",
         *[o for o in TINY if "finetune." not in o],
     ]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=script_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "runs" / "multirun.yaml").is_file() and (out / "runs" / "0" / ".hydra").is_dir()
     results = json.loads((out / "results.json").read_text())
     assert "offline_metrics" not in results and results["metadata"]["model_name"] == "ssl"
 
 
-def test_missing_task_is_a_clear_error(demo_root: Path) -> None:
-    with initialize_config_dir(version_base=None, config_dir=str(CONF)):
-        cfg = compose(config_name="config", overrides=["dataset=demo"])
+def test_missing_task_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match=r"\+model/task/ssl@train="):
-        run_pipeline(cfg)
+        run_pipeline(compose_config("dataset=demo"))

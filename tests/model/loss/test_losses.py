@@ -1,11 +1,11 @@
-"""Barlow Twins and VICReg (and their MC versions) against plain loop references of spec §7.
+"""Barlow Twins and VICReg (and their MC versions) against the plain references of ``tests.reference.losses``.
 
-The references below are written feature by feature and pair by pair in float64, straight from the
-spec's formulas: Barlow Twins with the unbiased std, no epsilon and the cross-correlation divided by
-the *configured* batch size (Quirk Q9); VICReg centred first, variance eps 1e-6 on the unbiased
-variance, MSE on the centred views, covariance divided by the configured ``batch_size - 1``,
-off-diagonal squares divided by ``z_dim`` and the two views' covariance terms summed (Quirk Q10).
-The fast path is evaluated in fp32 (Quirk Q30), so comparisons use float32 tolerances.
+The references are written from the formulas, one pair of views at a time in float64: Barlow Twins
+with the unbiased std, no epsilon and the cross-correlation divided by the *configured* batch size
+(T-Q9); VICReg centred first, variance eps 1e-6 on the unbiased variance, MSE on the centred views,
+covariance divided by the configured ``batch_size - 1``, off-diagonal squares divided by ``z_dim`` and
+the two views' covariance terms summed (T-Q10); the MC losses as a loop over the M sample pairs. The
+fast path is evaluated in fp32 (T-Q30), so comparisons use float32 tolerances.
 """
 
 from __future__ import annotations
@@ -16,110 +16,23 @@ import pytest
 import torch
 from torch import Tensor
 
-from src.model.loss import LOSSES, build_loss
 from src.model.loss.barlow_twins import BarlowTwinsLoss, MCBarlowTwinsLoss, barlow_twins_terms
 from src.model.loss.vicreg import MCVICRegLoss, VICRegLoss
+from tests.reference.losses import BARLOW_TWINS_TERMS, VICREG_TERMS, mc
+from tests.reference.losses import barlow_twins as ref_barlow_twins
+from tests.reference.losses import vicreg as ref_vicreg
 
-BT_KEYS = {"cl_loss", "on_diag_loss", "off_diag_loss", "weighted_off_diag_loss"}
-VICREG_KEYS = {
-    "cl_loss",
-    "var_loss",
-    "weighted_var_loss",
-    "inv_loss",
-    "weighted_inv_loss",
-    "cov_loss",
-    "weighted_cov_loss",
-}
+BT_KEYS = set(BARLOW_TWINS_TERMS)
+VICREG_KEYS = set(VICREG_TERMS)
 
 RTOL = 2e-5
 ATOL = 1e-6
 GRAD_RTOL = 1e-4
 GRAD_ATOL = 1e-5
 
-# ----------------------------------------------------------------------------- loop references
-
-
-def ref_barlow_twins(z1: Tensor, z2: Tensor, batch_size: int, lambda_coeff: float) -> dict[str, Tensor]:
-    """Spec §7.1, one feature and one (i, j) pair at a time."""
-    n, d = z1.shape
-
-    def standardise(z: Tensor) -> list[Tensor]:
-        cols = []
-        for i in range(d):
-            col = z[:, i]
-            mean = col.sum() / n
-            std = torch.sqrt(((col - mean) ** 2).sum() / (n - 1))  # unbiased, no epsilon
-            cols.append((col - mean) / std)
-        return cols
-
-    a, b = standardise(z1), standardise(z2)
-    on_diag = z1.new_zeros(())
-    off_diag = z1.new_zeros(())
-    for i in range(d):
-        for j in range(d):
-            c_ij = (a[i] * b[j]).sum() / batch_size
-            if i == j:
-                on_diag = on_diag + (c_ij - 1) ** 2
-            else:
-                off_diag = off_diag + c_ij**2
-    return {
-        "cl_loss": on_diag + lambda_coeff * off_diag,
-        "on_diag_loss": on_diag,
-        "off_diag_loss": off_diag,
-        "weighted_off_diag_loss": lambda_coeff * off_diag,
-    }
-
-
-def ref_vicreg(
-    za: Tensor,
-    zb: Tensor,
-    batch_size: int,
-    z_dim: int,
-    variance_coeff: float = 25.0,
-    invariance_coeff: float = 25.0,
-    covariance_coeff: float = 1.0,
-) -> dict[str, Tensor]:
-    """Spec §7.2, one feature and one (i, j) pair at a time."""
-    n, d = za.shape
-    a = [za[:, i] - za[:, i].sum() / n for i in range(d)]
-    b = [zb[:, i] - zb[:, i].sum() / n for i in range(d)]
-
-    def variance(cols: list[Tensor]) -> Tensor:
-        total = za.new_zeros(())
-        for col in cols:
-            std = torch.sqrt((col**2).sum() / (n - 1) + 1e-6)
-            total = total + torch.relu(1 - std)
-        return total / d
-
-    def covariance(cols: list[Tensor]) -> Tensor:
-        total = za.new_zeros(())
-        for i in range(d):
-            for j in range(d):
-                if i != j:
-                    total = total + ((cols[i] * cols[j]).sum() / (batch_size - 1)) ** 2
-        return total / z_dim
-
-    var_loss = (variance(a) + variance(b)) / 2
-    inv_loss = za.new_zeros(())
-    for i in range(d):
-        inv_loss = inv_loss + ((a[i] - b[i]) ** 2).sum()
-    inv_loss = inv_loss / (n * d)
-    cov_loss = covariance(a) + covariance(b)
-    return {
-        "cl_loss": invariance_coeff * inv_loss + variance_coeff * var_loss + covariance_coeff * cov_loss,
-        "var_loss": var_loss,
-        "weighted_var_loss": variance_coeff * var_loss,
-        "inv_loss": inv_loss,
-        "weighted_inv_loss": invariance_coeff * inv_loss,
-        "cov_loss": cov_loss,
-        "weighted_cov_loss": covariance_coeff * cov_loss,
-    }
-
 
 def ref_mc(ref: Callable[..., dict[str, Tensor]], z1: Tensor, z2: Tensor, *args: float) -> dict[str, Tensor]:
-    """Spec §7.3: pair sample m with sample m, full loss per pair, every key averaged over M."""
-    per_sample = [ref(z1[m], z2[m], *args) for m in range(z1.shape[0])]
-    return {k: sum(d[k] for d in per_sample) / len(per_sample) for k in per_sample[0]}
+    return mc(ref, z1, z2, *args)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -198,14 +111,14 @@ def test_barlow_twins_default_lambda_is_5e_3() -> None:
 
 @pytest.mark.parametrize(("n", "d"), [(6, 3), (10, 7), (16, 12)])
 def test_barlow_twins_identical_views_floor(n: int, d: int) -> None:
-    """Quirk Q9: unbiased std with /N gives C_ii = (N-1)/N, so on_diag = D/N^2 for identical views."""
+    """T-Q9: unbiased std with /N gives C_ii = (N-1)/N, so on_diag = D/N^2 for identical views."""
     z, _ = make_views(n, d, seed=n + d)
     out = BarlowTwinsLoss(batch_size=n, lambda_coeff=5e-3)(z, z.clone())
     assert out["on_diag_loss"].item() == pytest.approx(d / n**2, rel=1e-4)
 
 
-def test_barlow_twins_identical_views_floor_spec_numbers() -> None:
-    """The spec's numbers: D=1024, N=256 gives on_diag = 1024/256^2 = 0.015625."""
+def test_barlow_twins_identical_views_floor_paper_numbers() -> None:
+    """The paper's setting: D=1024, N=256 gives on_diag = 1024/256^2 = 0.015625."""
     torch.manual_seed(0)
     z = torch.randn(256, 1024)
     out = BarlowTwinsLoss(batch_size=256, lambda_coeff=5e-3)(z, z.clone())
@@ -238,7 +151,7 @@ def test_barlow_twins_invariant_to_per_feature_positive_affine_maps() -> None:
 
 
 def test_barlow_twins_zero_variance_feature_gives_nan() -> None:
-    """No epsilon in the standardisation (Quirk Q9): a dead feature yields NaN, not a finite value."""
+    """No epsilon in the standardisation (T-Q9): a dead feature yields NaN, not a finite value."""
     z1, z2 = make_views(8, 4, seed=3)
     z1[:, 2] = 1.5
     out = BarlowTwinsLoss(batch_size=8, lambda_coeff=5e-3)(z1, z2)
@@ -304,7 +217,7 @@ def test_vicreg_uses_configured_constants() -> None:
 
 
 def test_vicreg_invariance_is_on_centred_views() -> None:
-    """Quirk Q10: views that differ by a per-feature shift have zero invariance loss."""
+    """T-Q10: views that differ by a per-feature shift have zero invariance loss."""
     z1, _ = make_views(8, 4, seed=4)
     shift = torch.tensor([1.0, -2.0, 3.0, 0.5], dtype=torch.float64)
     out = VICRegLoss(batch_size=8, z_dim=4)(z1, z1 + shift)
@@ -458,83 +371,3 @@ def test_mismatched_shapes_raise(cls, shape1, shape2) -> None:
     loss = cls(batch_size=8, z_dim=4) if issubclass(cls, VICRegLoss) else cls(batch_size=8)
     with pytest.raises(ValueError):
         loss(torch.randn(*shape1), torch.randn(*shape2))
-
-
-# ----------------------------------------------------------------------------- registry
-
-
-def _spec_for(key: str, cls: type) -> tuple[dict, Callable, tuple[int, ...], set[str]]:
-    """Config dict, reference and input shape for a registry entry (fails loudly for an unknown family)."""
-    target = f"{cls.__module__}.{cls.__name__}"
-    n, d = 9, 5
-    shape = (3, n, d) if key.startswith("mc_") else (n, d)
-    if issubclass(cls, VICRegLoss):
-        spec = {
-            "_target_": target,
-            "_partial_": True,
-            "name": "vicreg",
-            "batch_size": 12,
-            "z_dim": 7,
-            "variance_coeff": 2.0,
-            "invariance_coeff": 3.0,
-            "covariance_coeff": 0.5,
-            "loss_kwargs": {"name": "vicreg", "variance_coeff": 99.0},
-        }
-        ref = ref_vicreg
-        args: tuple = (12, 7, 2.0, 3.0, 0.5)
-        keys = VICREG_KEYS
-    elif issubclass(cls, BarlowTwinsLoss):
-        spec = {
-            "_target_": target,
-            "_partial_": True,
-            "name": "barlow_twins",
-            "batch_size": 12,
-            "lambda_coeff": 0.25,
-            "loss_kwargs": {"name": "barlow_twins", "lambda_coeff": 99.0},
-        }
-        ref = ref_barlow_twins
-        args = (12, 0.25)
-        keys = BT_KEYS
-    else:
-        raise AssertionError(f"registry entry {key} -> {cls} has no reference in this test")
-
-    def reference(a: Tensor, b: Tensor) -> dict[str, Tensor]:
-        return ref_mc(ref, a, b, *args) if len(shape) == 3 else ref(a, b, *args)
-
-    return spec, reference, shape, keys
-
-
-@pytest.mark.parametrize("key", sorted(LOSSES))
-def test_registry_builds_every_loss_from_target(key: str) -> None:
-    cls = LOSSES[key]
-    assert cls.__module__.startswith("src.model.loss.")
-    spec, reference, shape, keys = _spec_for(key, cls)
-    loss = build_loss(spec)
-    assert type(loss) is cls
-    z1, z2 = make_views(*shape, seed=len(key))
-    out = loss(z1, z2)
-    assert set(out) == keys
-    expected = reference(z1, z2)
-    for k in keys:
-        torch.testing.assert_close(out[k].double(), expected[k], rtol=RTOL, atol=ATOL, msg=k)
-    # the registry key spelling builds the same thing
-    by_type = build_loss({"type": key, **{k: v for k, v in spec.items() if k != "_target_"}})
-    out2 = by_type(z1, z2)
-    for k in keys:
-        torch.testing.assert_close(out2[k], out[k])
-
-
-@pytest.mark.parametrize(
-    "target",
-    ["src.model.loss.barlow_twins.BarlowTwins", "lightly.loss.BarlowTwinsLoss", "src.model.loss.vicreg.VicRegLoss"],
-)
-def test_registry_unknown_target_raises(target: str) -> None:
-    with pytest.raises(ValueError):
-        build_loss({"_target_": target, "batch_size": 8, "lambda_coeff": 5e-3})
-
-
-def test_registry_missing_target_and_type_raises() -> None:
-    with pytest.raises(ValueError):
-        build_loss({"batch_size": 8})
-    with pytest.raises(ValueError):
-        build_loss({"type": "simclr", "batch_size": 8})

@@ -4,7 +4,6 @@ uninterrupted run's weights and metrics; a finished run started again does nothi
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,16 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.data.prepare.demo_data import prepare_demo_data
 from src.utils.checkpoint import load_checkpoint
-
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "src" / "experiments" / "scripts" / "run_pipeline.py"
-
-
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return prepare_demo_data(tmp_path_factory.mktemp("datasets") / "demo")
+from tests.conftest import ROOT
+from tests.train.conftest import SCRIPT, script_env
 
 
 def command(demo_root: Path, out: Path) -> list[str]:
@@ -54,7 +46,7 @@ def command(demo_root: Path, out: Path) -> list[str]:
 
 def start(demo_root: Path, out: Path) -> subprocess.Popen:
     # one thread each: the reference run and the interrupted one share the cores
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    env = script_env(WANDB_MODE="disabled", OMP_NUM_THREADS="1")
     out.mkdir(parents=True, exist_ok=True)
     log = open(out.parent / f"{out.name}.log", "a")  # a file, not a pipe: a full pipe would block the run
     proc = subprocess.Popen(command(demo_root, out), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -91,6 +83,7 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path)["state_dict"]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_result(demo_root: Path, tmp_path: Path) -> None:
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     reference = start(demo_root, full)  # runs alongside the interrupted one
