@@ -19,6 +19,7 @@ Logged names are ``<phase><separator><name>``: ``train_offline_acc``, ``val_accu
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -93,7 +94,7 @@ class ClassificationMetrics:
         return MetricCollection(metrics, prefix=prefix)
 
 
-class ClassifierTask(BaseTask):
+class ClassifierTask(BaseTask, abc.ABC):
     """The shared lifecycle (see the module docstring). Subclasses call :meth:`init_metrics` in their
     constructor and define ``forward``, :meth:`optimizer_groups`, :meth:`optimizer_spec` and
     :meth:`scheduler_spec`; they may override :meth:`inputs` and :meth:`loss`."""
@@ -130,9 +131,9 @@ class ClassifierTask(BaseTask):
         """The parameters (or parameter groups) the optimizer trains."""
         return self.parameters()
 
+    @abc.abstractmethod
     def optimizer_spec(self) -> dict[str, Any]:
         """The optimizer as a ``model.optimizer``-style node (``name`` or ``_target_``, ``lr``, ...)."""
-        raise NotImplementedError
 
     def scheduler_spec(self) -> dict[str, Any] | None:
         """``{"name", "learning_rate", "eta_min_scale", <scheduler options>}``, or None for no scheduler."""
