@@ -99,3 +99,22 @@ def test_run_all_combines(tmp_path: Path) -> None:
     assert set(written["results"]) == {ood_detectors.NAME} == set(combined["results"])
     assert (tmp_path / f"{ood_detectors.NAME}-cpu.json").is_file()
     assert "## ood_detectors" in run_all.combined_markdown(combined["results"], combined["environment"], "tiny")
+
+
+def test_augment_kornia(tmp_path: Path) -> None:
+    """kornia is not a dependency (the benchmark documents why): runs only where it is installed."""
+    pytest.importorskip("kornia")
+    from benchmarks import augment_kornia
+
+    result = run(augment_kornia, tmp_path)
+    timing = result["timing"]
+    assert result["kornia_over_project"] == pytest.approx(timing["kornia"]["median_s"] / timing["project"]["median_s"])
+    # the hand-written path reads nothing back on the host; kornia's per-sample crop does
+    assert timing["project"]["host_reads"] == 0 and timing["kornia"]["host_reads"] > 0
+    assert timing["kornia"]["aten_ops"] > timing["project"]["aten_ops"] > 0
+    stats = result["statistics"]
+    assert stats["n_views"] == 16 * 2
+    for path in ("project", "kornia"):
+        for view in ("view1", "view2"):
+            assert set(stats[path][view]["vs_cpu"]) == {"max_abs_mean_diff", "max_abs_std_diff", "abs_gray_rate_diff"}
+            assert len(stats[path][view]["channel_mean"]) == 3

@@ -51,6 +51,11 @@ What differs from the CPU path (the distributions of all parameters are the same
   ops, a difference below 1e-4.
 - The random streams differ (batched draws from the device generator instead of per-image draws
   in DataLoader workers), so one seed gives different, equally distributed, views.
+
+Why not kornia: its ``ColorJitter`` shares one op order across the batch (torchvision draws it per
+image), its ``RandomResizedCrop`` resizes without antialiasing and crops sample by sample with the
+boxes read on the host (a device synchronisation per call); ``benchmarks/augment_kornia.py`` measures
+both paths (docs/performance.md).
 """
 
 from __future__ import annotations
