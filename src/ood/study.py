@@ -167,6 +167,8 @@ def run_studies(
                         "delete it to recompute the run"
                     )
                 record["ood_scores"] = cached["ood_scores"]
+                if "detector_info" in cached:
+                    record["detector_info"] = cached["detector_info"]
                 continue
             detector = build_detector(name, corrected_sign=corrected_sign, config_dir=config_dir)
             if detector.probabilistic and run["model_name"] == "ssl":
@@ -187,6 +189,9 @@ def run_studies(
             result = evaluate(net, detector, protocol, progress=progress, features=store)
             record = records[name][-1]
             record["ood_scores"] = result.rows
+            info = detector.record_info()
+            if info:
+                record["detector_info"] = info
             save_scores(dirs[name] / "scores" / f"{run['run_name']}.npz", result.scores)
             write_text(dirs[name] / f"{run['run_name']}.json", json.dumps(record))
         del store, net  # the run's features and weights can go before the next run's

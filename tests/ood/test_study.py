@@ -23,6 +23,7 @@ from torch import Tensor
 from src.ood import study
 from src.ood.detectors import CONFIG_DIR, DETECTORS, PAPER_DETECTORS, register, study_order
 from src.ood.detectors.base import Detector
+from src.ood.detectors.umds import import_faiss
 from src.ood.features import Features
 from src.ood.protocol import get_protocol
 from src.ood.study import run_ood_study, run_study
@@ -65,7 +66,12 @@ def new_detector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def check_record(record: dict[str, Any], out: Path, name: str) -> None:
-    assert set(record) == {"run_name", "model_path", "finetuner_path", "model_name", "ood_scores"}
+    keys = {"run_name", "model_path", "finetuner_path", "model_name", "ood_scores"}
+    if name == "umds":  # which k-means ran (faiss when installed)
+        assert set(record) == keys | {"detector_info"}
+        assert record["detector_info"]["kmeans"] == ("torch" if import_faiss() is None else "faiss")
+    else:
+        assert set(record) == keys
     assert json.loads((out / f"{record['run_name']}.json").read_text()) == record
     assert record["model_path"].endswith("checkpoints/model.ckpt")
     assert record["finetuner_path"].endswith("finetune/checkpoints/last.ckpt")

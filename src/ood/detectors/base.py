@@ -108,6 +108,11 @@ class Detector(abc.ABC):
     def get_hyperparam(self) -> list[Any]:
         return []
 
+    def record_info(self) -> dict[str, Any]:
+        """How this detector ran, for the run's OOD record (``detector_info``, plain JSON values); empty when
+        nothing varies between installations or runs beyond the config (the default)."""
+        return {}
+
     # -- scoring ------------------------------------------------------------------------------------
     @abc.abstractmethod
     def score(self, features: Features) -> tuple[Tensor, Tensor]:

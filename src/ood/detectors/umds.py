@@ -2,7 +2,13 @@
 
 Identical to ``mds`` (same ``fit_mahalanobis`` / ``mahalanobis_score``, same ``feats``) except that
 the groups are the ``k = C`` clusters (C = the number of classes, the logits' width) of a k-means on
-the ID training features, re-implemented after faiss ``Kmeans(d, k, niter=100)`` without faiss:
+the ID training features.
+
+The k-means is the reference's, faiss ``Kmeans(d, k, niter=100, seed=1234)``, when ``faiss`` is
+importable (``pip install faiss-cpu``, the ``faiss`` extra of the project); faiss trains on the
+features in an order drawn from the detector's generator (the reference's input order came from the
+unseeded NumPy RNG). Without faiss, or with ``kmeans: torch`` in the config, the project's own k-means
+runs, re-implemented after faiss' algorithm:
 
 1. randomly permute the N training features, then subsample ``n = min(N, 256·k)`` of them
    uniformly without replacement (faiss' ``max_points_per_centroid = 256``);
@@ -15,13 +21,16 @@ the ID training features, re-implemented after faiss ``Kmeans(d, k, niter=100)``
 4. assign all N training features to their nearest centroid.
 
 Randomness comes from a local ``torch.Generator`` seeded with ``seed`` (default 1234), so the
-clustering is reproducible; the reference's permutation used the unseeded numpy RNG.
-``pred`` is the argmax of the logits (unrelated to the clusters).
+clustering is reproducible; the reference's permutation used the unseeded numpy RNG. The two
+implementations draw differently, so their clusters (and scores) differ slightly for one seed; which one
+ran is in the run's OOD record (``detector_info.kmeans``: ``"faiss"`` or ``"torch"``, with the faiss
+version). ``pred`` is the argmax of the logits (unrelated to the clusters).
 """
 
 from __future__ import annotations
 
 import logging
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -141,25 +150,112 @@ def kmeans(
     return lloyd(points, features[init.to(features.device)].to(torch.float64), niter)
 
 
+#: the values of umds's ``kmeans`` argument: faiss when importable, faiss (required), the project's k-means
+KMEANS_BACKENDS = ("auto", "faiss", "torch")
+
+
+def import_faiss() -> ModuleType | None:
+    """The ``faiss`` module, or None when it is not installed."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
+
+
+def faiss_kmeans(
+    faiss: ModuleType, features: Tensor, k: int, niter: int, seed: int, generator: torch.Generator | None = None
+) -> Tensor:
+    """Centroids of faiss ``Kmeans(d, k, niter=niter, seed=seed)`` trained on the features in a random order.
+
+    faiss subsamples ``max_points_per_centroid·k`` (256·k) points itself, initialises with random points and
+    runs ``niter`` Lloyd rounds (the algorithm ``kmeans`` re-implements).
+
+    Args:
+        faiss: the faiss module.
+        features: ``x`` [N, D].
+        k: number of clusters.
+        niter: Lloyd rounds.
+        seed: faiss' seed.
+        generator: CPU generator of the input order.
+
+    Returns:
+        centroids float64 [k, D] on the features' device.
+
+    Raises:
+        ValueError: fewer points than clusters.
+    """
+    n, d = features.shape
+    if n < k:
+        raise ValueError(f"k-means with k={k} needs at least {k} training features, got {n}")
+    order = torch.randperm(n, generator=generator)
+    points = features.detach()[order.to(features.device)].to(device="cpu", dtype=torch.float32).contiguous()
+    km = faiss.Kmeans(d, k, niter=niter, seed=seed, verbose=False)
+    km.train(points.numpy())
+    return torch.as_tensor(km.centroids, dtype=torch.float64).reshape(k, d).to(features.device)
+
+
 @register
 class UMDS(MDS):
     """Mahalanobis with a pooled covariance over ``k = C`` k-means clusters (C = the number of classes).
 
     Args:
-        seed: seed of the clustering's generator; None draws a fresh seed (unreproducible, as the reference).
+        seed: seed of the clustering (the generator, and faiss' seed); None draws a fresh seed (unreproducible,
+            as the reference).
+        kmeans: ``"auto"`` (faiss when installed, else the project's k-means), ``"faiss"`` (faiss required) or
+            ``"torch"`` (the project's k-means).
         sweep: unused (no APS).
         corrected_sign: unused (the sign is not inverted).
+
+    Raises:
+        ValueError: an unknown ``kmeans``.
     """
 
     name = "umds"
 
     def __init__(
-        self, seed: int | None = 1234, sweep: dict[str, list[Any]] | None = None, corrected_sign: bool = False
+        self,
+        seed: int | None = 1234,
+        kmeans: str = "auto",
+        sweep: dict[str, list[Any]] | None = None,
+        corrected_sign: bool = False,
     ) -> None:
         super().__init__(sweep=sweep, corrected_sign=corrected_sign)
+        if kmeans not in KMEANS_BACKENDS:
+            raise ValueError(
+                f"umds: args.kmeans={kmeans!r} is not one of {', '.join(KMEANS_BACKENDS)} "
+                "(set args.kmeans in conf/ood/umds.yaml)"
+            )
         self.seed = seed
+        self.kmeans = kmeans
         self.centroids: Tensor | None = None
         self.cluster_labels: Tensor | None = None
+        #: the k-means that ran in the last ``fit``: {"kmeans": "faiss" | "torch", "faiss_version": ...}
+        self.kmeans_info: dict[str, Any] = {}
+
+    def record_info(self) -> dict[str, Any]:
+        return dict(self.kmeans_info)
+
+    def cluster(self, feats: Tensor, k: int, generator: torch.Generator) -> Tensor:
+        """The k-means centroids [k, D] (float64) of ``feats`` with the configured implementation; records it.
+
+        Raises:
+            ImportError: ``kmeans="faiss"`` without faiss installed.
+        """
+        faiss = None if self.kmeans == "torch" else import_faiss()
+        if faiss is None and self.kmeans == "faiss":
+            raise ImportError(
+                "umds: args.kmeans='faiss' but faiss is not installed; pip install faiss-cpu "
+                "(or set args.kmeans to 'auto' or 'torch' in conf/ood/umds.yaml)"
+            )
+        if faiss is None:
+            self.kmeans_info = {"kmeans": "torch"}
+            return kmeans(feats, k, generator=generator)
+        # faiss' seed: the configured one, or a draw of the (then fresh) generator
+        seed = self.seed if self.seed is not None else int(torch.randint(2**31 - 1, (), generator=generator))
+        self.kmeans_info = {"kmeans": "faiss", "faiss_version": str(getattr(faiss, "__version__", "unknown"))}
+        log.info("umds: faiss %s k-means (k=%d, niter=%d)", self.kmeans_info["faiss_version"], k, NITER)
+        return faiss_kmeans(faiss, feats, k, NITER, seed, generator)
 
     def fit(self, train: Features, labels: Tensor) -> None:
         """Cluster the training ``feats`` [N, D] into ``k = C`` (the logits' width) groups, then fit the
@@ -172,7 +268,7 @@ class UMDS(MDS):
         else:
             generator.manual_seed(self.seed)
         k = train.logits.shape[1]
-        self.centroids = kmeans(feats, k, generator=generator)
+        self.centroids = self.cluster(feats, k, generator)
         clusters = assign_clusters(feats, self.centroids)
         counts = torch.bincount(clusters, minlength=k)
         if (counts == 0).any():
