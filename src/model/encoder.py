@@ -1,16 +1,28 @@
-"""ResNet encoders with per-dataset stems (``ENCODERS``, by ``model.backbone.encoder``).
+"""Encoders: ResNets with per-dataset stems (``ENCODERS``, by ``model.backbone.encoder``), and any timm model.
 
 torchvision's ResNet with its own initialisation and ``fc`` replaced by an identity, so the
 output is the global-average-pooled feature [B, E]. Small-image datasets swap the stem; the
 replacement conv1 is created after torchvision's init loop and therefore keeps PyTorch's
 default Conv2d initialisation (Kaiming-uniform, a=sqrt(5)), as in the reference.
+
+An encoder named ``timm/<model>`` (``model/backbone=timm``, ``model.backbone.name=<model>``) is
+``timm.create_model(<model>, pretrained=False, num_classes=0, **kwargs)``: timm's pooled,
+classifier-free feature, whose width E is the model's ``num_features``. Its stem is timm's
+(the dataset stems above are for the torchvision ResNets); ``kwargs`` (``model.backbone.kwargs``)
+reach ``create_model``, e.g. ``img_size: 32`` for a ViT on CIFAR, and ``in_chans`` is set from the
+dataset's stem where that has one channel. Weights are never downloaded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import difflib
+import functools
+import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
+import torch
 from torch import nn
 from torchvision import models
 
@@ -56,19 +68,81 @@ STEMS: dict[str, Stem] = {
 }
 
 
+#: prefix of the encoder names built by timm (``timm/<model>``)
+TIMM_PREFIX = "timm/"
+
+
 def _spec(name: str) -> EncoderSpec:
     if name not in ENCODERS:
-        raise ValueError(f"encoder={name!r} is not known; use one of {sorted(ENCODERS)}")
+        raise ValueError(
+            f"encoder={name!r} is not known; use one of {sorted(ENCODERS)} or a timm model as "
+            f"'{TIMM_PREFIX}<name>' (model/backbone=timm model.backbone.name=<name>)"
+        )
     return ENCODERS[name]
 
 
-def encoder_out_dim(name: str) -> int:
-    """E, the width of the pooled feature of encoder ``name``."""
+def _timm_name(name: str) -> str | None:
+    """``<model>`` of an encoder named ``timm/<model>``, else None."""
+    return name[len(TIMM_PREFIX) :] if name.startswith(TIMM_PREFIX) else None
+
+
+def _create_timm(model: str, kwargs: Mapping[str, Any] | None) -> nn.Module:
+    """``timm.create_model(model, pretrained=False, num_classes=0, **kwargs)`` with a clear error for a bad name."""
+    import timm
+
+    if not timm.is_model(model):
+        close = difflib.get_close_matches(model, timm.list_models(), n=5)
+        hint = f" Close names: {', '.join(close)}." if close else ""
+        raise ValueError(
+            f"model.backbone.name={model!r} is not a timm {timm.__version__} model.{hint} "
+            "List them with: python -c \"import timm; print(timm.list_models('*resnet*'))\""
+        )
+    extra = dict(kwargs or {})
+    for key in ("pretrained", "num_classes"):
+        if key in extra:
+            raise ValueError(
+                f"model.backbone.kwargs.{key} is set by the project (pretrained=False, num_classes=0); remove it"
+            )
+    try:
+        return timm.create_model(model, pretrained=False, num_classes=0, **extra)
+    except TypeError as err:
+        raise ValueError(f"timm model {model!r} does not accept model.backbone.kwargs={extra}: {err}") from err
+
+
+@functools.cache
+def _timm_out_dim(model: str, kwargs_json: str) -> int:
+    with torch.device("meta"):  # no memory, no initialisation: only the width is read
+        return int(_create_timm(model, json.loads(kwargs_json)).num_features)
+
+
+def _timm_kwargs(dataset: str | None, kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    extra = dict(kwargs or {})
+    stem = STEMS.get(dataset) if dataset is not None else None
+    if stem is not None and stem.in_channels != 3:
+        extra.setdefault("in_chans", stem.in_channels)
+    return extra
+
+
+def encoder_out_dim(name: str, kwargs: Mapping[str, Any] | None = None) -> int:
+    """E, the width of the pooled feature of encoder ``name`` (for ``timm/<model>``: its ``num_features``
+    with ``kwargs``, read from a model built on the meta device)."""
+    model = _timm_name(name)
+    if model is not None:
+        return _timm_out_dim(model, json.dumps(dict(kwargs or {}), sort_keys=True))
     return _spec(name).out_dim
 
 
-def get_encoder(name: str, dataset: str) -> nn.Module:
-    """Build encoder ``name`` (resnet18/34/50) with the stem for ``dataset``; output [B, E]."""
+def get_encoder(name: str, dataset: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+    """Build encoder ``name`` (resnet18/34/50 with the stem for ``dataset``, or ``timm/<model>``); output [B, E].
+
+    Raises:
+        ValueError: an unknown encoder or timm model, or ``kwargs`` for a torchvision ResNet.
+    """
+    model = _timm_name(name)
+    if model is not None:
+        return _create_timm(model, _timm_kwargs(dataset, kwargs))
+    if kwargs:
+        raise ValueError(f"model.backbone.kwargs={dict(kwargs)} is only for timm encoders, not encoder={name!r}")
     net = _spec(name).factory(weights=None)
     net.fc = nn.Identity()
     stem = STEMS.get(dataset)

@@ -144,8 +144,8 @@ class HBayesianSelfSupervisedLearning(BaseBayesianSelfSupervisedLearning):
     rv_name = "h"
 
     def __init__(self, **kwargs: Any) -> None:
-        latent_dim = kwargs.get("latent_dim", 512)
         super().__init__(**kwargs)
+        latent_dim = self.hparams["latent_dim"]  # resolved: None took the encoder's width
         if int(latent_dim) != self.encoder_out_dim:
             raise ValueError(
                 f"Bayes-H needs latent_dim == the encoder output width ({self.encoder_out_dim} for "

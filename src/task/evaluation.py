@@ -83,7 +83,7 @@ def checkpoint_repr_dim(model_name: str, model_path: str | os.PathLike[str] | No
     if model_path is None:
         raise ValueError(f"model {model_name!r} needs a checkpoint path to know its representation width")
     hparams = load_checkpoint(model_path).get("hyper_parameters") or {}
-    return encoder_out_dim(str(hparams.get("encoder", "resnet18")))
+    return encoder_out_dim(str(hparams.get("encoder", "resnet18")), hparams.get("encoder_kwargs"))
 
 
 #: the probe heads by ``task``; each is ``head(in_dim, num_classes)`` with a ``loss(out, y)``

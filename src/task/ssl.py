@@ -48,8 +48,10 @@ class BaseSelfSupervisedLearning(BaseTask):
         learning_rate: the unscaled config lr (η_min of the schedulers derives from it).
         scheduler: ``cosine`` (default), ``cosine_warmup``, ``lambda``, ``cosine_warm_restarts``,
             ``one_cycle`` or null.
-        encoder: ``resnet18``, ``resnet34`` or ``resnet50``.
+        encoder: ``resnet18``, ``resnet34``, ``resnet50`` or ``timm/<model>`` (any timm model, ``model/backbone=timm``).
+        encoder_kwargs: keyword arguments of ``timm.create_model`` for a timm encoder (``model.backbone.kwargs``).
         latent_dim, hidden_dim, z_dim: L (the stochastic width of Bayes-H), H (projector hidden width), Z (embedding).
+            ``latent_dim=None`` takes the encoder's width E (stored resolved in the hyper-parameters).
         compile_encoder: wrap the encoder's forward with ``torch.compile``; state-dict keys
             stay ``encoder.*``.
         channels_last: keep the encoder's weights and inputs in NHWC memory format (same
@@ -85,7 +87,8 @@ class BaseSelfSupervisedLearning(BaseTask):
         learning_rate: float,
         scheduler: str | None = "cosine",
         encoder: str = "resnet18",
-        latent_dim: int = 512,
+        encoder_kwargs: dict[str, Any] | None = None,
+        latent_dim: int | None = 512,
         hidden_dim: int = 1024,
         z_dim: int = 1024,
         compile_encoder: bool = False,
@@ -95,6 +98,10 @@ class BaseSelfSupervisedLearning(BaseTask):
         super().__init__()
         cl_loss = to_plain(cl_loss)
         optimizer = to_plain(optimizer)
+        encoder_kwargs = to_plain(encoder_kwargs) or {}
+        self.encoder_out_dim = encoder_out_dim(encoder, encoder_kwargs)
+        if latent_dim is None:  # follows the encoder (model/backbone=timm)
+            latent_dim = self.encoder_out_dim
         self.save_plain_hparams(
             dict(
                 model_name=model_name,
@@ -106,6 +113,7 @@ class BaseSelfSupervisedLearning(BaseTask):
                 learning_rate=learning_rate,
                 scheduler=scheduler,
                 encoder=encoder,
+                encoder_kwargs=encoder_kwargs,
                 latent_dim=latent_dim,
                 hidden_dim=hidden_dim,
                 z_dim=z_dim,
@@ -116,7 +124,6 @@ class BaseSelfSupervisedLearning(BaseTask):
         )
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        self.encoder_out_dim = encoder_out_dim(encoder)
         self.num_classes = int(num_classes)
         self.dataset_name = dataset
 
@@ -128,7 +135,7 @@ class BaseSelfSupervisedLearning(BaseTask):
                 f"{type(self.cl_loss).__name__}; set model/loss accordingly (T-Q1)"
             )
 
-        self.encoder = get_encoder(encoder, dataset)
+        self.encoder = get_encoder(encoder, dataset, encoder_kwargs)
         self.channels_last = bool(channels_last)
         if self.channels_last:
             self.encoder = self.encoder.to(memory_format=torch.channels_last)

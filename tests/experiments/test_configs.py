@@ -6,9 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
+
+from src.task import SSL_MODELS
+from src.task.checkpoint import load_ssl_model
+from src.utils.plain import to_plain
+from tests.conftest import model_overrides, three_view_batch
 
 CONF = Path(__file__).resolve().parents[2] / "src" / "experiments" / "conf"
 IMAGENET = [
@@ -241,3 +247,53 @@ def test_readme_compose_snippet_runs_verbatim() -> None:
     proc = subprocess.run([sys.executable, "-c", block.group(1)], cwd=root, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["barlow_twins", "50", "data/results/cifar10/ssl/barlow_twins"]
+
+
+@pytest.mark.parametrize(
+    ("model_name", "loss"), [("ssl", "vicreg"), ("ssl_bayes_h", "mc_barlow_twins"), ("ssl_bayes_z", "mc_vicreg")]
+)
+def test_timm_backbone_composes_and_trains_a_step(model_name: str, loss: str, tmp_path: Path) -> None:
+    """model/backbone=timm with a tiny timm model (test_resnet, 96 features): L follows the model's width,
+    one optimizer step runs, and the checkpoint's plain hyper-parameters rebuild the model."""
+    pytest.importorskip("timm")
+    overrides = [*model_overrides(model_name, loss), "model/backbone=timm", "model.backbone.name=test_resnet"]
+    cfg = _compose("config", overrides)
+    kwargs = to_plain(cfg.train.kwargs)
+    kwargs.pop("_target_")
+    assert kwargs["encoder"] == "timm/test_resnet" and kwargs["encoder_kwargs"] == {}
+    assert kwargs["latent_dim"] is None  # resolved by the model
+    torch.manual_seed(0)
+    model = SSL_MODELS[model_name](**kwargs)
+    assert model.encoder_out_dim == 96 and model.hparams["latent_dim"] == 96
+    if model_name == "ssl_bayes_h":
+        assert model.stochastic_dim() == 96  # the Gaussian over h has the encoder's width (T-Q8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    before = [p.detach().clone() for p in model.encoder.parameters()]
+    out = model.shared_step(three_view_batch(batch_size=8, size=16))
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    optimizer.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.encoder.parameters(), strict=True))
+    # a checkpoint of plain values rebuilds the same timm model
+    path = tmp_path / "model.ckpt"
+    torch.save({"hyper_parameters": dict(model.hparams), "state_dict": model.state_dict()}, path)
+    again = load_ssl_model(path, model_name)
+    assert again.hparams["encoder"] == "timm/test_resnet" and again.encoder_out_dim == 96
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, again.state_dict()[key]), key
+
+
+def test_timm_backbone_errors() -> None:
+    pytest.importorskip("timm")
+    overrides = [*model_overrides("ssl_bayes_h", "mc_barlow_twins"), "model/backbone=timm"]
+    kwargs = to_plain(_compose("config", [*overrides, "model.backbone.name=resnet_18"]).train.kwargs)
+    kwargs.pop("_target_")
+    with pytest.raises(ValueError, match=r"model.backbone.name='resnet_18' is not a timm .*resnet18"):
+        SSL_MODELS["ssl_bayes_h"](**kwargs)
+    # an explicit latent_dim that is not the model's width: Bayes-H refuses it (T-Q8)
+    kwargs = to_plain(
+        _compose("config", [*overrides, "model.backbone.name=test_resnet", "model.backbone.latent_dim=64"]).train.kwargs
+    )
+    kwargs.pop("_target_")
+    with pytest.raises(ValueError, match=r"latent_dim == the encoder output width \(96 for timm/test_resnet\)"):
+        SSL_MODELS["ssl_bayes_h"](**kwargs)

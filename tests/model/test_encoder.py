@@ -106,3 +106,49 @@ def test_initialisation() -> None:
 def test_unknown_encoder_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="resnet18"):
         get_encoder("vit", "cifar10")
+
+
+# ------------------------------------------------------------------------------------ timm
+
+
+def test_timm_encoder_width_is_read_from_the_model() -> None:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    net = get_encoder("timm/test_resnet", "cifar10").eval()
+    reference = timm.create_model("test_resnet", pretrained=False, num_classes=0)
+    assert encoder_out_dim("timm/test_resnet") == reference.num_features == 96  # not a ResNet-18's 512
+    assert net.num_classes == 0 and isinstance(net.get_classifier(), nn.Identity)  # pooled feature, no head
+    with torch.no_grad():
+        out = net(torch.randn(2, 3, 16, 16))
+    assert out.shape == (2, 96) and torch.isfinite(out).all()
+    assert repr(net.conv1) == repr(reference.conv1)  # timm's own stem, not the CIFAR 3x3 conv
+
+
+def test_timm_encoder_kwargs_and_one_channel_stem() -> None:
+    pytest.importorskip("timm")
+    vit = get_encoder("timm/test_vit", "demo", {"img_size": 16, "patch_size": 8}).eval()
+    assert encoder_out_dim("timm/test_vit", {"img_size": 16, "patch_size": 8}) == vit.num_features == 64
+    with torch.no_grad():
+        assert vit(torch.randn(2, 3, 16, 16)).shape == (2, 64)
+    # a one-channel dataset stem gives timm in_chans=1
+    conv = get_encoder("timm/test_resnet", "mnist").conv1
+    first = conv[0] if isinstance(conv, nn.Sequential) else conv
+    assert first.in_channels == 1
+
+
+def test_timm_encoder_errors() -> None:
+    pytest.importorskip("timm")
+    with pytest.raises(
+        ValueError, match=r"model.backbone.name='test_resnett' is not a timm .*Close names: test_resnet"
+    ):
+        get_encoder("timm/test_resnett", "cifar10")
+    with pytest.raises(ValueError, match=r"model\.backbone\.name='no_such_net'"):
+        encoder_out_dim("timm/no_such_net")
+    with pytest.raises(ValueError, match=r"model.backbone.kwargs.pretrained is set by the project"):
+        get_encoder("timm/test_resnet", "cifar10", {"pretrained": True})
+    with pytest.raises(ValueError, match=r"does not accept model\.backbone\.kwargs"):
+        get_encoder("timm/test_resnet", "cifar10", {"no_such_argument": 1})
+    with pytest.raises(ValueError, match="only for timm encoders"):
+        get_encoder("resnet18", "cifar10", {"img_size": 32})
+    with pytest.raises(ValueError, match=r"encoder='resnet101' is not known.*'timm/<name>'"):
+        get_encoder("resnet101", "cifar10")
