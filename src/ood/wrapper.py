@@ -120,8 +120,18 @@ class OODNetwork:
     def feature_list(self, x: Tensor) -> list[Tensor]:
         """The five ResNet maps GRAM uses: relu(bn1(conv1 x)), layer1, layer2, layer3,
         and the average-pooled layer4 [B, 512, 1, 1]. The max-pool is skipped (identity for the
-        small-image stems)."""
+        small-image stems).
+
+        Raises:
+            ValueError: the encoder is not a torchvision ResNet (e.g. a timm model).
+        """
         enc = self.model.encoder
+        if not all(hasattr(enc, name) for name in ("conv1", "bn1", "relu", "layer4", "avgpool")):
+            encoder = getattr(self.model, "hparams", {}).get("encoder", type(enc).__name__)
+            raise ValueError(
+                f"gram reads the layers of a torchvision ResNet encoder (conv1 … layer4, avgpool); this model's "
+                f"encoder is {encoder!r}: leave gram out of the study for it"
+            )
         h = enc.relu(enc.bn1(enc.conv1(x)))
         maps = [h]
         h = enc.layer1(h)

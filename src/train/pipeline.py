@@ -94,7 +94,7 @@ def pretrain(cfg: DictConfig, output_path: Path) -> dict[str, Any]:
         logging_cfg=cfg.logging,
         debug=cfg.get("debug"),
         stop_on_non_finite_loss=stop_on_non_finite_loss(cfg),
-        encoder_output_dim=int(cfg.train.kwargs.latent_dim),
+        encoder_output_dim=int(model.encoder_out_dim),  # = latent_dim of the ResNet configs; a timm model's width
         num_classes=int(cfg.dataset.num_classes),
     )
     trainer = phase.trainer

@@ -95,6 +95,19 @@ def test_feature_list_is_the_five_resnet_maps(nets: dict[str, OODNetwork]) -> No
     assert all(bool((m >= 0).all()) for m in maps)  # after ReLU, or averages of ReLU outputs
 
 
+def test_feature_list_needs_a_resnet_encoder() -> None:
+    """A timm encoder (model/backbone=timm) has no torchvision ResNet layers: gram says so."""
+    pytest.importorskip("timm")
+    from src.task import SSL_MODELS
+    from tests.conftest import model_kwargs
+
+    model = SSL_MODELS["ssl"](**model_kwargs("ssl", "barlow_twins", encoder="timm/test_resnet", latent_dim=None))
+    net = OODNetwork(model, torch.nn.Linear(96, 4)).eval()
+    assert net.features(images(2, 1), {"feats"}).feats.shape == (2, 96)  # every other detector's features work
+    with pytest.raises(ValueError, match=r"gram reads the layers .* encoder is 'timm/test_resnet'"):
+        net.feature_list(images(2, 1))
+
+
 def test_properties(nets: dict[str, OODNetwork]) -> None:
     assert [nets[n].stochastic_space for n in ("ssl", "ssl_bayes_h", "ssl_bayes_z")] == [None, "H", "Z"]
     assert nets["ssl"].num_classes == 4 and nets["ssl"].device.type == "cpu"
