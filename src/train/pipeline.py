@@ -79,7 +79,7 @@ def generate_run_id(length: int = 8) -> str:
     return "".join(secrets.choice(alphabet) for _ in range(length))
 
 
-def pretrain(cfg: DictConfig, output_path: Path) -> dict[str, Any]:
+def pretrain(cfg: DictConfig, output_path: Path, run_id: str | None = None) -> dict[str, Any]:
     """Fit the SSL model, then validate its final weights (which, not the best checkpoint's, are reported: T-Q25)."""
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
@@ -96,6 +96,8 @@ def pretrain(cfg: DictConfig, output_path: Path) -> dict[str, Any]:
         stop_on_non_finite_loss=stop_on_non_finite_loss(cfg),
         encoder_output_dim=int(model.encoder_out_dim),  # = latent_dim of the ResNet configs; a timm model's width
         num_classes=int(cfg.dataset.num_classes),
+        group=run_id,
+        job_type="pretrain",
     )
     trainer = phase.trainer
     phase.fit(model, datamodule)
@@ -111,7 +113,9 @@ def pretrain(cfg: DictConfig, output_path: Path) -> dict[str, Any]:
     }
 
 
-def finetune(cfg: DictConfig, output_path: Path, model_ckpt_path: str | Path) -> dict[str, Any]:
+def finetune(
+    cfg: DictConfig, output_path: Path, model_ckpt_path: str | Path, run_id: str | None = None
+) -> dict[str, Any]:
     """Train the last layer on the finetune view, then validate and test the final weights (T-Q25)."""
     root = output_path / "finetune"
     datamodule = build_datamodule(cfg)
@@ -130,6 +134,8 @@ def finetune(cfg: DictConfig, output_path: Path, model_ckpt_path: str | Path) ->
         logging_cfg=cfg.logging,
         debug=cfg.get("debug"),
         stop_on_non_finite_loss=stop_on_non_finite_loss(cfg),
+        group=run_id,
+        job_type="finetune",
     )
     phase.fit(model, datamodule)
     phase.trainer.validate(model, datamodule=datamodule)
@@ -177,24 +183,27 @@ def _run_pipeline(cfg: DictConfig) -> dict[str, Any] | None:
     # The reference sets this at the start of pretrain() and it stays in force for the
     # finetune; setting it here keeps it in force when a resumed run skips pretraining.
     torch.set_float32_matmul_precision("medium")
-    run_id = generate_run_id()
+    done = output_path / PRETRAIN_DONE_FILE
+    # a resumed pipeline keeps the run id of its pretraining (the wandb group of its phases)
+    train_out = read_json(done) if done.is_file() else None
+    run_id = str(train_out.get("run_id") or generate_run_id()) if train_out else generate_run_id()
     log.info("run %s, output %s\n%s", run_id, output_path, OmegaConf.to_yaml(cfg))
     output_path.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:  # a DDP launch re-runs this script for every other rank
         save_hydra_config(cfg, output_path)
 
-    done = output_path / PRETRAIN_DONE_FILE
-    if done.is_file():
+    if train_out is not None:
         log.info("%s exists: pretraining is complete, going on with what follows it", done)
-        train_out = read_json(done)
     else:
-        train_out = pretrain(cfg, output_path)
+        with wandb_session(cfg.get("logging")):  # the pretraining is one wandb run (job_type pretrain)
+            train_out = pretrain(cfg, output_path, run_id)
         if rank_zero_only.rank != 0:
             # another rank of a DDP pretraining: its part is done; rank 0 writes the outputs
             # and runs the (single-device) finetuning
             return None
         if train_out["ckpt_path"]:
             train_out["ckpt_path"] = relative(train_out["ckpt_path"])
+        train_out["run_id"] = run_id
         write_json(done, train_out)
     metadata = {"dataset": cfg.dataset.name, **to_plain(cfg.train.kwargs)}
     metadata["train_iters_per_epoch"] = train_out["train_iters_per_epoch"]
@@ -206,7 +215,8 @@ def _run_pipeline(cfg: DictConfig) -> dict[str, Any] | None:
     }
     if "finetune" in cfg:
         ckpt = train_out["ckpt_path"] or output_path / "checkpoints" / "last.ckpt"
-        finetune_out = finetune(cfg, output_path, ckpt)
+        with wandb_session(cfg.get("logging")):  # a second wandb run of the group (job_type finetune)
+            finetune_out = finetune(cfg, output_path, ckpt, run_id)
         results["offline_metrics"] = finetune_out["metrics"]
         results["finetuner_ckpt_path"] = relative(finetune_out["ckpt_path"]) if finetune_out["ckpt_path"] else None
     write_json(results_path, results)

@@ -93,6 +93,7 @@ def train(cfg: DictConfig, run: dict[str, Any], run_path: Path, output_path: Pat
         logging_cfg=cfg.logging,
         debug=cfg.get("debug"),
         stop_on_non_finite_loss=stop_on_non_finite_loss(cfg),
+        job_type="semi_supervised",
     )
     # an interrupted run continues from its last.ckpt (see src/train/pipeline.py)
     phase.fit(model, datamodule)

@@ -177,6 +177,8 @@ def build_trainer(
     checkpoint_dir: Path | None = None,
     reliability: bool = True,
     stop_on_non_finite_loss: bool = True,
+    group: str | None = None,
+    job_type: str | None = None,
     **probe: Any,
 ) -> TrainingPhase:
     """The Trainer of one phase, writing under ``root``.
@@ -194,11 +196,13 @@ def build_trainer(
             weights-only checkpoint I/O (every training phase; off only for throw-away trainers).
         stop_on_non_finite_loss: stop the run at a NaN/inf training loss (the default); False only warns
             and keeps training, as the reference did (the configs' ``continue_on_non_finite_loss``).
+        group, job_type: the pipeline's run id and the phase (``pretrain``, ``finetune``, ...), for the loggers
+            that group runs (wandb).
         **probe: online-probe arguments for :func:`build_callbacks`.
     """
     checkpoint_dir = checkpoint_dir or root / "checkpoints"
     if loggers is None:
-        loggers = get_lightning_loggers(logging_cfg or {}, root)
+        loggers = get_lightning_loggers(logging_cfg or {}, root, group=group, job_type=job_type)
     configured = build_callbacks(callbacks_cfg, checkpoint_dir, bool(loggers), **probe) + list(callbacks)
     kwargs = trainer_kwargs(trainer_cfg, debug)
     all_callbacks = configured

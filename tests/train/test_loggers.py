@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
-from src.train.loggers import LOGGERS, ON_BY_DEFAULT, get_lightning_loggers, wandb_session
+from src.train.loggers import LOGGERS, ON_BY_DEFAULT, get_lightning_loggers, wandb_mode, wandb_session
 
 
 def test_csv_only_by_default(tmp_path: Path) -> None:
@@ -16,11 +18,14 @@ def test_csv_only_by_default(tmp_path: Path) -> None:
     assert Path(loggers[0].save_dir) == tmp_path / "csv" and loggers[0].name == "lightning_logs"
 
 
-def test_order_tensorboard_wandb_csv_and_wandb_offline_without_key(
+def test_order_tensorboard_wandb_csv_and_wandb_offline_by_default(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc with wandb credentials
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    # wandb credentials in ~/.netrc do not switch wandb online: the file is not read
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password 0123456789\n")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789")
     cfg = {
         "wandb": True,
         "csv": True,
@@ -30,10 +35,61 @@ def test_order_tensorboard_wandb_csv_and_wandb_offline_without_key(
     }
     loggers = get_lightning_loggers(cfg, tmp_path / "run")
     assert [type(lg) for lg in loggers] == [TensorBoardLogger, WandbLogger, CSVLogger]
-    wandb_logger = loggers[1]
-    assert wandb_logger._offline is True  # never needs network
-    assert wandb_logger._wandb_init["project"] == "bayes-ssl" and wandb_logger._wandb_init["tags"] == ["a"]
-    assert (tmp_path / "run" / "wandb").is_dir()
+    init = loggers[1]._wandb_init
+    assert init["mode"] == "offline"  # never needs network
+    assert init["project"] == "bayes-ssl" and init["tags"] == ["a"]
+    assert init["dir"] == str(tmp_path / "run")  # wandb adds wandb/: <run>/wandb/offline-run-*
+    assert "reinit" not in init  # a boolean reinit is deprecated in wandb >= 0.19
+    assert "WANDB_MODE" not in os.environ  # the process environment is left alone
+
+
+@pytest.mark.parametrize(
+    ("logger_kwargs", "env", "expected"),
+    [
+        ({}, None, ("offline", "default")),
+        ({}, "online", ("online", "WANDB_MODE")),
+        ({}, "disabled", ("disabled", "WANDB_MODE")),
+        ({}, "dryrun", ("offline", "WANDB_MODE")),  # wandb's deprecated alias, mapped
+        ({"mode": "offline"}, "online", ("offline", "logging.wandb_logger_kwargs.mode")),  # the config wins
+        ({"mode": "online"}, "disabled", ("online", "logging.wandb_logger_kwargs.mode")),
+        ({"offline": False}, "disabled", ("online", "logging.wandb_logger_kwargs.offline")),
+        ({"offline": True}, None, ("offline", "logging.wandb_logger_kwargs.offline")),
+    ],
+)
+def test_wandb_mode_precedence(
+    logger_kwargs: dict[str, Any], env: str | None, expected: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """logging.wandb_logger_kwargs.mode > WANDB_MODE > offline."""
+    if env is None:
+        monkeypatch.delenv("WANDB_MODE", raising=False)
+    else:
+        monkeypatch.setenv("WANDB_MODE", env)
+    assert wandb_mode(logger_kwargs) == expected
+
+
+def test_wandb_mode_errors_and_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "sometimes")
+    with pytest.raises(ValueError, match=r"wandb mode 'sometimes' \(from WANDB_MODE\)"):
+        get_lightning_loggers({"wandb": True, "csv": False}, tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    cfg = {"wandb": True, "csv": False, "wandb_logger_kwargs": {"offline": True}}
+    (logger,) = get_lightning_loggers(cfg, tmp_path / "ft", group="abc12345", job_type="finetune")
+    init = logger._wandb_init
+    assert (init["mode"], init["group"], init["job_type"], init["name"]) == (
+        "offline",
+        "abc12345",
+        "finetune",
+        "abc12345-finetune",
+    )
+    assert "offline" not in init and logger._offline is False  # Lightning's flag would set WANDB_MODE=dryrun
+    # the config's own group/name are kept
+    cfg["wandb_logger_kwargs"] = {"group": "mine", "name": "n"}
+    (logger,) = get_lightning_loggers(cfg, tmp_path / "ft", group="abc12345", job_type="finetune")
+    assert (logger._wandb_init["group"], logger._wandb_init["name"], logger._wandb_init["mode"]) == (
+        "mine",
+        "n",
+        "disabled",
+    )
 
 
 def test_wandb_options_without_wandb_are_ignored_with_a_warning(tmp_path: Path, caplog) -> None:

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -93,6 +94,43 @@ def test_debug_mode_and_tensorboard(demo_root: Path, tmp_path: Path) -> None:
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
     assert torch.load(out / "finetune" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
     assert any((out / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_wandb_groups_pretrain_and_finetune(
+    demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """One pipeline = one wandb group (its run id) with a pretrain and a finetune run, offline (WANDB_MODE),
+    files in <phase folder>/wandb/, no deprecation warning; a resumed pipeline keeps its group."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    runs: list[tuple[str, str, str, str]] = []
+    real_init = wandb.init
+
+    def spy(**kwargs: Any) -> Any:
+        run = real_init(**kwargs)
+        runs.append((run.group, run.job_type, run.settings.mode, kwargs["dir"]))
+        return run
+
+    monkeypatch.setattr(wandb, "init", spy)
+    out = tmp_path / "wb"
+    cfg = compose_run("ssl", "barlow_twins", demo_root, out, ["debug=default", "logging.wandb=true"])
+    run_pipeline(cfg)
+    run_id = json.loads((out / "results.json").read_text())["metadata"]["run_id"]
+    assert runs == [(run_id, "pretrain", "offline", str(out)), (run_id, "finetune", "offline", str(out / "finetune"))]
+    for phase in (out, out / "finetune"):
+        assert len(list((phase / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
+        assert not (phase / "wandb" / "wandb").exists()
+    wandb_lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("wandb:")]
+    assert wandb_lines and not [line for line in wandb_lines if "deprecat" in line.lower()]
+
+    # the finetune of a resumed pipeline joins the group of its pretraining
+    (out / "results.json").unlink()
+    runs.clear()
+    run_pipeline(cfg)
+    assert runs == [(run_id, "finetune", "offline", str(out / "finetune"))]
+    assert json.loads((out / "results.json").read_text())["metadata"]["run_id"] == run_id
 
 
 @pytest.mark.slow
