@@ -7,7 +7,8 @@ default Conv2d initialisation (Kaiming-uniform, a=sqrt(5)), as in the reference.
 
 An encoder named ``timm/<model>`` (``model/backbone=timm``, ``model.backbone.name=<model>``) is
 ``timm.create_model(<model>, pretrained=False, num_classes=0, **kwargs)``: timm's pooled,
-classifier-free feature, whose width E is the model's ``num_features``. Its stem is timm's
+classifier-free feature, whose width E is read from the model (``num_features``, or ``head_hidden_size``
+for models with a pre-logits layer). Its stem is timm's
 (the dataset stems above are for the torchvision ResNets); ``kwargs`` (``model.backbone.kwargs``)
 reach ``create_model``, e.g. ``img_size: 32`` for a ViT on CIFAR, and ``in_chans`` is set from the
 dataset's stem where that has one channel. Weights are never downloaded.
@@ -109,10 +110,20 @@ def _create_timm(model: str, kwargs: Mapping[str, Any] | None) -> nn.Module:
         raise ValueError(f"timm model {model!r} does not accept model.backbone.kwargs={extra}: {err}") from err
 
 
+def timm_feature_width(net: nn.Module) -> int:
+    """The width of a classifier-free timm model's output: ``head_hidden_size`` where the model has a
+    pre-logits layer after the pooling (MobileNetV3's 1024 against 576 ``num_features``), else ``num_features``."""
+    return int(getattr(net, "head_hidden_size", None) or net.num_features)
+
+
 @functools.cache
 def _timm_out_dim(model: str, kwargs_json: str) -> int:
-    with torch.device("meta"):  # no memory, no initialisation: only the width is read
-        return int(_create_timm(model, json.loads(kwargs_json)).num_features)
+    kwargs = json.loads(kwargs_json)
+    try:
+        with torch.device("meta"):  # no memory, no initialisation: only the width is read
+            return timm_feature_width(_create_timm(model, kwargs))
+    except (NotImplementedError, RuntimeError):  # a model whose constructor reads tensor values
+        return timm_feature_width(_create_timm(model, kwargs))
 
 
 def _timm_kwargs(dataset: str | None, kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -124,8 +135,8 @@ def _timm_kwargs(dataset: str | None, kwargs: Mapping[str, Any] | None) -> dict[
 
 
 def encoder_out_dim(name: str, kwargs: Mapping[str, Any] | None = None) -> int:
-    """E, the width of the pooled feature of encoder ``name`` (for ``timm/<model>``: its ``num_features``
-    with ``kwargs``, read from a model built on the meta device)."""
+    """E, the width of the pooled feature of encoder ``name`` (for ``timm/<model>``: ``timm_feature_width``
+    of the model with ``kwargs``, built on the meta device)."""
     model = _timm_name(name)
     if model is not None:
         return _timm_out_dim(model, json.dumps(dict(kwargs or {}), sort_keys=True))

@@ -124,6 +124,15 @@ def test_timm_encoder_width_is_read_from_the_model() -> None:
     assert repr(net.conv1) == repr(reference.conv1)  # timm's own stem, not the CIFAR 3x3 conv
 
 
+def test_timm_width_is_the_output_width_with_a_pre_logits_layer() -> None:
+    """MobileNetV3 pools 576 channels, then its conv_head gives 1024: the encoder's E is the output's width."""
+    pytest.importorskip("timm")
+    net = get_encoder("timm/mobilenetv3_small_050", "imagenet").eval()
+    with torch.no_grad():
+        out = net(torch.randn(2, 3, 32, 32))
+    assert net.num_features != out.shape[1] == encoder_out_dim("timm/mobilenetv3_small_050") == 1024
+
+
 def test_timm_encoder_kwargs_and_one_channel_stem() -> None:
     pytest.importorskip("timm")
     vit = get_encoder("timm/test_vit", "demo", {"img_size": 16, "patch_size": 8}).eval()
