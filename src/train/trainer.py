@@ -79,6 +79,18 @@ CALLBACKS: Registry[Callable[[dict[str, Any], PhaseContext], Callback | None]] =
 
 @CALLBACKS.register("checkpoint")
 def _checkpoint(args: dict[str, Any], ctx: PhaseContext) -> Callback:
+    """The best checkpoint(s) (``model.ckpt``): weights, hyper-parameters and the epoch/step counters only.
+
+    A best checkpoint is read to rebuild the model (``load_ssl_model``, the OOD study, the embedding
+    and semi-supervised stages), never to resume, so the optimizer and scheduler states, the callbacks'
+    states and the RNG streams stay out of it (a third of the size with AdamW). ``save_last`` is taken
+    out too: the complete ``last.ckpt`` a resume needs comes from the last-checkpoint writer that
+    :func:`reliability_callbacks` adds to every training phase. ``save_weights_only: false`` in the
+    ``checkpoint`` node keeps the full content.
+    """
+    args = dict(args)
+    args.pop("save_last", None)
+    args.setdefault("save_weights_only", True)
     # overwrite model.ckpt in place rather than writing model-v1.ckpt
     return ModelCheckpoint(dirpath=ctx.checkpoint_dir, enable_version_counter=False, **args)
 
@@ -130,7 +142,8 @@ def reliability_callbacks(
     ``ResumeState`` (RNG streams, stop flag) and ``NonFiniteLossGuard`` always (it stops the run, or
     with ``stop_on_non_finite_loss=False`` only warns, as the reference kept training); a
     last-checkpoint writer when no configured checkpoint keeps ``last.ckpt``, so that every phase
-    can resume.
+    can resume. The configured ``checkpoint`` node's ``save_last`` is served by this writer (see
+    ``_checkpoint``), so ``last.ckpt`` is always complete (optimizer, schedulers, callbacks, RNG).
     """
     extra: list[Callback] = [ResumeState(), NonFiniteLossGuard(check_every_n_steps, stop=stop_on_non_finite_loss)]
     if not any(isinstance(c, ModelCheckpoint) and c.save_last for c in callbacks):

@@ -53,7 +53,9 @@ def test_callbacks_in_the_config_order(phase: str, tmp_path: Path) -> None:
     callbacks = build_callbacks(node, tmp_path, has_logger=True, **PROBE)
     assert [type(c) for c in callbacks] == [TYPES[name] for name in node]
     ckpt = next(c for c in callbacks if isinstance(c, ModelCheckpoint))
-    assert ckpt.monitor == node["checkpoint"]["monitor"] and Path(ckpt.dirpath) == tmp_path and ckpt.save_last
+    assert ckpt.monitor == node["checkpoint"]["monitor"] and Path(ckpt.dirpath) == tmp_path
+    # the best checkpoint holds weights only; last.ckpt (complete) comes from the reliability writer
+    assert ckpt.save_weights_only and not ckpt.save_last
 
 
 @pytest.mark.parametrize("name", list(CALLBACKS))

@@ -60,7 +60,10 @@ def test_results_json_that_is_not_json(tmp_path: Path) -> None:
     results = tmp_path / "runs" / "ssl_barlow" / "results.json"
     results.parent.mkdir(parents=True)
     results.write_text('{"metrics": {"val_online_acc": 0.9')  # cut short
-    with pytest.raises(ValueError, match=rf"{_q(results)} is not valid JSON .*delete it and rerun"):
+    with pytest.raises(
+        ValueError,
+        match=rf"{_q(results)} is not valid JSON .*delete it and run the stage that writes it again .*dvc repro",
+    ):
         read_json(results)
     argv = ["--runs-dir", str(tmp_path / "runs"), "--ood-report-dir", str(tmp_path)]
     argv += ["--probe-report-dir", str(tmp_path), "--output-dir", str(tmp_path / "report")]
