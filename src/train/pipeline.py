@@ -3,8 +3,9 @@
 ``run_pipeline(cfg)`` writes, under ``cfg.output_path``:
 
     hydra_config.yaml            the composed config (interpolations unresolved)
-    checkpoints/model.ckpt       best pretraining checkpoint (max val_online_acc)
-    checkpoints/last.ckpt
+    checkpoints/model.ckpt       best pretraining checkpoint (max val_online_acc): weights and
+                                 hyper-parameters only
+    checkpoints/last.ckpt        complete (optimizer, schedulers, callbacks, RNG): what a resume reads
     csv/lightning_logs/version_0/metrics.csv
     finetune/checkpoints/{epoch=E-step=S,last}.ckpt     when `finetune` is configured
     results.json                 metrics, metadata and checkpoint paths (relative to the

@@ -4,8 +4,9 @@
 pretraining run, finetunes its best checkpoint end to end with a new linear head
 (``src.task.semi_supervised.SemiSupervised``) and writes, under ``cfg.output_path``:
 
-    checkpoints/model.ckpt       best val_accuracy (ImageNet val = test set, D-Q3, T-Q32)
-    checkpoints/last.ckpt
+    checkpoints/model.ckpt       best val_accuracy (ImageNet val = test set, D-Q3, T-Q32); weights
+                                 and hyper-parameters only
+    checkpoints/last.ckpt        complete: what a resume reads
     csv/lightning_logs/version_0/{metrics.csv,hparams.yaml}
     results.json                 test metrics of the *final* in-memory weights (after early
                                  stopping: 5 epochs past the best, D-Q3, T-Q25), the best checkpoint

@@ -134,6 +134,18 @@ def build_callbacks(
     return callbacks
 
 
+def last_checkpoint_writer(checkpoint_dir: Path) -> ModelCheckpoint:
+    """A complete ``last.ckpt`` at the end of every epoch, whatever the monitored metrics do.
+
+    Not ``save_last=True``: Lightning (2.6) writes ``last.ckpt`` only in a step where the same callback
+    also saved a top-k checkpoint, i.e. only on improving epochs, or never with ``save_top_k=0``. A
+    monitor-less top-1 checkpoint named ``last`` is rewritten every epoch.
+    """
+    return ModelCheckpoint(
+        dirpath=checkpoint_dir, filename=LAST_CKPT.removesuffix(".ckpt"), save_top_k=1, enable_version_counter=False
+    )
+
+
 def reliability_callbacks(
     callbacks: list[Callback], checkpoint_dir: Path, check_every_n_steps: int, stop_on_non_finite_loss: bool = True
 ) -> list[Callback]:
@@ -147,7 +159,7 @@ def reliability_callbacks(
     """
     extra: list[Callback] = [ResumeState(), NonFiniteLossGuard(check_every_n_steps, stop=stop_on_non_finite_loss)]
     if not any(isinstance(c, ModelCheckpoint) and c.save_last for c in callbacks):
-        extra.append(ModelCheckpoint(dirpath=checkpoint_dir, save_top_k=0, save_last=True))
+        extra.append(last_checkpoint_writer(checkpoint_dir))
     return callbacks + extra
 
 
