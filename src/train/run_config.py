@@ -238,11 +238,9 @@ def hydra_records(folder: Path) -> list[Path]:
 
         if not HydraConfig.initialized():
             return []
-        hc = HydraConfig.get()
-        dirs = [Path(hc.runtime.output_dir)]
-        if hc.sweep.dir:
-            dirs.append(Path(str(hc.sweep.dir)))
-    except Exception:  # no Hydra run (a library call): nothing to keep
+        # a run's hydra.run.dir, or a multirun job's <sweep.dir>/<subdir>: the top entry below `folder` is kept
+        dirs = [Path(HydraConfig.get().runtime.output_dir)]
+    except Exception:  # no Hydra run (a library call) or no output folder: nothing to keep
         return []
     folder = folder.resolve()
     kept = []

@@ -3,7 +3,10 @@ written, overwrite=true, a finetune added to a finished pretraining, damaged che
 
 from __future__ import annotations
 
+import functools
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +24,7 @@ from src.train.run_config import (
     is_ignored,
 )
 from tests.conftest import compose_config
-from tests.train.conftest import TINY, compose_run
+from tests.train.conftest import SCRIPT, TINY, compose_run, script_env
 
 PRETRAIN_ONLY = [o for o in TINY if not o.startswith(("finetune.", "+finetune."))]
 
@@ -222,3 +225,33 @@ def test_a_cut_short_model_ckpt_of_a_finished_run_is_detected(demo_root: Path, t
     again = run_pipeline(cfg)
     assert again is not None and checkpoint_is_intact(model_ckpt)
     assert again["metrics"] == first["metrics"]  # the same config on CPU: the same numbers
+
+
+@pytest.mark.slow
+def test_the_script_refuses_a_changed_config_and_names_the_keys(demo_root: Path, tmp_path: Path) -> None:
+    """The README's scenario as a user runs it: the same command with another beta and more epochs, as a
+    multirun (Hydra's own runs/ inside the output folder is not taken for the run's contents)."""
+    out = tmp_path / "run"
+    base = [
+        sys.executable,
+        str(SCRIPT),
+        "-m",
+        "dataset=demo",
+        f"dataset.data_dir={demo_root}",
+        "+model/task/ssl@train=ssl_bayes_z",
+        "model/loss=mc_barlow_twins",
+        "train.mc_samples=2",
+        f"output_path={out}",
+        *PRETRAIN_ONLY,
+    ]
+    run = functools.partial(subprocess.run, cwd=tmp_path, env=script_env(), capture_output=True, text=True)
+    first = run(base, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (out / "runs" / "0" / ".hydra").is_dir() and (out / RUN_CONFIG_FILE).is_file()
+    before = {k: v for k, v in snapshot(out).items() if not k.startswith("runs/")}
+    changed = run([*base, "train.beta_scale=0.01", "train.trainer.max_epochs=20"], timeout=300)
+    assert changed.returncode != 0
+    text = changed.stdout + changed.stderr
+    assert "RunConfigMismatch" in text and "train.beta_scale: 0.001 → 0.01" in text, text[-3000:]
+    assert "train.trainer.max_epochs: 1 → 20" in text and "overwrite=true" in text
+    assert {k: v for k, v in snapshot(out).items() if not k.startswith("runs/")} == before
