@@ -164,7 +164,8 @@ def run_studies(
                 if not isinstance(cached, dict) or "ood_scores" not in cached:
                     raise ValueError(
                         f"{cache} is not a run record of this study (no 'ood_scores' entry); "
-                        "delete it to recompute the run"
+                        "delete it and run the study again to recompute this run (under DVC, `dvc repro` the "
+                        "study's stage)"
                     )
                 record["ood_scores"] = cached["ood_scores"]
                 if "detector_info" in cached:

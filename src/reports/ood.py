@@ -48,7 +48,8 @@ def load_results(results_dir: Path) -> pd.DataFrame:
         if not isinstance(records, list) or not all(isinstance(r, dict) and "ood_scores" in r for r in records):
             raise ValueError(
                 f"{path} is not a runs.json of run_ood_study.py (expected a list of run records with 'ood_scores'); "
-                "delete it and rerun the study for this detector"
+                "delete it and run the study for this detector again (its per-run records are reused; under DVC, "
+                "`dvc repro` the study's stage)"
             )
         for run in records:
             for score in run["ood_scores"] or []:

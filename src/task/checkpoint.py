@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from src.task import SSL_MODELS, BaseSelfSupervisedLearning
-from src.utils.checkpoint import CheckpointError, load_checkpoint
+from src.utils.checkpoint import REDO_RUN_ADVICE, CheckpointError, load_checkpoint
 
 
 def load_ssl_model(
@@ -41,7 +41,7 @@ def load_ssl_model(
     except (TypeError, ValueError) as err:
         raise CheckpointError(
             f"checkpoint {path}: its hyper_parameters do not build a {stored!r} model ({err}); the file was "
-            "written by another version of the code or edited: rerun the stage that writes it"
+            f"written by another version of the code or edited: {REDO_RUN_ADVICE}"
         ) from err
     module.on_load_checkpoint(ckpt)
     try:
@@ -50,7 +50,6 @@ def load_ssl_model(
         first = str(err).strip().splitlines()
         raise CheckpointError(
             f"checkpoint {path}: its weights do not fit the {stored!r} model its hyper_parameters describe "
-            f"({' '.join(line.strip() for line in first[:3])}); the file is inconsistent: rerun the stage that "
-            "writes it"
+            f"({' '.join(line.strip() for line in first[:3])}); the file is inconsistent: {REDO_RUN_ADVICE}"
         ) from err
     return module

@@ -4,15 +4,22 @@
 pretraining run, finetunes its best checkpoint end to end with a new linear head
 (``src.task.semi_supervised.SemiSupervised``) and writes, under ``cfg.output_path``:
 
-    checkpoints/model.ckpt       best val_accuracy (ImageNet val = test set, D-Q3, T-Q32)
-    checkpoints/last.ckpt
+    checkpoints/model.ckpt       best val_accuracy (ImageNet val = test set, D-Q3, T-Q32); weights
+                                 and hyper-parameters only
+    checkpoints/last.ckpt        complete: what a resume reads
     csv/lightning_logs/version_0/{metrics.csv,hparams.yaml}
     results.json                 test metrics of the *final* in-memory weights (after early
                                  stopping: 5 epochs past the best, D-Q3, T-Q25), the best checkpoint
                                  path relative to the working directory, and metadata; written
                                  last and atomically
 
-A run whose ``results.json`` exists is finished: running it again does nothing. A non-finite
+    run_config.json              the resolved config (src/train/run_config.py)
+
+Before it writes anything, a run compares its config with the folder's ``run_config.json``: a
+different config stops it with the differing keys and the two ways on (another ``output_path``, or
+``overwrite=true``); a finished run whose best checkpoint is missing or cut short stops it with the
+files to delete. With the same config, a run whose ``results.json`` exists is finished: running it
+again does nothing. A non-finite
 training loss stops the run unless the config sets ``continue_on_non_finite_loss: true``.
 """
 
@@ -29,6 +36,17 @@ from src.task.checkpoint import load_ssl_model
 from src.task.semi_supervised import SemiSupervised
 from src.train.loggers import wandb_session
 from src.train.pipeline import RESULTS_FILE, build_datamodule, stop_on_non_finite_loss
+from src.train.run_config import (
+    RUN_CONFIG_FILE,
+    RunConfig,
+    checkpoint_is_intact,
+    damaged_error,
+    differences,
+    folder_entries,
+    hydra_records,
+    mismatch_error,
+    remove,
+)
 from src.train.trainer import build_trainer, merge_metrics, relative, sigterm_exits_nonzero
 from src.utils.io import read_json, write_json
 from src.utils.plain import to_plain
@@ -102,6 +120,55 @@ def train(cfg: DictConfig, run: dict[str, Any], run_path: Path, output_path: Pat
     return {"metrics": merge_metrics(metrics), "ckpt_path": phase.best_checkpoint()}
 
 
+def check_semi_supervised_folder(cfg: DictConfig, output_path: Path) -> RunConfig:
+    """Compare the run's config with the folder's record before anything is written (see
+    ``src/train/run_config.py``); with ``overwrite: true`` a stale or damaged folder is emptied here.
+
+    Raises:
+        RunConfigMismatch: the folder holds a run of another config and ``overwrite`` is false.
+        DamagedRunError: the finished run's best checkpoint is missing or cut short and ``overwrite`` is false.
+    """
+    record = RunConfig.of_run(cfg)
+    overwrite = bool(cfg.get("overwrite", False))
+    entries = folder_entries(output_path, keep=hydra_records(output_path))
+    if not entries:
+        return record
+    stored = RunConfig.read(output_path)
+    if stored is None and not overwrite:
+        log.warning(
+            "%s has no %s (written by an earlier version of the code): its config could not be checked against "
+            "this one, so the folder is taken as this run (finished work is skipped). Add overwrite=true to redo it.",
+            output_path,
+            RUN_CONFIG_FILE,
+        )
+    elif stored is not None:
+        diff = differences(stored.parts.get("run", {}), record.parts["run"])
+        if diff and not overwrite:
+            raise mismatch_error(
+                output_path, diff, "the folder's contents are deleted and the run starts afresh", "run"
+            )
+        if not diff:
+            stored = record
+    if stored is not record and overwrite:
+        log.warning("overwrite=true: %s holds another (or an unrecorded) run; deleting its contents", output_path)
+        remove(entries)
+        return record
+    results_path = output_path / RESULTS_FILE
+    if results_path.is_file():
+        try:
+            recorded = read_json(results_path).get("model_ckpt_path")
+            bad = [] if not recorded else [output_path / "checkpoints" / Path(recorded).name]
+            bad = [p for p in bad if not checkpoint_is_intact(p)]
+        except (ValueError, AttributeError):
+            bad = [results_path]
+        if bad:
+            if not overwrite:
+                raise damaged_error(output_path, bad, [output_path], "the run")
+            log.warning("overwrite=true: %s is missing or cut short; deleting %s", bad[0], output_path)
+            remove(entries)
+    return record
+
+
 def run_semi_supervised(cfg: DictConfig) -> dict[str, Any] | None:
     """Seed, finetune, test and write ``results.json``; None when the run was already finished.
 
@@ -117,11 +184,13 @@ def _run_semi_supervised(cfg: DictConfig) -> dict[str, Any] | None:
         raise ValueError("set run_path=<pretraining run dir> and output_path=<output dir>")
     run_path, output_path = Path(cfg.run_path), Path(cfg.output_path)
     results_path = output_path / RESULTS_FILE
+    record = check_semi_supervised_folder(cfg, output_path)
     if results_path.is_file():
         log.info("%s exists: this run is finished, nothing to do", results_path)
         return None
     pl.seed_everything(int(cfg.seed), workers=False)
     output_path.mkdir(parents=True, exist_ok=True)
+    record.write(output_path)
     log.info("semi-supervised finetuning of %s into %s\n%s", run_path, output_path, OmegaConf.to_yaml(cfg))
     run = read_json(run_path / RESULTS_FILE)
 

@@ -79,6 +79,18 @@ CALLBACKS: Registry[Callable[[dict[str, Any], PhaseContext], Callback | None]] =
 
 @CALLBACKS.register("checkpoint")
 def _checkpoint(args: dict[str, Any], ctx: PhaseContext) -> Callback:
+    """The best checkpoint(s) (``model.ckpt``): weights, hyper-parameters and the epoch/step counters only.
+
+    A best checkpoint is read to rebuild the model (``load_ssl_model``, the OOD study, the embedding
+    and semi-supervised stages), never to resume, so the optimizer and scheduler states, the callbacks'
+    states and the RNG streams stay out of it (a third of the size with AdamW). ``save_last`` is taken
+    out too: the complete ``last.ckpt`` a resume needs comes from the last-checkpoint writer that
+    :func:`reliability_callbacks` adds to every training phase. ``save_weights_only: false`` in the
+    ``checkpoint`` node keeps the full content.
+    """
+    args = dict(args)
+    args.pop("save_last", None)
+    args.setdefault("save_weights_only", True)
     # overwrite model.ckpt in place rather than writing model-v1.ckpt
     return ModelCheckpoint(dirpath=ctx.checkpoint_dir, enable_version_counter=False, **args)
 
@@ -122,6 +134,18 @@ def build_callbacks(
     return callbacks
 
 
+def last_checkpoint_writer(checkpoint_dir: Path) -> ModelCheckpoint:
+    """A complete ``last.ckpt`` at the end of every epoch, whatever the monitored metrics do.
+
+    Not ``save_last=True``: Lightning (2.6) writes ``last.ckpt`` only in a step where the same callback
+    also saved a top-k checkpoint, i.e. only on improving epochs, or never with ``save_top_k=0``. A
+    monitor-less top-1 checkpoint named ``last`` is rewritten every epoch.
+    """
+    return ModelCheckpoint(
+        dirpath=checkpoint_dir, filename=LAST_CKPT.removesuffix(".ckpt"), save_top_k=1, enable_version_counter=False
+    )
+
+
 def reliability_callbacks(
     callbacks: list[Callback], checkpoint_dir: Path, check_every_n_steps: int, stop_on_non_finite_loss: bool = True
 ) -> list[Callback]:
@@ -130,11 +154,12 @@ def reliability_callbacks(
     ``ResumeState`` (RNG streams, stop flag) and ``NonFiniteLossGuard`` always (it stops the run, or
     with ``stop_on_non_finite_loss=False`` only warns, as the reference kept training); a
     last-checkpoint writer when no configured checkpoint keeps ``last.ckpt``, so that every phase
-    can resume.
+    can resume. The configured ``checkpoint`` node's ``save_last`` is served by this writer (see
+    ``_checkpoint``), so ``last.ckpt`` is always complete (optimizer, schedulers, callbacks, RNG).
     """
     extra: list[Callback] = [ResumeState(), NonFiniteLossGuard(check_every_n_steps, stop=stop_on_non_finite_loss)]
     if not any(isinstance(c, ModelCheckpoint) and c.save_last for c in callbacks):
-        extra.append(ModelCheckpoint(dirpath=checkpoint_dir, save_top_k=0, save_last=True))
+        extra.append(last_checkpoint_writer(checkpoint_dir))
     return callbacks + extra
 
 

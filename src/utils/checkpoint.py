@@ -18,6 +18,20 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, truncated, unsafe or of the wrong model type."""
 
 
+#: how to get a damaged checkpoint written again, under DVC and by hand (every message that asks for it)
+REWRITE_ADVICE = (
+    "write it again: under DVC, `dvc repro` the stage that writes it (DVC removes a stage's outputs before it "
+    "runs the stage); by hand, run that stage's command again with overwrite=true for run_pipeline.py and "
+    "run_semi_supervised.py (a finished run whose checkpoint is missing or cut short is redone), or after deleting "
+    "the file for the other stages"
+)
+#: the same for a checkpoint that reads but does not fit its model (it cannot be told from a good one by its bytes)
+REDO_RUN_ADVICE = (
+    "write it again: under DVC, `dvc repro` the stage that writes it; by hand, delete the run folder that holds it "
+    "(or choose another output_path) and run that stage's command again"
+)
+
+
 def _refusal_reason(text: str) -> str:
     """The line of torch's weights-only error that names the refused object (e.g. ``GLOBAL posix.system``).
 
@@ -52,7 +66,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
             ) from err
         raise CheckpointError(
             f"checkpoint {path} cannot be read ({type(err).__name__}: {text.splitlines()[0] if text else ''}); "
-            "it is probably truncated or corrupted: delete it and rerun the stage that writes it"
+            f"it is probably truncated or corrupted: {REWRITE_ADVICE}"
         ) from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"checkpoint {path} is not a Lightning checkpoint (no `state_dict` entry)")

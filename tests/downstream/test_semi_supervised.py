@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from src.task.semi_supervised import SemiSupervised
+from src.train.run_config import RunConfigMismatch
 from src.train.semi_supervised import pretrained_checkpoint, run_semi_supervised
 from tests.conftest import build_model
 from tests.downstream.conftest import CONF, ROOT, subprocess_env, write_imagenet
@@ -138,9 +140,20 @@ def test_run_semi_supervised_on_the_demo(runs_root: Path, demo_root: Path, chdir
     reloaded = SemiSupervised.load_from_checkpoint(out / "checkpoints" / "model.ckpt", weights_only=True)
     assert torch.equal(reloaded.predictor.weight, ckpt["state_dict"]["predictor.weight"])
 
+    assert "optimizer_states" not in ckpt and "optimizer_states" in torch.load(
+        out / "checkpoints" / "last.ckpt", weights_only=True
+    )
+
     stamp = (out / "results.json").stat().st_mtime_ns
     assert run_semi_supervised(cfg) is None  # finished: nothing is recomputed
     assert (out / "results.json").stat().st_mtime_ns == stamp
+    # another config: refused before anything is written, the key named with both values
+    changed = copy.deepcopy(cfg)
+    changed.train.trainer.max_epochs = 2
+    with pytest.raises(RunConfigMismatch, match=r"train\.trainer\.max_epochs: 1 → 2(.|\n)*overwrite=true"):
+        run_semi_supervised(changed)
+    assert (out / "results.json").stat().st_mtime_ns == stamp
+    assert json.loads((out / "run_config.json").read_text())["parts"]["run"]["train.trainer.max_epochs"] == 1
 
 
 @pytest.mark.slow

@@ -163,6 +163,7 @@ def test_readme_compose_example() -> None:
         "model_ckpt_path",
         "finetuner_ckpt_path",
         "continue_on_non_finite_loss",
+        "overwrite",
         "dataset",
         "model",
         "logging",
@@ -202,6 +203,8 @@ def test_fidelity_switches_default_to_the_reference() -> None:
     for name in ("config", "semi_supervised"):
         assert _compose(name, []).continue_on_non_finite_loss is False
         assert _compose(name, ["continue_on_non_finite_loss=true"]).continue_on_non_finite_loss is True
+        # a rerun into a folder of another config stops unless asked to replace it
+        assert _compose(name, []).overwrite is False
 
 
 @pytest.mark.parametrize(

@@ -46,7 +46,10 @@ def test_truncated_checkpoint(tmp_path: Path, bayes_z_model: torch.nn.Module, ke
     good = _save_checkpoint(bayes_z_model, tmp_path / "good.ckpt")
     bad = tmp_path / "model.ckpt"
     bad.write_bytes(good.read_bytes()[: int(good.stat().st_size * keep)])
-    with pytest.raises(CheckpointError, match=rf"{_q(bad)} cannot be read .*truncated or corrupted: delete it"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"{_q(bad)} cannot be read .*truncated or corrupted: write it again: .*dvc repro.*overwrite=true",
+    ):
         load_ssl_model(bad)
 
 
@@ -59,7 +62,9 @@ def test_checkpoint_whose_weights_do_not_fit_its_hyper_parameters(
     tmp_path: Path, bayes_z_model: torch.nn.Module
 ) -> None:
     ckpt = _save_checkpoint(bayes_z_model, tmp_path / "model.ckpt", z_dim=64)
-    with pytest.raises(CheckpointError, match=rf"{_q(ckpt)}: its weights do not fit .*size mismatch.*rerun the stage"):
+    with pytest.raises(
+        CheckpointError, match=rf"{_q(ckpt)}: its weights do not fit .*size mismatch.*dvc repro.*delete the run folder"
+    ):
         load_ssl_model(ckpt)
 
 

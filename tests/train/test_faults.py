@@ -56,7 +56,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     assert f"global step {FAULT_AT} (epoch 1, batch {FAULT_AT - 20})" in message
     terms = re.search(r"non-finite terms: ([a-z_, ]+)\.", message)
     assert terms is not None and set(terms.group(1).split(", ")) == {"loss", "kl_prior_loss"}, message
-    assert "last.ckpt" in message
+    assert "last.ckpt" in message, message
     # nothing is marked done
     assert not (out / "results.json").exists()
     assert not (out / "checkpoints" / "pretrain_done.json").exists()

@@ -30,6 +30,7 @@ def test_pipeline_writes_the_output_layout(
 
     for rel in (
         "hydra_config.yaml",
+        "run_config.json",
         "results.json",
         "checkpoints/model.ckpt",
         "checkpoints/last.ckpt",
@@ -58,6 +59,16 @@ def test_pipeline_writes_the_output_layout(
     assert "task: ${train.name}" in (out / "hydra_config.yaml").read_text()  # saved unresolved
     model = load_ssl_model(out / "checkpoints" / "model.ckpt", model_name)
     assert model.hparams["train_iters_per_epoch"] == 866 // 32
+    # the best checkpoint holds the weights and plain hyper-parameters only; last.ckpt all a resume needs
+    best = torch.load(out / "checkpoints" / "model.ckpt", weights_only=True)
+    last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    resume_only = {"optimizer_states", "lr_schedulers", "callbacks", "resume_state"}
+    assert not resume_only & set(best) and resume_only <= set(last)
+    assert (
+        best["state_dict"].keys() == last["state_dict"].keys() and best["hyper_parameters"]["model_name"] == model_name
+    )
+    # a complete checkpoint (what model.ckpt held before) still loads
+    assert load_ssl_model(out / "checkpoints" / "last.ckpt", model_name).hparams == model.hparams
     ft = torch.load(out / "finetune" / "checkpoints" / "last.ckpt", weights_only=True)
     assert "predictor.weight" in ft["state_dict"] and any(k.startswith("model.encoder.") for k in ft["state_dict"])
 
@@ -158,3 +169,30 @@ def test_script_multirun(demo_root: Path, tmp_path: Path) -> None:
 def test_missing_task_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match=r"\+model/task/ssl@train="):
         run_pipeline(compose_config("dataset=demo"))
+
+
+@pytest.mark.parametrize(
+    ("code", "fix"),
+    [(13, r"make it writable \(e\.g\. `chmod u\+w "), (28, r"free space there")],
+    ids=["read-only", "full"],
+)
+def test_unwritable_output_folder_names_it_and_the_fix(
+    code: int, fix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Simulated at the lowest level (creating the temporary file), so that it also holds when run as root, whom a
+    read-only folder does not stop; the run stops at its first output, before any training."""
+    import os
+    import re
+
+    import src.utils.io as io_module
+
+    out = tmp_path / "run"
+
+    def refuse(*args: object, dir: str, **kwargs: object) -> tuple[int, str]:
+        raise OSError(code, os.strerror(code), str(Path(dir) / ".hydra_config.yaml.x.tmp"))
+
+    monkeypatch.setattr(io_module.tempfile, "mkstemp", refuse)
+    cfg = compose_run("ssl", "barlow_twins", tmp_path / "no_data_needed", out)
+    with pytest.raises(OSError, match=rf"cannot write into the output folder {re.escape(str(out))} \(.*\); {fix}") as e:
+        run_pipeline(cfg)
+    assert ".tmp" not in str(e.value)

@@ -53,7 +53,9 @@ def test_callbacks_in_the_config_order(phase: str, tmp_path: Path) -> None:
     callbacks = build_callbacks(node, tmp_path, has_logger=True, **PROBE)
     assert [type(c) for c in callbacks] == [TYPES[name] for name in node]
     ckpt = next(c for c in callbacks if isinstance(c, ModelCheckpoint))
-    assert ckpt.monitor == node["checkpoint"]["monitor"] and Path(ckpt.dirpath) == tmp_path and ckpt.save_last
+    assert ckpt.monitor == node["checkpoint"]["monitor"] and Path(ckpt.dirpath) == tmp_path
+    # the best checkpoint holds weights only; last.ckpt (complete) comes from the reliability writer
+    assert ckpt.save_weights_only and not ckpt.save_last
 
 
 @pytest.mark.parametrize("name", list(CALLBACKS))
@@ -79,7 +81,9 @@ def test_every_phase_gets_resume_state_the_guard_and_a_last_checkpoint(tmp_path:
     kinds = [type(c) for c in phase.trainer.callbacks]
     assert ResumeState in kinds and NonFiniteLossGuard in kinds
     last = [c for c in phase.trainer.callbacks if isinstance(c, ModelCheckpoint)]
-    assert len(last) == 1 and last[0].save_last and last[0].save_top_k == 0
+    # rewritten every epoch (not Lightning's save_last, which follows the top-k saves)
+    assert len(last) == 1 and last[0].monitor is None and last[0].save_top_k == 1 and not last[0].save_weights_only
+    assert last[0].format_checkpoint_name({}) == str(tmp_path / "checkpoints" / "last.ckpt")
     assert phase.callbacks == [] and phase.checkpoint_dir == tmp_path / "checkpoints"
     assert phase.best_checkpoint() is None and phase.resume_checkpoint() is None
     (tmp_path / "checkpoints").mkdir()

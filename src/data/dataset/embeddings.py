@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
-from src.utils.io import atomic_write
+from src.utils.io import save_torch
 
 #: embedding file names, in the order they are written
 EMBEDDING_SPLITS = ("train", "val", "test")
@@ -68,7 +68,7 @@ class EmbeddingWriter:
             raise ValueError(f"{self.path}: {self.offset} of {self.num_rows} rows written; refusing to save")
         self._buffer.flush()
         reps = torch.from_numpy(self._buffer)
-        atomic_write(self.path, lambda p: torch.save({"reps": reps, "labels": self.labels}, p))
+        save_torch(self.path, {"reps": reps, "labels": self.labels})
         self._discard()
         return self.path
 
@@ -88,7 +88,7 @@ class EmbeddingWriter:
 def save_embeddings(path: str | os.PathLike[str], reps: Tensor, labels: Tensor) -> Path:
     """Save ``{"reps": float32, "labels": int64}`` atomically (in-memory tensors; see ``EmbeddingWriter``)."""
     obj = {"reps": reps.detach().to("cpu", torch.float32), "labels": labels.detach().to("cpu", torch.int64)}
-    return atomic_write(path, lambda p: torch.save(obj, p))
+    return save_torch(path, obj)
 
 
 def load_embeddings(path: str | os.PathLike[str], mmap: bool = True) -> TensorDataset:

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 from torch.utils.data import Dataset
+
+from src.utils.io import atomic_write
 
 # Integer labels only (see the module docstring); a sign is allowed for the OOD label -1.
 _LABEL_RE = re.compile(r"[+-]?\d+")
@@ -130,15 +131,7 @@ def write_image_list(list_file: str | os.PathLike[str], entries: Iterable[tuple[
         lines.append(f"{path} {label}\n")
     if not lines:
         raise ImageListError(f"refusing to write an empty image list to {str(list_file)!r}")
-    list_file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{list_file.name}.", suffix=".tmp", dir=list_file.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.writelines(lines)
-        os.replace(tmp, list_file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(list_file, lambda tmp: tmp.write_text("".join(lines), encoding="utf-8", newline="\n"))
     return list_file
 
 

@@ -17,6 +17,7 @@ does that too: the first bad step is reported once as a warning and training goe
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -107,7 +108,10 @@ class NonFiniteLossGuard(pl.Callback):
                 ", ".join(terms),
             )
             return
-        ckpt = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none written yet"
+        # the last-checkpoint writer (src/train/trainer.py) keeps last.ckpt as its one "best" file
+        written = [getattr(c, "last_model_path", "") for c in trainer.checkpoint_callbacks]
+        written += [getattr(c, "best_model_path", "") for c in trainer.checkpoint_callbacks]
+        ckpt = next((path for path in written if path and Path(path).name == "last.ckpt"), "none written yet")
         raise NonFiniteLossError(
             f"the training loss became non-finite at global step {step} (epoch {epoch}, batch {batch_idx}); "
             f"non-finite terms: {', '.join(terms)}. The run was stopped and nothing was marked done; the last "
