@@ -41,6 +41,7 @@ from src.task import SSL_MODELS
 from src.task.checkpoint import load_ssl_model
 from src.task.finetuning import LastLayerFinetuner
 from src.train.loggers import wandb_session
+from src.train.summary import config_summary
 from src.train.trainer import build_trainer, merge_metrics, relative, sigterm_exits_nonzero
 from src.utils.io import read_json, write_json, write_text
 from src.utils.plain import to_plain
@@ -48,6 +49,8 @@ from src.utils.plain import to_plain
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
+#: the composed config of the run (the only place it is written in full)
+HYDRA_CONFIG_FILE = "hydra_config.yaml"
 #: written once pretraining (fit + final validation) is complete, so a rerun after a kill
 #: during finetuning does not pretrain again
 PRETRAIN_DONE_FILE = "checkpoints/pretrain_done.json"
@@ -94,6 +97,7 @@ def pretrain(cfg: DictConfig, output_path: Path) -> dict[str, Any]:
         logging_cfg=cfg.logging,
         debug=cfg.get("debug"),
         stop_on_non_finite_loss=stop_on_non_finite_loss(cfg),
+        phase="pretrain",
         encoder_output_dim=int(cfg.train.kwargs.latent_dim),
         num_classes=int(cfg.dataset.num_classes),
     )
@@ -130,6 +134,7 @@ def finetune(cfg: DictConfig, output_path: Path, model_ckpt_path: str | Path) ->
         logging_cfg=cfg.logging,
         debug=cfg.get("debug"),
         stop_on_non_finite_loss=stop_on_non_finite_loss(cfg),
+        phase="finetune",
     )
     phase.fit(model, datamodule)
     phase.trainer.validate(model, datamodule=datamodule)
@@ -142,7 +147,7 @@ def save_hydra_config(cfg: DictConfig, output_path: Path) -> None:
     cfg = cfg.copy()
     OmegaConf.set_struct(cfg, False)
     cfg.output_path = str(output_path)
-    write_text(output_path / "hydra_config.yaml", OmegaConf.to_yaml(cfg))
+    write_text(output_path / HYDRA_CONFIG_FILE, OmegaConf.to_yaml(cfg))
 
 
 def run_pipeline(cfg: DictConfig) -> dict[str, Any] | None:
@@ -178,7 +183,8 @@ def _run_pipeline(cfg: DictConfig) -> dict[str, Any] | None:
     # finetune; setting it here keeps it in force when a resumed run skips pretraining.
     torch.set_float32_matmul_precision("medium")
     run_id = generate_run_id()
-    log.info("run %s, output %s\n%s", run_id, output_path, OmegaConf.to_yaml(cfg))
+    # the full config goes to hydra_config.yaml only; the screen gets a few lines
+    log.info("run %s\n%s", run_id, config_summary(cfg, str(output_path / HYDRA_CONFIG_FILE)))
     output_path.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:  # a DDP launch re-runs this script for every other rank
         save_hydra_config(cfg, output_path)
