@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 import warnings
 from collections.abc import Mapping
@@ -35,17 +34,14 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback, ProgressBar, TQDMProgressBar
 from torch import Tensor
 
+from src.utils.terminal import output_is_terminal
+
 log = logging.getLogger(__name__)
 
 #: the values of ``logging.progress``
 PROGRESS_MODES = ("auto", "bar", "lines", "none")
 #: the line mode's default interval in seconds (when no step interval is set)
 DEFAULT_EVERY_S = 30.0
-
-
-def output_is_terminal() -> bool:
-    """Whether stdout and stderr both go to a terminal (a bar would be redrawn in place)."""
-    return all(stream is not None and stream.isatty() for stream in (sys.stdout, sys.stderr))
 
 
 def resolve_progress_mode(mode: str | None) -> str:
