@@ -121,7 +121,7 @@ class LineProgress(ProgressBar):
 
     A line reads, e.g.::
 
-        pretrain epoch 3/50 step 40/650 (6%) 212.4 samples/s train_loss=12.31 train_kl_prior_loss=4.2 ETA 0:00:52
+        pretrain epoch 1/2 step 2/54 (4%) 6.2 samples/s train_kl_prior_loss=3.257 train_loss=68.66 ETA 0:05:28
 
     Args:
         phase: the name the lines start with (``pretrain``, ``finetune``, ...).
