@@ -95,7 +95,9 @@ def probe_trainer(experiment_dir: Path, max_epochs: int, test_mode: bool, monito
         "limit_val_batches": 0 if test_mode else 1.0,
     }
     loggers = [TensorBoardLogger(save_dir=str(experiment_dir), name=LOGS_DIR)]
-    return build_trainer(trainer_cfg, experiment_dir, loggers=loggers, callbacks=callbacks, reliability=False).trainer
+    return build_trainer(
+        trainer_cfg, experiment_dir, loggers=loggers, callbacks=callbacks, reliability=False, phase="linear_probe"
+    ).trainer
 
 
 def evaluate(

@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from src.ood.detectors.base import Detector, NetworkDetector
 from src.ood.features import Batch, Data, Features, FeatureStore, Loader, Split
@@ -64,9 +63,7 @@ def score_batch(
     return detector.postprocess(features)
 
 
-def inference(
-    detector: Detector, net: OODNetwork, split: Split, desc: str = "", progress: bool = True
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def inference(detector: Detector, net: OODNetwork, split: Split) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(pred, conf, label) over a split, batch by batch; ``conf`` keeps the detector's dtype.
 
     A feature detector scores the stored features; a network detector also gets each input batch
@@ -79,13 +76,13 @@ def inference(
         batches: Iterable[Features | None] = split.batches if detector.reads else itertools.repeat(None)
         # strict: the re-read inputs must line up with the stored features, batch for batch
         pairs = zip(inputs, batches, strict=bool(detector.reads))
-        for (data, y), features in tqdm(pairs, desc=desc, disable=not progress, leave=False):
+        for (data, y), features in pairs:
             pred, conf = score_batch(detector, net, data, features)
             preds.append(pred.detach().cpu())
             confs.append(conf.detach().cpu())
             labels.append(y)
     else:
-        for features in tqdm(split.batches, desc=desc, disable=not progress, leave=False):
+        for features in split.batches:
             pred, conf = score_batch(detector, net, None, features)
             preds.append(pred.detach().cpu())
             confs.append(conf.detach().cpu())
@@ -106,9 +103,7 @@ def id_accuracy(split: Split) -> float:
     return 100.0 * correct / total
 
 
-def hyperparameter_search(
-    detector: Detector, net: OODNetwork, id_val: Split, ood_val: Split, progress: bool = True
-) -> list[Any]:
+def hyperparameter_search(detector: Detector, net: OODNetwork, id_val: Split, ood_val: Split) -> list[Any]:
     """APS: the candidate with the best validation AUROC; ties keep the earlier one (O-Q18).
 
     A candidate the detector refuses for this data (``set_hyperparam`` raises ValueError, e.g. a
@@ -123,10 +118,10 @@ def hyperparameter_search(
             # would crash; the candidate is skipped instead
             log.warning("%s: candidate %s skipped: %s", detector.name, values, err)
             continue
-        _, conf_id, y_id = inference(detector, net, id_val, f"APS {values} ID", progress)
-        _, conf_ood, _ = inference(detector, net, ood_val, f"APS {values} OOD", progress)
+        _, conf_id, y_id = inference(detector, net, id_val)
+        _, conf_ood, _ = inference(detector, net, ood_val)
         auroc = auroc_only(np.concatenate([conf_id, conf_ood]), np.concatenate([y_id, -np.ones(len(conf_ood), int)]))
-        log.info("%s %s: validation AUROC %.4f", detector.name, values, auroc)
+        log.debug("%s %s: validation AUROC %.4f", detector.name, values, auroc)
         if auroc > best_auroc:
             best, best_auroc = values, auroc
     if best is None:
@@ -134,6 +129,7 @@ def hyperparameter_search(
             f"{detector.name}: no hyper-parameter candidate reached a validation AUROC above 0 "
             "(are the scores all equal or non-finite?)"
         )
+    log.info("%s: hyper-parameters %s (validation AUROC %.4f)", detector.name, best, best_auroc)
     detector.set_hyperparam(best)
     return best
 
@@ -194,7 +190,6 @@ def evaluate(
     protocol: Protocol,
     batch_size: int = 200,
     num_workers: int = 0,
-    progress: bool = True,
     inputs: InputCache | None = None,
     features: FeatureStore | None = None,
 ) -> StudyResult:
@@ -205,7 +200,6 @@ def evaluate(
         detector: a freshly built detector (fitted here when it needs a fit).
         protocol: the lists and preprocessing.
         batch_size, num_workers: loader settings when neither ``inputs`` nor ``features`` is given.
-        progress: progress bars.
         inputs: shared input batches (used when ``features`` is None).
         features: the run's feature store, shared with the run's other detectors; it must compute
             what ``detector`` reads. None: a store for this detector alone.
@@ -215,15 +209,15 @@ def evaluate(
     net.eval()
     if features is None:
         loader = inputs.loader if inputs is not None else protocol_loader(protocol, batch_size, num_workers)
-        features = FeatureStore.for_detectors(net, loader, [detector], progress=progress)
+        features = FeatureStore.for_detectors(net, loader, [detector])
 
     fit_detector(detector, net, features.split(kind, "id/train"))
     chosen = None
     if detector.sweep:
         id_val, ood_val = features.split(kind, "id/val"), features.split(kind, "ood/val")
-        chosen = hyperparameter_search(detector, net, id_val, ood_val, progress)
+        chosen = hyperparameter_search(detector, net, id_val, ood_val)
     id_test = features.split(kind, "id/test")
-    pred_id, conf_id, y_id = inference(detector, net, id_test, "ID test", progress)
+    pred_id, conf_id, y_id = inference(detector, net, id_test)
     scores: dict[str, np.ndarray] = {"id": conf_id}
     rows: list[dict[str, Any]] = []
     for group, sets in (("nearood", protocol.near), ("farood", protocol.far)):
@@ -232,7 +226,7 @@ def evaluate(
         vectors = []
         for name in sets:
             split = features.split(kind, f"ood/{group[:-3]}/{name}")
-            pred_o, conf_o, _ = inference(detector, net, split, name, progress)
+            pred_o, conf_o, _ = inference(detector, net, split)
             scores[name] = conf_o
             label = np.concatenate([y_id, -np.ones(len(conf_o), dtype=np.int64)])
             vec = compute_all_metrics(np.concatenate([conf_id, conf_o]), label, np.concatenate([pred_id, pred_o]))

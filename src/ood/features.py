@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 if TYPE_CHECKING:  # the wrapper imports this module; the store only calls the network
     from src.ood.wrapper import OODNetwork
@@ -177,7 +176,6 @@ class FeatureStore:
         reads: per preprocessor, the :class:`Features` fields to compute and keep (``logits`` always).
         seed: with a seed, each split's stochastic draws are seeded from (seed, preprocessor,
             split) in an isolated RNG state; None draws from the global RNG.
-        progress: show a progress bar per split.
     """
 
     def __init__(
@@ -187,7 +185,6 @@ class FeatureStore:
         reads: Mapping[str, Iterable[str]],
         *,
         seed: int | None = None,
-        progress: bool = False,
     ) -> None:
         self.net = net
         self.loader = loader
@@ -196,7 +193,6 @@ class FeatureStore:
         if unknown:
             raise ValueError(f"unknown feature fields {unknown}; known: {', '.join(FIELDS)}")
         self.seed = seed
-        self.progress = progress
         self._cache: dict[tuple[str, str], tuple[list[Features], Tensor]] = {}
 
     @classmethod
@@ -227,8 +223,7 @@ class FeatureStore:
         self.net.eval()
         reads = self.reads[preprocessor]
         batches, labels = [], []
-        desc = f"features {preprocessor} {name}"
-        for data, y in tqdm(inputs, desc=desc, disable=not self.progress, leave=False):
+        for data, y in inputs:
             x = data if isinstance(data, Tensor) else data[2]  # the plain view v3 of a three-view batch
             batches.append(self.net.features(x.to(self.net.device), reads))
             labels.append(y)

@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from src.ood.detectors import DETECTORS, build_detector, study_order
 from src.ood.detectors.base import Detector
 from src.ood.evaluator import InputCache, evaluate, protocol_loader
 from src.ood.features import FeatureStore
+from src.ood.progress import StudyProgress
 from src.ood.protocol import get_protocol
 from src.ood.wrapper import load_ood_network, model_name_from_run
 from src.utils.io import atomic_write, read_json, write_text
@@ -153,7 +153,8 @@ def run_studies(
         else protocol_loader(protocol, batch_size, num_workers)
     )
     records: dict[str, list[dict[str, Any]]] = {name: [] for name in dirs}
-    for run in tqdm(runs, desc=f"{', '.join(dirs)} runs", disable=not progress):
+    shown = StudyProgress.auto(len(runs), list(dirs), enabled=progress)
+    for run in shown.over(runs):
         todo: dict[str, Detector] = {}  # the run's detectors that need the network
         for name, output_dir in dirs.items():
             record = dict(run)
@@ -179,15 +180,17 @@ def run_studies(
             else:
                 todo[name] = detector
         if not todo:
+            shown.run_finished(run["run_name"], [])
             continue
+        shown.start_run(run["run_name"], list(todo))
         net = load_ood_network(run["model_path"], run["finetuner_path"], run["model_name"], dev)
         # the run's features: computed once per (preprocessor, split, batch) for all its detectors
-        store = FeatureStore.for_detectors(net, loader, todo.values(), seed=seed, progress=progress)
+        store = FeatureStore.for_detectors(net, loader, todo.values(), seed=seed)
         for name, detector in todo.items():
             if seed is not None:
                 torch.manual_seed(seed)
                 np.random.seed(seed)
-            result = evaluate(net, detector, protocol, progress=progress, features=store)
+            result = evaluate(net, detector, protocol, features=store)
             record = records[name][-1]
             record["ood_scores"] = result.rows
             info = detector.record_info()
@@ -195,7 +198,9 @@ def run_studies(
                 record["detector_info"] = info
             save_scores(dirs[name] / "scores" / f"{run['run_name']}.npz", result.scores)
             write_text(dirs[name] / f"{run['run_name']}.json", json.dumps(record))
+            shown.detector_done(name)
         del store, net  # the run's features and weights can go before the next run's
+        shown.run_finished(run["run_name"], list(todo))
     for name, output_dir in dirs.items():
         runs_json = output_dir / "runs.json"
         runs_json.unlink(missing_ok=True)

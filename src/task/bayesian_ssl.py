@@ -62,6 +62,8 @@ class BaseBayesianSelfSupervisedLearning(BaseSelfSupervisedLearning):
 
     #: name of the random variable in logged metrics (``h`` or ``z``)
     rv_name: str = ""
+    #: the total loss and the unweighted KL/prior term on the progress bar
+    prog_bar_terms = ("loss", "kl_prior_loss")
 
     def __init__(
         self,

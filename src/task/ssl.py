@@ -63,6 +63,8 @@ class BaseSelfSupervisedLearning(BaseTask):
 
     #: which space is stochastic: None (deterministic), "H" (the representation) or "Z" (the embedding)
     stochastic_space: ClassVar[str | None] = None
+    #: the training-step terms shown on the progress bar (display only; the bar reads them on refresh)
+    prog_bar_terms: ClassVar[tuple[str, ...]] = ("loss",)
 
     @property
     def stochastic(self) -> bool:
@@ -195,12 +197,19 @@ class BaseSelfSupervisedLearning(BaseTask):
     # -- logging --------------------------------------------------------------------------------
     def log_step_outputs(self, out: dict[str, Any], phase: str, batch_size: int) -> None:
         """Every entry whose key ends in ``loss`` as ``<phase>_<key>``: per step in training,
-        epoch mean in validation (no progress bar: T-Q5). Values stay on the device."""
+        epoch mean in validation. The training terms of ``prog_bar_terms`` also go to the progress bar
+        (the reference meant to show a loss there and never did: T-Q5). Values stay on the device."""
         train = phase == "train"
         for key, value in out.items():
             if key.endswith("loss"):
                 self.log(
-                    f"{phase}_{key}", value, on_step=train, on_epoch=not train, sync_dist=True, batch_size=batch_size
+                    f"{phase}_{key}",
+                    value,
+                    on_step=train,
+                    on_epoch=not train,
+                    sync_dist=True,
+                    batch_size=batch_size,
+                    prog_bar=train and key in self.prog_bar_terms,
                 )
 
 

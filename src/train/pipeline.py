@@ -62,6 +62,7 @@ from src.train.run_config import (
     mismatch_error,
     remove,
 )
+from src.train.summary import config_summary
 from src.train.trainer import build_trainer, merge_metrics, relative, sigterm_exits_nonzero
 from src.utils.io import read_json, write_json, write_text
 from src.utils.plain import to_plain
@@ -69,6 +70,8 @@ from src.utils.plain import to_plain
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
+#: the composed config of the run (the only place it is written in full)
+HYDRA_CONFIG_FILE = "hydra_config.yaml"
 #: written once pretraining (fit + final validation) is complete, so a rerun after a kill
 #: during finetuning does not pretrain again
 PRETRAIN_DONE_FILE = "checkpoints/pretrain_done.json"
@@ -116,10 +119,10 @@ def pretrain(cfg: DictConfig, output_path: Path, run_id: str | None = None) -> d
         logging_cfg=cfg.logging,
         debug=cfg.get("debug"),
         stop_on_non_finite_loss=stop_on_non_finite_loss(cfg),
+        phase="pretrain",
         encoder_output_dim=int(model.encoder_out_dim),  # = latent_dim of the ResNet configs; a timm model's width
         num_classes=int(cfg.dataset.num_classes),
         group=run_id,
-        job_type="pretrain",
     )
     trainer = phase.trainer
     phase.fit(model, datamodule)
@@ -157,7 +160,7 @@ def finetune(
         debug=cfg.get("debug"),
         stop_on_non_finite_loss=stop_on_non_finite_loss(cfg),
         group=run_id,
-        job_type="finetune",
+        phase="finetune",
     )
     phase.fit(model, datamodule)
     phase.trainer.validate(model, datamodule=datamodule)
@@ -170,7 +173,7 @@ def save_hydra_config(cfg: DictConfig, output_path: Path) -> None:
     cfg = cfg.copy()
     OmegaConf.set_struct(cfg, False)
     cfg.output_path = str(output_path)
-    write_text(output_path / "hydra_config.yaml", OmegaConf.to_yaml(cfg))
+    write_text(output_path / HYDRA_CONFIG_FILE, OmegaConf.to_yaml(cfg))
 
 
 def _recorded_checkpoint(output_path: Path, recorded: str | None, phase_dir: str = "checkpoints") -> Path | None:
@@ -331,7 +334,8 @@ def _run_pipeline(cfg: DictConfig) -> dict[str, Any] | None:
     run_id = str(
         (previous or {}).get("metadata", {}).get("run_id") or (train_out or {}).get("run_id") or generate_run_id()
     )
-    log.info("run %s, output %s\n%s", run_id, output_path, OmegaConf.to_yaml(cfg))
+    # the full config goes to hydra_config.yaml only; the screen gets a few lines
+    log.info("run %s\n%s", run_id, config_summary(cfg, str(output_path / HYDRA_CONFIG_FILE)))
     output_path.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:  # a DDP launch re-runs this script for every other rank
         save_hydra_config(cfg, output_path)

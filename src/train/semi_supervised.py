@@ -4,6 +4,7 @@
 pretraining run, finetunes its best checkpoint end to end with a new linear head
 (``src.task.semi_supervised.SemiSupervised``) and writes, under ``cfg.output_path``:
 
+    hydra_config.yaml            the composed config (interpolations unresolved)
     checkpoints/model.ckpt       best val_accuracy (ImageNet val = test set, D-Q3, T-Q32); weights
                                  and hyper-parameters only
     checkpoints/last.ckpt        complete: what a resume reads
@@ -30,12 +31,19 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+from pytorch_lightning.utilities import rank_zero_only
 
 from src.task.checkpoint import load_ssl_model
 from src.task.semi_supervised import SemiSupervised
 from src.train.loggers import wandb_session
-from src.train.pipeline import RESULTS_FILE, build_datamodule, stop_on_non_finite_loss
+from src.train.pipeline import (
+    HYDRA_CONFIG_FILE,
+    RESULTS_FILE,
+    build_datamodule,
+    save_hydra_config,
+    stop_on_non_finite_loss,
+)
 from src.train.run_config import (
     RUN_CONFIG_FILE,
     RunConfig,
@@ -111,7 +119,7 @@ def train(cfg: DictConfig, run: dict[str, Any], run_path: Path, output_path: Pat
         logging_cfg=cfg.logging,
         debug=cfg.get("debug"),
         stop_on_non_finite_loss=stop_on_non_finite_loss(cfg),
-        job_type="semi_supervised",
+        phase="semi_supervised",
     )
     # an interrupted run continues from its last.ckpt (see src/train/pipeline.py)
     phase.fit(model, datamodule)
@@ -191,7 +199,19 @@ def _run_semi_supervised(cfg: DictConfig) -> dict[str, Any] | None:
     pl.seed_everything(int(cfg.seed), workers=False)
     output_path.mkdir(parents=True, exist_ok=True)
     record.write(output_path)
-    log.info("semi-supervised finetuning of %s into %s\n%s", run_path, output_path, OmegaConf.to_yaml(cfg))
+    # the full config goes to hydra_config.yaml only; the screen gets a few lines
+    if rank_zero_only.rank == 0:
+        save_hydra_config(cfg, output_path)
+    log.info(
+        "semi-supervised finetuning of %s: data %s (batch %s), %s epochs, seed %s\noutput %s (full config: %s)",
+        run_path,
+        cfg.dataset.name,
+        cfg.dataset.batch_size,
+        cfg.train.trainer.max_epochs,
+        cfg.seed,
+        output_path,
+        output_path / HYDRA_CONFIG_FILE,
+    )
     run = read_json(run_path / RESULTS_FILE)
 
     out = train(cfg, run, run_path, output_path)

@@ -25,6 +25,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from src.train.callbacks.fault_guard import NonFiniteLossGuard
 from src.train.callbacks.online_finetuner import OnlineFineTuner
+from src.train.callbacks.progress import LogIntervalFit, progress_callback
 from src.train.callbacks.resume_state import ResumeState
 from src.train.checkpoint_io import AtomicCheckpointIO
 from src.train.loggers import get_lightning_loggers
@@ -203,7 +204,7 @@ def build_trainer(
     reliability: bool = True,
     stop_on_non_finite_loss: bool = True,
     group: str | None = None,
-    job_type: str | None = None,
+    phase: str = "train",
     **probe: Any,
 ) -> TrainingPhase:
     """The Trainer of one phase, writing under ``root``.
@@ -221,13 +222,18 @@ def build_trainer(
             weights-only checkpoint I/O (every training phase; off only for throw-away trainers).
         stop_on_non_finite_loss: stop the run at a NaN/inf training loss (the default); False only warns
             and keeps training, as the reference did (the configs' ``continue_on_non_finite_loss``).
-        group, job_type: the pipeline's run id and the phase (``pretrain``, ``finetune``, ...), for the loggers
-            that group runs (wandb).
+        group: the pipeline's run id, for the loggers that group the runs of its phases (wandb).
+        phase: the phase's name (``pretrain``, ``finetune``, ``semi_supervised``, ...): in progress lines, and
+            the wandb job type.
         **probe: online-probe arguments for :func:`build_callbacks`.
+
+    Every phase gets the progress display of ``logging_cfg`` (``logging.progress``: a bar in a terminal,
+    plain lines otherwise; see :mod:`src.train.callbacks.progress`) and a logging interval of at most one
+    epoch (:class:`~src.train.callbacks.progress.LogIntervalFit`).
     """
     checkpoint_dir = checkpoint_dir or root / "checkpoints"
     if loggers is None:
-        loggers = get_lightning_loggers(logging_cfg or {}, root, group=group, job_type=job_type)
+        loggers = get_lightning_loggers(logging_cfg or {}, root, group=group, job_type=phase)
     configured = build_callbacks(callbacks_cfg, checkpoint_dir, bool(loggers), **probe) + list(callbacks)
     kwargs = trainer_kwargs(trainer_cfg, debug)
     all_callbacks = configured
@@ -237,6 +243,10 @@ def build_trainer(
             configured, checkpoint_dir, int(kwargs.get("log_every_n_steps", 50)), stop_on_non_finite_loss
         )
         plugins.append(AtomicCheckpointIO())
+    progress = progress_callback(logging_cfg, phase, kwargs)
+    if progress is None:
+        kwargs["enable_progress_bar"] = False
+    all_callbacks = [*all_callbacks, LogIntervalFit(), *([progress] if progress is not None else [])]
     trainer = pl.Trainer(
         default_root_dir=root, callbacks=all_callbacks, logger=list(loggers) or False, plugins=plugins, **kwargs
     )

@@ -53,7 +53,7 @@ def run(net: OODNetwork, detectors: list[Detector], seed: int | None, shared: bo
         if seed is not None:
             torch.manual_seed(seed)
         own = store or FeatureStore.for_detectors(net, InMemoryProtocol(SMALL), [det], seed=seed)
-        out[det.name] = evaluate(net, det, protocol, progress=False, features=own)  # type: ignore[arg-type]
+        out[det.name] = evaluate(net, det, protocol, features=own)  # type: ignore[arg-type]
     return out
 
 
@@ -95,7 +95,7 @@ def test_feature_detectors_run_the_network_once_per_batch(networks: dict[str, OO
         for det in detectors:
             if det.sweep:
                 det.sweep = {k: v[:3] for k, v in det.sweep.items()}
-            evaluate(net, det, protocol, progress=False, features=store)  # type: ignore[arg-type]
+            evaluate(net, det, protocol, features=store)  # type: ignore[arg-type]
     finally:
         del net.features
     kinds = {d.preprocessor for d in detectors}
@@ -111,7 +111,7 @@ def test_acc_is_the_accuracy_of_the_id_test_logits(networks: dict[str, OODNetwor
     logits, labels = test.all().logits, test.labels
     expected = 100.0 * float((logits.argmax(1) == labels).double().mean())
     assert id_accuracy(test) == pytest.approx(expected, abs=1e-12)
-    result = evaluate(net, build_detector("msp"), InMemoryProtocol(SMALL), progress=False, features=store)  # type: ignore[arg-type]
+    result = evaluate(net, build_detector("msp"), InMemoryProtocol(SMALL), features=store)  # type: ignore[arg-type]
     assert {r["ACC"] for r in result.rows} == {id_accuracy(test)}
 
 
@@ -150,8 +150,8 @@ def test_hyperparameter_search_ties_skips_and_failure(networks: dict[str, OODNet
     # AUROC: v = 0 ties everything (0.5), v = 1 and v = 2 separate perfectly (1.0): the earliest best
     # wins; a candidate the detector refuses is skipped
     det = Scripted(["refuse", 0, 1, 2])
-    assert hyperparameter_search(det, networks["ssl"], id_val, ood_val, progress=False) == [1]  # type: ignore[arg-type]
+    assert hyperparameter_search(det, networks["ssl"], id_val, ood_val) == [1]  # type: ignore[arg-type]
     assert det.v == 1
     # v = -1 inverts (AUROC 0): nothing beats 0
     with pytest.raises(RuntimeError, match="no hyper-parameter candidate"):
-        hyperparameter_search(Scripted([-1]), networks["ssl"], id_val, ood_val, progress=False)  # type: ignore[arg-type]
+        hyperparameter_search(Scripted([-1]), networks["ssl"], id_val, ood_val)  # type: ignore[arg-type]

@@ -137,6 +137,16 @@ def test_one_training_and_one_validation_step_log_finite_losses(fitted: dict[str
     assert expected <= set(header)
 
 
+def test_the_progress_bar_shows_the_training_loss_and_the_kl_term(fitted: dict[str, Any]) -> None:
+    """Display only: the total loss, and the unweighted KL/prior term of the stochastic models (T-Q5)."""
+    model = fitted["model"]
+    expected = {"train_loss"} | ({"train_kl_prior_loss"} if model.stochastic_space is not None else set())
+    assert set(model.trainer.progress_bar_metrics) == expected
+    shown = model.trainer.progress_bar_metrics
+    assert all(isinstance(v, float) for v in shown.values())
+    assert shown["train_loss"] == pytest.approx(float(model.last_step_terms["loss"]))
+
+
 def test_train_and_eval_modes_are_kept(fitted: dict[str, Any]) -> None:
     """Every module trains in train mode and validates in eval mode; validation changes no buffer
     (BatchNorm running statistics), and the module is back in train mode after validation."""

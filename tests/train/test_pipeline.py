@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -53,6 +54,13 @@ def test_pipeline_writes_the_output_layout(
     offline = saved["offline_metrics"]
     assert set(offline) == {"test_offline_loss", "test_offline_acc", "test_offline_acc_at_5", "test_offline_ece"}
     assert offline["test_offline_acc"] > 0.25, offline  # 8 classes: chance is 0.125
+
+    # 3 training batches per epoch, fewer than log_every_n_steps (50): the interval follows the epoch,
+    # so the training losses reach metrics.csv
+    for phase, loss_key in (("", "train_loss"), ("finetune/", "train_offline_loss")):
+        with (out / phase / "csv/lightning_logs/version_0/metrics.csv").open() as f:
+            rows = [r for r in csv.DictReader(f) if r.get(loss_key)]
+        assert rows and all(float(r[loss_key]) == float(r[loss_key]) for r in rows), (phase, loss_key)
 
     hydra_cfg = OmegaConf.load(out / "hydra_config.yaml")
     assert hydra_cfg.train.name == model_name and hydra_cfg.train.kwargs.train_iters_per_epoch is None

@@ -1,8 +1,8 @@
-"""Build an ImageNet 1 % / 10 % subset root from a SimCLR subset list (``src/data/prepare/imagenet_subset.py``).
+r"""Build an ImageNet 1 % / 10 % subset root from a SimCLR subset list (``src/data/prepare/imagenet_subset.py``).
 
 Usage::
 
-    python -m src.experiments.scripts.build_imagenet_subset \\
+    python -m src.experiments.scripts.build_imagenet_subset \
         --imagenet-root data/datasets/imagenet --split-file 1percent.txt --output-root data/datasets/imagenet1pct
 """
 
@@ -13,14 +13,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from src.data.prepare.imagenet_subset import SubsetBuildError, build_subset, default_output_root
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (0 on success, 1 on a build error)."""
-    parser = argparse.ArgumentParser(
-        description="Build an ImageNet 1%/10% subset root (train/<wnid>/ links + val) from a SimCLR subset list."
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--imagenet-root", type=Path, default=Path("data/datasets/imagenet"), help="full ImageNet root")
     parser.add_argument("--split-file", type=Path, required=True, help="SimCLR list, e.g. 1percent.txt")
     parser.add_argument(
@@ -31,6 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--copy", action="store_true", help="copy the files instead of creating relative symlinks")
     args = parser.parse_args(argv)
+    from src.data.prepare.imagenet_subset import SubsetBuildError, build_subset, default_output_root
+
     output_root = args.output_root or default_output_root(args.split_file)
     if output_root is None:
         parser.error(f"--output-root is required for split file {args.split_file.name}")

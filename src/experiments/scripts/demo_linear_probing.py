@@ -13,8 +13,6 @@ import argparse
 import logging
 from pathlib import Path
 
-from src.reports.linear_probing import run_linear_probing
-
 CONFIG = "src/experiments/conf/linear_probing/demo.yaml"
 
 
@@ -26,6 +24,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--probes-dir", type=Path, default=Path("data/demo/linear_probing"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from src.reports.linear_probing import run_linear_probing  # torch: after parsing, so --help is quick
+
     run_linear_probing(args.runs_dir, args.config_path, args.embeddings_dir, args.probes_dir)
 
 

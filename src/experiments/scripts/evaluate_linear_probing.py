@@ -1,4 +1,4 @@
-"""Train and test a linear probe on a frozen backbone (src/downstream/linear_probe.py).
+r"""Train and test a linear probe on a frozen backbone (src/downstream/linear_probe.py).
 
 The DVC stage command, on stored embeddings and in test mode:
 
@@ -22,8 +22,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from src.downstream.linear_probe import evaluate
-from src.task.evaluation import PRETRAINED_BASELINES
+#: the torchvision baselines (``src.task.evaluation.PRETRAINED_BASELINES``), named here so that
+#: ``--help`` does not import torch; tests/experiments/test_script_help.py keeps the two equal
+PRETRAINED_BASELINES = ("resnet-50", "resnet-18")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
+    from src.downstream.linear_probe import evaluate  # torch: after parsing, so --help is quick
+
     evaluate(
         args.config_path,
         backbone_experiment_dir=args.backbone_experiment_dir,

@@ -1,4 +1,4 @@
-"""Write the Fashion-MNIST report (src/reports/fashion_mnist.py).
+r"""Write the Fashion-MNIST report (src/reports/fashion_mnist.py).
 
     python src/experiments/scripts/fashion_mnist_report.py --results-dir data/results/fashion_mnist \
         --reports-dir data/reports/fashion_mnist --data-dir data/datasets/fashion_mnist
@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from src.reports.fashion_mnist import make_fashion_mnist_report
-
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -18,6 +16,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reports-dir", type=Path, required=True, help="holds <protocol>/ood/; README.md goes here")
     parser.add_argument("--data-dir", type=Path, default=None, help="the dataset root, for the list sizes")
     args = parser.parse_args(argv)
+    from src.reports.fashion_mnist import make_fashion_mnist_report  # torch: after parsing, so --help is quick
+
     make_fashion_mnist_report(args.results_dir, args.reports_dir, args.data_dir)
     print((args.reports_dir / "README.md").read_text())
 

@@ -14,12 +14,10 @@ import logging
 import sys
 from pathlib import Path
 
-from src.data.prepare.demo_data import prepare_demo_data
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-root", type=Path, default=Path("data/datasets/demo"), help="data root to write")
     parser.add_argument("--image-size", type=int, default=16, help="side of the square images (>= 8)")
     parser.add_argument("--seed", type=int, default=1997, help="seed of splits, photo crops and noise")
@@ -30,6 +28,8 @@ def main(argv: list[str] | None = None) -> Path:
     """Prepare the demo data and return its root."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    from src.data.prepare.demo_data import prepare_demo_data  # after parsing, so --help is quick
+
     return prepare_demo_data(args.output_root, image_size=args.image_size, seed=args.seed)
 
 

@@ -19,8 +19,6 @@ import logging
 import sys
 from pathlib import Path
 
-from src.data.prepare.fashion_mnist_data import prepare_fashion_mnist
-
 
 def _optional_int(text: str) -> int | None:
     """An int, or None for ``null`` / ``none`` / ``all`` (the params.yaml spelling of "everything")."""
@@ -47,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    from src.data.prepare.fashion_mnist_data import prepare_fashion_mnist  # torchvision: after parsing
+
     try:
         return prepare_fashion_mnist(
             args.output_root,

@@ -1,4 +1,4 @@
-"""Semi-supervised finetuning of a pretrained run on ImageNet 1 % / 10 %, configured by Hydra.
+r"""Semi-supervised finetuning of a pretrained run on ImageNet 1 % / 10 %, configured by Hydra.
 
 The DVC stage command, e.g.:
 
@@ -14,15 +14,17 @@ go to ``output_path`` (see ``src/train/semi_supervised.py``).
 
 from __future__ import annotations
 
-import hydra
-import torch.multiprocessing as mp
-from omegaconf import DictConfig
+import multiprocessing as mp
 
-from src.train.semi_supervised import run_semi_supervised
+import hydra
+from omegaconf import DictConfig
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="semi_supervised")
 def main(cfg: DictConfig) -> None:
+    # torch and Lightning load here, after Hydra has read the command line: --help stays quick
+    from src.train.semi_supervised import run_semi_supervised
+
     run_semi_supervised(cfg)
 
 

@@ -17,8 +17,6 @@ import argparse
 import logging
 from pathlib import Path
 
-from src.reports.linear_probing import summarize
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -27,8 +25,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    summarize(parse_args(argv).root_dir)
+    from src.reports.linear_probing import summarize  # torch: after parsing, so --help is quick
+
+    summarize(args.root_dir)
 
 
 if __name__ == "__main__":

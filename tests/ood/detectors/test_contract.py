@@ -100,7 +100,7 @@ def _check_contract(det: Detector, net: OODNetwork, device: torch.device) -> Non
     assert not any(m.training for m in modules(net)), f"{det.name} left a module in train mode"
     assert all(p.grad is None for p in parameters(net)), f"{det.name} accumulated gradients into the model"
     # the whole split through the evaluator: one score per image, labels aligned
-    pred_all, conf_all, labels = inference(det, net, test, progress=False)
+    pred_all, conf_all, labels = inference(det, net, test)
     assert pred_all.shape == conf_all.shape == labels.shape == (protocol.data["id/test"][1].shape[0],)
     assert (labels == protocol.data["id/test"][1].numpy()).all()
 
