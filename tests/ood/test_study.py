@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from src.ood import study
-from src.ood.detectors import CONFIG_DIR, DETECTORS, PAPER_DETECTORS, register, study_order
+from src.ood.detectors import CONFIG_DIR, DETECTORS, PAPER_DETECTORS, build_detector, register, study_order
 from src.ood.detectors.base import Detector
 from src.ood.features import Features
 from src.ood.protocol import get_protocol
@@ -64,14 +64,20 @@ def new_detector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return conf
 
 
-def check_record(record: dict[str, Any], out: Path, name: str) -> None:
-    assert set(record) == {"run_name", "model_path", "finetuner_path", "model_name", "ood_scores"}
+def check_record(record: dict[str, Any], out: Path, name: str, config_dir: Path) -> None:
+    assert set(record) == {
+        "run_name", "model_path", "finetuner_path", "model_name", "hyperparam", "hyperparam_fixed",
+        "corrected_sign", "ood_scores",
+    }  # fmt: skip
+    assert record["hyperparam_fixed"] == {} and record["corrected_sign"] is False
     assert json.loads((out / f"{record['run_name']}.json").read_text()) == record
     assert record["model_path"].endswith("checkpoints/model.ckpt")
     assert record["finetuner_path"].endswith("finetune/checkpoints/last.ckpt")
     if record["model_name"] == "ssl" and DETECTORS[name].probabilistic:
-        assert record["ood_scores"] is None
+        assert record["ood_scores"] is None and record["hyperparam"] is None
         return
+    searched = [k.removesuffix("_list") for k in build_detector(name, config_dir=config_dir).sweep]
+    assert list(record["hyperparam"]) == searched  # the values the search chose, by name
     rows = record["ood_scores"]
     assert [r["Dataset"] for r in rows] == ROWS
     for r in rows:
@@ -81,7 +87,11 @@ def check_record(record: dict[str, Any], out: Path, name: str) -> None:
     assert rows[1]["AUROC"] == pytest.approx(rows[0]["AUROC"])  # nearood: the mean of one near set
     assert rows[4]["AUROC"] == pytest.approx((rows[2]["AUROC"] + rows[3]["AUROC"]) / 2)
     scores = np.load(out / "scores" / f"{record['run_name']}.npz")
-    assert set(scores.files) == {"id", "digits89", "photos", "noise"}
+    sets = ["digits89", "photos", "noise"]
+    assert set(scores.files) == {"id", "id_pred", "id_label", "ood_sets", "ood_groups"} | {
+        f"{s}{suffix}" for s in sets for suffix in ("", "_pred", "_label")
+    }
+    assert list(scores["ood_sets"]) == sets and list(scores["ood_groups"]) == ["near", "far", "far"]
 
 
 @pytest.mark.slow
@@ -103,7 +113,7 @@ def test_all_detectors_with_a_new_one_on_demo_runs(
         out = results / name
         assert [r["run_name"] for r in recs] == sorted(r for r, _, _ in DEMO_RUNS)
         for record in recs:
-            check_record(record, out, name)
+            check_record(record, out, name, new_detector)
         assert json.loads((out / "runs.json").read_text()) == recs
 
     # the new detector's scores are its formula on the network's logits (T = 2 from its config)
@@ -137,6 +147,17 @@ def test_all_detectors_with_a_new_one_on_demo_runs(
         shutil.move(moved, demo_runs / DEMO_RUNS[1][0] / "checkpoints")
     assert {p.name: p.stat().st_mtime_ns for p in msp.glob("*.json") if p.name != "runs.json"} == stamps
     assert again == json.loads((msp / "runs.json").read_text())
+
+    # fixed hyper-parameters: no search, recorded; a cached record with other fixed values is refused
+    fixed_dir = tmp_path / "fixed"
+    fixed = run_study(demo_runs, "demo", demo_root, "edsimk", fixed_dir, hyperparam={"K": 3}, **common)
+    assert [r["hyperparam"] for r in fixed] == [{"K": 3}] * len(DEMO_RUNS)
+    assert [r["hyperparam_fixed"] for r in fixed] == [{"K": 3}] * len(DEMO_RUNS)
+    assert json.loads((fixed_dir / f"{DEMO_RUNS[0][0]}.json").read_text())["hyperparam"] == {"K": 3}
+    with pytest.raises(ValueError, match=r"was computed with --hyperparam \{'K': 3\}, not \{'K': 4\}"):
+        run_study(demo_runs, "demo", demo_root, "edsimk", fixed_dir, hyperparam={"K": 4}, **common)
+    with pytest.raises(ValueError, match=r"was computed with --hyperparam \{\}, not \{'K': 3\}"):
+        run_study(demo_runs, "demo", demo_root, "edsimk", results / "edsimk", hyperparam={"K": 3}, **common)
 
     report = make_report(results, tmp_path / "reports")
     table = report["table"]
