@@ -285,6 +285,18 @@ def formatted(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def percent_table(ood: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Detector x run group of ``column`` of :func:`summary_table` (percent): one decimal, `–` for a
+    cell without a value, rows in the OOD report's order (each sign-inverted detector followed by
+    its corrected sign)."""
+    order = list(dict.fromkeys(ood["detector"]))
+    groups = list(dict.fromkeys(ood["group"]))
+    table = ood.pivot_table(index="detector", columns="group", values=column, dropna=False).reindex(order)
+    table = table.reindex(columns=groups)
+    text = table.apply(lambda col: [fmt_value(v) for v in col]).astype(str)
+    return text.reset_index()
+
+
 def notes(study: Study) -> list[str]:
     """The report's notes: what the cells are, the orientations, the figures' choice."""
     lines = [
@@ -306,7 +318,7 @@ def notes(study: Study) -> list[str]:
 def write_tables(table: pd.DataFrame, output_dir: Path, note_lines: list[str] | None = None) -> None:
     write_text(output_dir / "ood_report.csv", table.to_csv(index=False, float_format="%.4f"))
     text = formatted(table)
-    md = text.to_markdown(index=False) + "\n"
+    md = text.to_markdown(index=False, disable_numparse=True) + "\n"
     if note_lines:
         md += "\n" + "\n".join(f"- {line}" for line in note_lines) + "\n"
     write_text(output_dir / "ood_report.md", md)
