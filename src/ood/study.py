@@ -149,10 +149,12 @@ def run_studies(
     """
     runs_dir = Path(runs_dir)
     dirs = {name: Path(out) for name, out in outputs.items()}
-    fixed = fixed_hyperparams(dict(hyperparam or {}), list(dirs), config_dir)  # unknown names: before anything
     for name in dirs:
-        # fail on an unknown name, config or rejected value before touching anything
-        build_detector(name, config_dir=config_dir, hyperparam=fixed[name])
+        build_detector(name, config_dir=config_dir)  # fail on an unknown name or config before touching anything
+    fixed = fixed_hyperparams(dict(hyperparam or {}), list(dirs), config_dir)
+    for name in dirs:
+        if fixed[name]:
+            build_detector(name, config_dir=config_dir, hyperparam=fixed[name])  # a rejected value: before anything
     runs = discover_runs(runs_dir)
     protocol = get_protocol(in_dataset, data_root_dir)
     for out in dirs.values():

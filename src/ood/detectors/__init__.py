@@ -83,6 +83,8 @@ def fixed_hyperparams(
         ValueError: a name no detector of the study has, or a detector not in the study; the message
             lists what each detector accepts.
     """
+    if not hyperparam:
+        return {d: {} for d in detectors}
     names = {d: hyperparam_names(d, config_dir) for d in detectors}
 
     def known(d: str) -> str:
