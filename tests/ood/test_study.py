@@ -27,7 +27,7 @@ from src.ood.features import Features
 from src.ood.protocol import get_protocol
 from src.ood.study import run_ood_study, run_study
 from src.ood.wrapper import load_ood_network
-from src.reports.ood import make_report
+from src.reports.ood import CORRECTED, make_report
 from tests.ood.fakes import DEMO_RUNS
 
 ROWS = ["digits89", "nearood", "photos", "noise", "farood"]
@@ -161,13 +161,19 @@ def test_all_detectors_with_a_new_one_on_demo_runs(
 
     report = make_report(results, tmp_path / "reports")
     table = report["table"]
-    assert list(dict.fromkeys(table["detector"])) == study_order()  # the report's order
+    # the report's order; each sign-inverted detector followed by its corrected orientation
+    inverted = {d: DETECTORS[d].reference_sign_inverted for d in study_order()}
+    expected = [x for d in study_order() for x in ([d, f"{d}{CORRECTED}"] if inverted[d] else [d])]
+    assert list(dict.fromkeys(table["detector"])) == expected
     assert set(table["group"]) == {"ssl_barlow", "ssl_bayes_h_barlow", "ssl_bayes_z_vicreg"}
-    assert (table["seeds"] == 1).all()
+    no_score = table["detector"].str.replace(CORRECTED, "").map(lambda d: DETECTORS[d].probabilistic)
+    no_score &= table["group"] == "ssl_barlow"
+    assert (table["seeds"] == np.where(no_score, 0, 1)).all()  # one seed per run; none where no score
+    assert table.loc[no_score, "far_AUROC_mean"].isna().all() and table.loc[~no_score, "far_AUROC_mean"].notna().all()
     for ext in ("csv", "md", "tex"):
         assert (tmp_path / "reports" / f"ood_report.{ext}").stat().st_size > 0
     pngs = {p.name for p in (tmp_path / "reports").glob("*.png")}
-    assert {"auroc_heatmap.png", f"roc_{report['run']}.png", f"scores_{report['run']}.png"} <= pngs
+    assert pngs == {"auroc_heatmap.png"} | {f"{k}_{r}.png" for k in ("roc", "scores") for r, _, _ in DEMO_RUNS}
     for png in pngs:
         assert (tmp_path / "reports" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
