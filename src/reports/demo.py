@@ -39,8 +39,8 @@ def run_table(runs_dir: Path) -> pd.DataFrame:
                 "run": results.parent.name,
                 "model": meta["model_name"],
                 "loss": meta.get("cl_loss_name"),
-                "mc_samples": meta.get("mc_samples", "-"),
-                "beta_scale": meta.get("beta_scale", "-"),
+                "mc_samples": meta.get("mc_samples", "–"),
+                "beta_scale": meta.get("beta_scale", "–"),
                 "val_online_acc": r["metrics"].get("val_online_acc"),
                 "test_offline_acc": (r.get("offline_metrics") or {}).get("test_offline_acc"),
             }
