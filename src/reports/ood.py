@@ -366,13 +366,22 @@ def heatmap(table: pd.DataFrame, output_dir: Path, detectors: list[str], groups:
     return path
 
 
+#: what the stored score of a sign-inverted detector is, with the reference's sign (O-Q8, O-Q10 (c))
+REFERENCE_SCORES = {
+    "sigmamean": "mean posterior σ, reference sign\n(larger = more uncertain)",
+    "kldivsimk": "(K+1)-th smallest KL(train ‖ test), reference sign\n(larger = farther from training)",
+    "gram": "Gram deviation / 50, reference sign\n(larger = farther from the training range)",
+}
+
+
 def score_axis_label(detector: str, corrected: bool) -> str:
-    """The histogram's x label, true for the detector's stored orientation."""
+    """The histogram's x label, true for the detector's stored orientation: a sign-inverted detector's
+    reference score is what it measures, with no claim that larger means more in-distribution."""
     if not sign_inverted(detector):
         return "score (larger = more ID)"
     if corrected:
         return "score, corrected sign (larger = more ID)"
-    return "score, reference sign (larger = more OOD here)"
+    return REFERENCE_SCORES.get(detector, "score, reference sign\n(its orientation is suspect, O-Q8)")
 
 
 def _roc(ax: plt.Axes, scores: Scores, sign: float, title: str, colours: dict[str, Any]) -> None:
@@ -395,7 +404,6 @@ def _hist(ax: plt.Axes, scores: Scores, detector: str, corrected: bool, colours:
     if not hi > lo:
         lo, hi = lo - 0.5, hi + 0.5
     bins = np.linspace(lo, hi, 41)
-    clipped = int(((pooled < lo) | (pooled > hi)).sum())
     ax.hist(np.clip(scores.conf["id"], lo, hi), bins=bins, density=True, color=ID_COLOUR, alpha=0.2, label="ID test")
     for name, group in scores.groups.items():
         conf_o = np.clip(scores.conf[name], lo, hi)
@@ -405,9 +413,8 @@ def _hist(ax: plt.Axes, scores: Scores, detector: str, corrected: bool, colours:
     ax.set_xlim(lo, hi)
     ax.set_xlabel(score_axis_label(detector, corrected), fontsize=8)
     ax.set_ylabel("density", fontsize=8)
-    title = detector + (CORRECTED if corrected else "")
-    ax.set_title(f"{title}\n{clipped} tail scores in the edge bins" if clipped else title, fontsize=9)
-    ax.legend(fontsize=6.5)
+    ax.set_title(detector + (CORRECTED if corrected else ""), fontsize=9)
+    ax.legend(fontsize=6.5, loc="best")
 
 
 def run_figures(
@@ -441,7 +448,9 @@ def run_figures(
         for ax in list(axes.flat)[len(items) :]:
             ax.axis("off")
         what = (
-            "ROC curves, ID test vs each OOD set" if kind == "roc" else "score histograms (0.5–99.5 % quantile range)"
+            "ROC curves, ID test vs each OOD set"
+            if kind == "roc"
+            else "score histograms over the 0.5–99.5 % quantiles of the pooled scores (the tails in the edge bins)"
         )
         fig.suptitle(f"{run} ({why})\n{what}", fontsize=10)
         path = output_dir / f"{kind}_{run}.png"
