@@ -228,7 +228,12 @@ def evaluate(
     chosen = None
     if detector.sweep and detector.fixed_hyperparam is not None:  # fixed by the user: no search
         chosen = list(detector.fixed_hyperparam)
-        detector.set_hyperparam(chosen)
+        try:
+            detector.set_hyperparam(chosen)
+        except ValueError as err:  # e.g. K at least the number of training points
+            raise ValueError(
+                f"{detector.name}: the fixed hyper-parameters {chosen} (--hyperparam) do not fit: {err}"
+            ) from err
     elif detector.sweep:
         id_val, ood_val = features.split(kind, "id/val"), features.split(kind, "ood/val")
         chosen = hyperparameter_search(detector, net, id_val, ood_val, progress)

@@ -130,3 +130,10 @@ def test_scores_file_recomputes_every_metric_row(tmp_path: Path) -> None:
             assert rows[str(name)][metric] == pytest.approx(recomputed[metric], abs=1e-12), (name, metric)
     # msp predicts the argmax of the logits: the ACC column is the accuracy of id_pred
     assert rows["farood"]["ACC"] == pytest.approx(100 * (s["id_pred"] == s["id_label"]).mean())
+
+
+def test_a_fixed_value_that_does_not_fit_the_data() -> None:
+    with pytest.raises(
+        ValueError, match=r"kldivsimk: the fixed hyper-parameters \[24\] \(--hyperparam\) do not fit.*24"
+    ):
+        study("kldivsimk", {"K": 24})  # 24 training posteriors: K is a 0-based index
