@@ -147,7 +147,13 @@ def make_demo_report(runs_dir: Path, ood_report_dir: Path, probe_report_dir: Pat
     ]
     if probe is not None:
         lines += ["## Linear probe (macro accuracy)", "", _md(probe), ""]
-    lines += ["## Figures", ""]
+    lines += [
+        "## Figures",
+        "",
+        "The AUROC heat map (centred at chance, 50 %), then per run the ROC curves of ID test against each OOD "
+        "set (both orientations of the sign-inverted detectors) and the score histograms.",
+        "",
+    ]
     for png in pngs:
         lines += [f"![{png.stem}](figures/{png.name})", ""]
     write_text(output_dir / "README.md", "\n".join(lines))
