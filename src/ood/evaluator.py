@@ -177,7 +177,14 @@ def protocol_loader(protocol: Protocol, batch_size: int = 200, num_workers: int 
 
 @dataclass
 class StudyResult:
-    """The metric table (rows of percentages) and the raw scores behind it."""
+    """The metric table (rows of percentages) and the raw scores behind it.
+
+    ``scores``: ``id`` (ID test confidences, larger = more ID, after the sign convention),
+    ``id_pred`` (the detector's predicted classes) and ``id_label`` (true classes); per OOD set
+    ``<set>``, ``<set>_pred`` and ``<set>_label`` (the list's labels, -1 in OpenOOD's lists); and
+    ``ood_sets``, ``ood_groups`` (``near``/``far``): the OOD sets in table order. The metric rows are
+    ``compute_all_metrics(concat(id, <set>), concat(id_label, -1...), concat(id_pred, <set>_pred))``.
+    """
 
     rows: list[dict[str, Any]]
     hyperparam: list[Any] | None
@@ -213,12 +220,22 @@ def evaluate(
 
     fit_detector(detector, net, features.split(kind, "id/train"))
     chosen = None
-    if detector.sweep:
+    if detector.sweep and detector.fixed_hyperparam is not None:  # fixed by the user: no search
+        chosen = list(detector.fixed_hyperparam)
+        try:
+            detector.set_hyperparam(chosen)
+        except ValueError as err:  # e.g. K at least the number of training points
+            raise ValueError(
+                f"{detector.name}: the fixed hyper-parameters {chosen} (--hyperparam) do not fit: {err}"
+            ) from err
+    elif detector.sweep:
         id_val, ood_val = features.split(kind, "id/val"), features.split(kind, "ood/val")
         chosen = hyperparameter_search(detector, net, id_val, ood_val)
     id_test = features.split(kind, "id/test")
     pred_id, conf_id, y_id = inference(detector, net, id_test)
-    scores: dict[str, np.ndarray] = {"id": conf_id}
+    scores: dict[str, np.ndarray] = {"id": conf_id, "id_pred": pred_id, "id_label": y_id}
+    ood_sets: list[str] = []
+    ood_groups: list[str] = []
     rows: list[dict[str, Any]] = []
     for group, sets in (("nearood", protocol.near), ("farood", protocol.far)):
         if not sets:  # a protocol without near-OOD sets (fashion_mnist) has no nearood row
@@ -226,14 +243,18 @@ def evaluate(
         vectors = []
         for name in sets:
             split = features.split(kind, f"ood/{group[:-3]}/{name}")
-            pred_o, conf_o, _ = inference(detector, net, split)
-            scores[name] = conf_o
+            pred_o, conf_o, y_o = inference(detector, net, split)
+            scores.update({name: conf_o, f"{name}_pred": pred_o, f"{name}_label": y_o})
+            ood_sets.append(name)
+            ood_groups.append(group[:-3])
             label = np.concatenate([y_id, -np.ones(len(conf_o), dtype=np.int64)])
             vec = compute_all_metrics(np.concatenate([conf_id, conf_o]), label, np.concatenate([pred_id, pred_o]))
             vectors.append(vec)
             rows.append({"Dataset": name, **dict(zip(METRIC_NAMES, (100 * v for v in vec)))})
         mean = np.mean(np.asarray(vectors), axis=0)
         rows.append({"Dataset": group, **dict(zip(METRIC_NAMES, (100 * float(v) for v in mean)))})
+    scores["ood_sets"] = np.asarray(ood_sets, dtype=str)
+    scores["ood_groups"] = np.asarray(ood_groups, dtype=str)
     acc = id_accuracy(id_test)
     for row in rows:
         row["ACC"] = acc

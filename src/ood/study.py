@@ -4,8 +4,9 @@ For each run (sorted folder listing; dot-entries and non-folders skipped, O-Q24)
 ``<output_dir>/<run>.json`` exists its ``ood_scores`` are reused (resume); otherwise the model
 and finetuner are loaded, the protocol is evaluated and the record is written atomically. The
 deterministic ``ssl`` model gets ``ood_scores: null`` from the probabilistic detectors (O-Q6).
-The raw scores behind each table go to ``<output_dir>/scores/<run>.npz`` for the report's
-figures. Finally ``runs.json`` (the list of all records) is rewritten.
+The raw scores behind each table go to ``<output_dir>/scores/<run>.npz`` (confidences,
+predictions and labels per split: any metric can be recomputed from them). Finally ``runs.json``
+(the list of all records) is rewritten.
 
 Per run, the network runs once per (preprocessor, split, batch) for all the run's detectors (a
 :class:`~src.ood.features.FeatureStore` computing the union of what they read); several
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from src.ood.detectors import DETECTORS, build_detector, study_order
+from src.ood.detectors import DETECTORS, build_detector, fixed_hyperparams, study_order
 from src.ood.detectors.base import Detector
 from src.ood.evaluator import InputCache, evaluate, protocol_loader
 from src.ood.features import FeatureStore
@@ -60,7 +61,9 @@ def discover_runs(runs_dir: Path) -> list[dict[str, Any]]:
 
 
 def save_scores(path: Path, scores: dict[str, np.ndarray]) -> None:
-    """The detector's confidences per split (id, then each OOD set), atomically as .npz."""
+    """The raw scores of one (run, detector), atomically as .npz: per split the confidences (``id``,
+    ``<set>``), the predictions (``*_pred``) and the labels (``*_label``), and the OOD sets in table
+    order (``ood_sets``, ``ood_groups``); see :class:`~src.ood.evaluator.StudyResult`."""
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
@@ -89,6 +92,7 @@ def run_study(
     seed: int | None = None,
     progress: bool = True,
     config_dir: str | Path | None = None,
+    hyperparam: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate every run with one detector; returns the records written to ``runs.json``."""
     return run_studies(
@@ -104,6 +108,7 @@ def run_study(
         progress=progress,
         share_inputs=False,
         config_dir=config_dir,
+        hyperparam=hyperparam,
     )[detector_name]
 
 
@@ -121,6 +126,7 @@ def run_studies(
     progress: bool = True,
     share_inputs: bool = True,
     config_dir: str | Path | None = None,
+    hyperparam: dict[str, Any] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Evaluate every run with every detector of ``outputs`` ({detector name: output folder}).
 
@@ -134,11 +140,21 @@ def run_studies(
     stochastic features are drawn from a seed derived from (seed, preprocessor, split): a
     detector's records do not depend on which other detectors share the study. Detector configs
     are read from ``config_dir`` (default ``src/experiments/conf/ood``).
+
+    ``hyperparam`` fixes hyper-parameters instead of searching them (``{"K": 50}``, or
+    ``{"kldivsimk.K": 50}`` for one detector; :func:`~src.ood.detectors.fixed_hyperparams`). Each
+    record holds ``hyperparam`` (the values used, searched or fixed), ``hyperparam_fixed`` (what
+    was fixed) and ``corrected_sign`` (whether its scores are negated); a cached record computed
+    with other fixed values or another sign is an error, not reused.
     """
     runs_dir = Path(runs_dir)
     dirs = {name: Path(out) for name, out in outputs.items()}
     for name in dirs:
         build_detector(name, config_dir=config_dir)  # fail on an unknown name or config before touching anything
+    fixed = fixed_hyperparams(dict(hyperparam or {}), list(dirs), config_dir)
+    for name in dirs:
+        if fixed[name]:
+            build_detector(name, config_dir=config_dir, hyperparam=fixed[name])  # a rejected value: before anything
     runs = discover_runs(runs_dir)
     protocol = get_protocol(in_dataset, data_root_dir)
     for out in dirs.values():
@@ -168,13 +184,33 @@ def run_studies(
                         "delete it and run the study again to recompute this run (under DVC, `dvc repro` the "
                         "study's stage)"
                     )
+                if cached.get("hyperparam_fixed", {}) != fixed[name]:
+                    raise ValueError(
+                        f"{cache} was computed with --hyperparam {cached.get('hyperparam_fixed', {})}, not "
+                        f"{fixed[name]}; choose another --output-dir, or delete the file to recompute the run"
+                    )
+                sign = corrected_sign and DETECTORS[name].reference_sign_inverted
+                if cached.get("corrected_sign", False) != sign:
+                    raise ValueError(
+                        f"{cache} was computed with{'out' if sign else ''} --corrected-sign; choose another "
+                        "--output-dir, or delete the file to recompute the run"
+                    )
+                record.update(
+                    {k: cached[k] for k in ("hyperparam", "hyperparam_fixed", "corrected_sign") if k in cached}
+                )
                 record["ood_scores"] = cached["ood_scores"]
                 if "detector_info" in cached:
                     record["detector_info"] = cached["detector_info"]
                 continue
-            detector = build_detector(name, corrected_sign=corrected_sign, config_dir=config_dir)
+            detector = build_detector(
+                name, corrected_sign=corrected_sign, config_dir=config_dir, hyperparam=fixed[name]
+            )
+            record["hyperparam_fixed"] = fixed[name]
+            # whether the stored scores are negated (the report labels them; only the inverted detectors are)
+            record["corrected_sign"] = detector.corrected_sign and detector.reference_sign_inverted
             if detector.probabilistic and run["model_name"] == "ssl":
                 log.info("%s: %s needs a stochastic model; recorded as null", run["run_name"], name)
+                record["hyperparam"] = None
                 record["ood_scores"] = None
                 write_text(cache, json.dumps(record))
             else:
@@ -192,6 +228,8 @@ def run_studies(
                 np.random.seed(seed)
             result = evaluate(net, detector, protocol, features=store)
             record = records[name][-1]
+            names = [key.removesuffix("_list") for key in detector.sweep]
+            record["hyperparam"] = dict(zip(names, result.hyperparam)) if result.hyperparam is not None else {}
             record["ood_scores"] = result.rows
             info = detector.record_info()
             if info:

@@ -22,7 +22,7 @@ import pandas as pd
 import yaml
 
 from src.data.prepare.fashion_mnist_data import PROTOCOL_NAMES
-from src.reports.ood import run_group
+from src.reports.ood import percent_table, run_group
 from src.utils.io import read_json, write_json, write_text
 
 PROTOCOL_TITLES = {
@@ -100,11 +100,9 @@ def accuracy_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def detector_table(ood: pd.DataFrame, column: str) -> pd.DataFrame:
-    """Detector × run group of ``column`` (e.g. ``far_AUROC_mean``), rows in the study's order."""
-    order = list(dict.fromkeys(ood["detector"]))
-    table = ood.pivot_table(index="detector", columns="group", values=column, dropna=False)
-    table = table.reindex(order).round(2).reset_index()
-    return table.astype(object).where(table.notna(), None)  # None prints as `–`, NaN would print "nan"
+    """Detector × run group of ``column`` (e.g. ``far_AUROC_mean``): one decimal, `–` for no value,
+    rows in the study's order (each sign-inverted detector followed by its corrected sign)."""
+    return percent_table(ood, column)
 
 
 def _epochs(n: Any) -> str:
@@ -191,7 +189,12 @@ def make_fashion_mnist_report(results_dir: Path, reports_dir: Path, data_dir: Pa
         if ood["near_AUROC_mean"].notna().any():
             tables = [("near-OOD AUROC (%)", "near_AUROC_mean"), ("near-OOD FPR@95 (%)", "near_FPR@95_mean"), *tables]
         for title, column in tables:
-            lines += [f"### {title}", "", _md(detector_table(ood, column)), ""]
+            lines += [
+                f"### {title}",
+                "",
+                detector_table(ood, column).to_markdown(index=False, disable_numparse=True),
+                "",
+            ]
         lines += ["### Figures", ""] + [f"![{p.stem}](figures/{p.name})\n" for p in pngs]
         sections += lines
         best = ood.loc[ood["far_AUROC_mean"].idxmax()]
@@ -221,9 +224,10 @@ def make_fashion_mnist_report(results_dir: Path, reports_dir: Path, data_dir: Pa
         "protocols in OpenOOD v1.5's layout. Produced by `dvc repro fmnist_report` "
         f"({settings_line}; data: {_settings_text(summary.get('settings'))}).",
         "",
-        "Probabilistic detectors (sigmamean, logpprior, kldivsimk) give no score for deterministic models; "
-        "sigmamean, kldivsimk and gram keep the reference's score orientation (see the project README). "
-        "Cells are means over seeds; `–`: no value.",
+        "Probabilistic detectors (sigmamean, logpprior, kldivsimk) give no score for deterministic models. "
+        "sigmamean, kldivsimk and gram appear twice: with the reference's score orientation (as in the paper; it "
+        "looks inverted, below 50 % AUROC) and as `(corrected sign)`, the metrics of the negated scores. "
+        "Detector cells are percent means over the seeds of a run group, one decimal; `–`: no value.",
         "",
     ]
     write_text(reports_dir / "README.md", "\n".join(header + sections))

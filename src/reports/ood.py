@@ -1,17 +1,27 @@
 """The OOD study's report: one table over detectors x run groups, and figures.
 
-Reads ``<results_dir>/<detector>/runs.json`` (the driver's output) and writes to ``output_dir``:
+Reads ``<results_dir>/<detector>/runs.json`` (the driver's output) and the raw scores
+``<results_dir>/<detector>/scores/<run>.npz``, and writes to ``output_dir``:
 
-- ``ood_report.{csv,md,tex}``: per detector and run group (the run name without its
-  ``_seed_<n>`` suffix) the near/far AUROC and FPR@95 as mean ± std over seeds (percent);
-- ``auroc_heatmap.png``: near and far AUROC, detector x run group;
-- ``roc_<run>.png`` and ``scores_<run>.png`` for one chosen run: per detector, the ROC curve
-  of ID test vs each OOD set and the histograms of the scores (from ``scores/<run>.npz``).
+- ``ood_report.{csv,md,tex}``: per detector and run group (the run name without its ``_seed_<n>``
+  suffix) the near/far AUROC and FPR@95 (percent) as the mean over the group's ``n`` seeds, with
+  the standard deviation when ``n >= 2``; a detector that gives no score for a group (e.g. a
+  probabilistic detector on a deterministic model) or a protocol without near-OOD sets gives `–`;
+- both orientations of the detectors whose reference sign looks inverted (sigmamean, kldivsimk,
+  gram; O-Q8, O-Q10): the rows as the study stored them, and ``<detector> (corrected sign)``,
+  recomputed with :func:`~src.ood.metrics.compute_all_metrics` from the negated raw scores (the
+  hyper-parameter stays the one the search chose for the stored sign);
+- ``auroc_heatmap.png``: near and far AUROC, detector x run group, on a colour scale centred at
+  chance (50 %);
+- per run group, ``roc_<run>.png`` and ``scores_<run>.png`` of the group's first seed (or of the
+  one ``run`` asked for): per detector the ROC curves of ID test vs each OOD set and the score
+  histograms, one colour per OOD set in every figure.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,169 +32,485 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_curve
+from matplotlib.colors import TwoSlopeNorm
+from sklearn.metrics import auc, roc_curve
 
-from src.ood.detectors import study_order
+from src.ood.detectors import DETECTORS, study_order
+from src.ood.metrics import METRIC_NAMES, compute_all_metrics
 from src.utils.io import atomic_write, read_json, write_text
 
-SEED_SUFFIX = re.compile(r"_seed_\d+$")
+SEED_SUFFIX = re.compile(r"_seed_(\d+)$")
+#: label suffix of the corrected orientation of a sign-inverted detector
+CORRECTED = " (corrected sign)"
+#: the report's columns: (split, metric)
+COLUMNS = ("near_AUROC", "far_AUROC", "near_FPR@95", "far_FPR@95")
+#: quantiles bounding a histogram's x range (percent): a few extreme scores do not squash the rest
+HIST_QUANTILES = (0.5, 99.5)
+#: a fixed colour per OOD set of the known protocols (CIFAR-10, demo, Fashion-MNIST); other names
+#: get a colour derived from the name, so a set has the same colour in every figure
+OOD_COLOURS = {
+    "cifar100": "#d62728",
+    "tin": "#ff7f0e",
+    "mnist": "#1f77b4",
+    "svhn": "#2ca02c",
+    "texture": "#9467bd",
+    "places365": "#8c564b",
+    "digits89": "#d62728",
+    "photos": "#9467bd",
+    "noise": "#bcbd22",
+}
+ID_COLOUR = "#000000"  # drawn as a light filled histogram; no OOD set is grey
+_FALLBACK = [matplotlib.colors.to_hex(c) for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7]  # no grey
+
+
+def ood_colours(names: list[str]) -> dict[str, Any]:
+    """A colour per OOD set: fixed for the known sets, the others in name order from the unused
+    colours of the palette (so every figure of a report uses the same colour for a set)."""
+    out = {n: OOD_COLOURS[n] for n in names if n in OOD_COLOURS}
+    free = [c for c in _FALLBACK if c not in set(out.values())] or list(_FALLBACK)
+    for k, name in enumerate(sorted(n for n in set(names) if n not in OOD_COLOURS)):
+        out[name] = free[k % len(free)]
+    return out
 
 
 def run_group(run_name: str) -> str:
     return SEED_SUFFIX.sub("", run_name)
 
 
-def load_results(results_dir: Path) -> pd.DataFrame:
-    """Long table: detector, run, group, model_name, Dataset, FPR@95, AUROC, AUPR_IN, AUPR_OUT, ACC."""
+def _seed(run_name: str) -> int:
+    m = SEED_SUFFIX.search(run_name)
+    return int(m.group(1)) if m else -1
+
+
+def sign_inverted(detector: str) -> bool:
+    """Whether the reference's sign of ``detector`` looks inverted (False for an unregistered name)."""
+    return detector in DETECTORS and DETECTORS[detector].reference_sign_inverted
+
+
+@dataclass
+class Scores:
+    """One ``scores/<run>.npz``: confidences per split, the OOD sets in table order with their group
+    (near/far), and predictions and labels when the file has them (older files hold only ``conf``)."""
+
+    conf: dict[str, np.ndarray]
+    groups: dict[str, str]  # OOD set -> "near" | "far", in table order
+    pred: dict[str, np.ndarray] = field(default_factory=dict)
+    label: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def read_scores(path: Path, rows: list[dict[str, Any]] | None = None) -> Scores:
+    """A raw-score file; ``rows`` (the run's metric rows) give near/far for files without ``ood_groups``."""
+    with np.load(path, allow_pickle=False) as f:
+        data = {k: f[k] for k in f.files}
+    if "ood_sets" in data:
+        groups = {str(s): str(g) for s, g in zip(data["ood_sets"], data["ood_groups"])}
+    else:  # written before predictions and labels were stored: every key is a confidence
+        order = [str(r["Dataset"]) for r in rows or []]
+        cut = order.index("nearood") if "nearood" in order else -1
+        groups = {k: ("near" if k in order and order.index(k) < cut else "far") for k in data if k != "id"}
+    splits = ["id", *groups]
+    return Scores(
+        conf={s: data[s] for s in splits},
+        groups=groups,
+        pred={s: data[f"{s}_pred"] for s in splits if f"{s}_pred" in data},
+        label={s: data[f"{s}_label"] for s in splits if f"{s}_label" in data},
+    )
+
+
+def negated_rows(scores: Scores, acc: float) -> list[dict[str, Any]]:
+    """The metric rows (percent, the study's layout: near sets, nearood, far sets, farood) of the
+    negated confidences, each computed with :func:`compute_all_metrics`; ``acc``: the ACC column."""
+    conf_id = -scores.conf["id"].astype(np.float64)
+    label_id = scores.label.get("id", np.zeros(len(conf_id), dtype=np.int64))
+    pred_id = scores.pred.get("id", np.zeros(len(conf_id), dtype=np.int64))
     rows: list[dict[str, Any]] = []
+    for group in ("near", "far"):
+        sets = [s for s, g in scores.groups.items() if g == group]
+        if not sets:
+            continue
+        vectors = []
+        for name in sets:
+            conf_o = -scores.conf[name].astype(np.float64)
+            pred_o = scores.pred.get(name, np.zeros(len(conf_o), dtype=np.int64))
+            label = np.concatenate([label_id, -np.ones(len(conf_o), dtype=np.int64)])
+            vec = compute_all_metrics(np.concatenate([conf_id, conf_o]), label, np.concatenate([pred_id, pred_o]))
+            vectors.append(vec)
+            rows.append({"Dataset": name, **dict(zip(METRIC_NAMES, (100 * v for v in vec)))})
+        mean = np.mean(np.asarray(vectors), axis=0)
+        rows.append({"Dataset": f"{group}ood", **dict(zip(METRIC_NAMES, (100 * float(v) for v in mean)))})
+    for row in rows:
+        row["ACC"] = acc
+    return rows
+
+
+@dataclass
+class Study:
+    """What the report reads: the long metric table and, per run, the detectors and score files."""
+
+    long: pd.DataFrame  # detector (label), run, group, model_name, orientation, Dataset, metrics
+    detectors: list[str]  # table rows in order: each detector, its corrected orientation after it
+    groups: list[str]  # every run group, with or without scores
+    runs: list[str]  # every run name
+    score_files: dict[tuple[str, str], Path]  # (detector, run) -> scores/<run>.npz
+    records: dict[tuple[str, str], dict[str, Any]]  # (detector, run) -> run record
+    missing_scores: list[str] = field(default_factory=list)  # "<detector>/<run>" without a score file
+
+
+def load_study(results_dir: Path) -> Study:
+    """Every ``<detector>/runs.json`` under ``results_dir``, with both orientations of the inverted detectors.
+
+    Raises:
+        FileNotFoundError: no ``runs.json``.
+        ValueError: a ``runs.json`` that is not the study's.
+    """
     found = sorted(p for p in results_dir.glob("*/runs.json"))
     if not found:
         raise FileNotFoundError(
             f"no <detector>/runs.json under {results_dir}; run src/experiments/scripts/run_ood_study.py first"
         )
+    rows: list[dict[str, Any]] = []
+    detectors: set[str] = set()
+    groups: set[str] = set()
+    runs: set[str] = set()
+    score_files: dict[tuple[str, str], Path] = {}
+    records: dict[tuple[str, str], dict[str, Any]] = {}
+    missing: list[str] = []
     for path in found:
         detector = path.parent.name
-        records = read_json(path)  # invalid JSON: a ValueError naming the file
-        if not isinstance(records, list) or not all(isinstance(r, dict) and "ood_scores" in r for r in records):
+        records_ = read_json(path)  # invalid JSON: a ValueError naming the file
+        if not isinstance(records_, list) or not all(isinstance(r, dict) and "ood_scores" in r for r in records_):
             raise ValueError(
                 f"{path} is not a runs.json of run_ood_study.py (expected a list of run records with 'ood_scores'); "
                 "delete it and run the study for this detector again (its per-run records are reused; under DVC, "
                 "`dvc repro` the study's stage)"
             )
-        for run in records:
-            for score in run["ood_scores"] or []:
-                rows.append(
-                    {
-                        "detector": detector,
-                        "run": run["run_name"],
-                        "group": run_group(run["run_name"]),
-                        "model_name": run["model_name"],
-                        **score,
-                    }
-                )
-    return pd.DataFrame(rows)
-
-
-def summary_table(long: pd.DataFrame) -> pd.DataFrame:
-    """Detector x run group: near/far AUROC and FPR@95, mean and std over seeds."""
-    wide = long[long["Dataset"].isin(["nearood", "farood"])].pivot_table(
-        index=["detector", "group", "run"], columns="Dataset", values=["AUROC", "FPR@95"]
+        inverted = sign_inverted(detector)
+        for run in records_:
+            name = run["run_name"]
+            groups.add(run_group(name))
+            runs.add(name)
+            detectors.add(detector)
+            records[(detector, name)] = run
+            if not run["ood_scores"]:
+                continue
+            corrected = bool(run.get("corrected_sign", False))
+            stored = f"{detector}{CORRECTED}" if corrected else detector
+            base = {"run": name, "group": run_group(name), "model_name": run["model_name"]}
+            orientation = "corrected" if corrected else "reference"
+            for score in run["ood_scores"]:
+                rows.append({"detector": stored, "orientation": orientation if inverted else "", **base, **score})
+            npz = path.parent / "scores" / f"{name}.npz"
+            if npz.is_file():
+                score_files[(detector, name)] = npz
+            else:
+                missing.append(f"{detector}/{name}")
+            if inverted and npz.is_file():
+                other = detector if corrected else f"{detector}{CORRECTED}"
+                acc = float(run["ood_scores"][0]["ACC"])
+                for score in negated_rows(read_scores(npz, run["ood_scores"]), acc):
+                    rows.append(
+                        {"detector": other, "orientation": "reference" if corrected else "corrected", **base, **score}
+                    )
+    known = study_order()
+    ordered = [d for d in known if d in detectors] + sorted(detectors - set(known))
+    labels: list[str] = []
+    for d in ordered:
+        labels += [d, f"{d}{CORRECTED}"] if sign_inverted(d) else [d]
+    return Study(
+        long=pd.DataFrame(rows),
+        detectors=labels,
+        groups=sorted(groups),
+        runs=sorted(runs),
+        score_files=score_files,
+        records=records,
+        missing_scores=missing,
     )
-    wide.columns = [f"{ds.replace('ood', '')}_{metric}" for metric, ds in wide.columns]
-    for col in ("near_AUROC", "far_AUROC", "near_FPR@95", "far_FPR@95"):
-        if col not in wide:  # e.g. no near-OOD set in the protocol: NaN cells, shown as such
+
+
+def load_results(results_dir: Path) -> pd.DataFrame:
+    """Long table: detector, orientation, run, group, model_name, Dataset, FPR@95, AUROC, AUPR_IN, AUPR_OUT, ACC."""
+    return load_study(results_dir).long
+
+
+def summary_table(
+    long: pd.DataFrame, detectors: list[str] | None = None, groups: list[str] | None = None
+) -> pd.DataFrame:
+    """Detector x run group: near/far AUROC and FPR@95, mean and std over the ``n`` seeds.
+
+    Every (detector, group) of ``detectors`` x ``groups`` has a row; a cell without values is NaN
+    (`–` in the Markdown and LaTeX tables), and the std is NaN for ``n < 2``.
+    """
+    if long.empty:
+        wide = pd.DataFrame(
+            columns=list(COLUMNS), index=pd.MultiIndex.from_tuples([], names=["detector", "group", "run"])
+        )
+    else:
+        wide = long[long["Dataset"].isin(["nearood", "farood"])].pivot_table(
+            index=["detector", "group", "run"], columns="Dataset", values=["AUROC", "FPR@95"]
+        )
+        wide.columns = [f"{ds.replace('ood', '')}_{metric}" for metric, ds in wide.columns]
+    for col in COLUMNS:
+        if col not in wide:  # e.g. no near-OOD set in the protocol
             wide[col] = np.nan
-    agg = wide.groupby(level=["detector", "group"]).agg(["mean", "std", "count"])
+    agg = wide.groupby(level=["detector", "group"])[list(COLUMNS)].agg(["mean", "std"])
     out = pd.DataFrame(index=agg.index)
-    for col in ("near_AUROC", "far_AUROC", "near_FPR@95", "far_FPR@95"):
+    for col in COLUMNS:
         out[f"{col}_mean"] = agg[(col, "mean")]
-        out[f"{col}_std"] = agg[(col, "std")].fillna(0.0)
+        out[f"{col}_std"] = agg[(col, "std")]  # NaN for one seed: no spread to show
     out["seeds"] = wide.groupby(level=["detector", "group"]).size()
-    order = {d: i for i, d in enumerate(study_order())}
-    out = out.reset_index()
-    out["_o"] = out["detector"].map(lambda d: order.get(d, len(order)))
-    return out.sort_values(["_o", "group"]).drop(columns="_o").reset_index(drop=True)
+    detectors = detectors or sorted(out.index.get_level_values("detector").unique())
+    groups = groups or sorted(out.index.get_level_values("group").unique())
+    full = pd.MultiIndex.from_product([detectors, groups], names=["detector", "group"])
+    out = out.reindex(full)
+    out["seeds"] = out["seeds"].fillna(0).astype(int)
+    return out.reset_index()
 
 
-def _pm(table: pd.DataFrame) -> pd.DataFrame:
-    """The table with "mean ± std" cells, for Markdown and LaTeX."""
-    out = table[["detector", "group", "seeds"]].copy()
-    for col in ("near_AUROC", "far_AUROC", "near_FPR@95", "far_FPR@95"):
-        out[col] = [
-            "–" if np.isnan(m) else f"{m:.2f} ± {s:.2f}" for m, s in zip(table[f"{col}_mean"], table[f"{col}_std"])
+def fmt_value(mean: float, std: float = float("nan"), n: int = 1, decimals: int = 1) -> str:
+    """``mean ± std`` with ``decimals`` decimals; the mean alone for ``n < 2``; `–` for no value."""
+    if mean is None or not np.isfinite(mean):
+        return "–"
+    if n < 2 or std is None or not np.isfinite(std):
+        return f"{mean:.{decimals}f}"
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+
+
+def formatted(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with text cells (one decimal, ``±`` only for ``n >= 2``, `–` for no value)."""
+    out = table[["detector", "group"]].copy()
+    out["n"] = table["seeds"]
+    for col in COLUMNS:
+        out[f"{col} (%)"] = [
+            fmt_value(m, s, n) for m, s, n in zip(table[f"{col}_mean"], table[f"{col}_std"], table["seeds"])
         ]
     return out
 
 
-def write_tables(table: pd.DataFrame, output_dir: Path) -> None:
+def percent_table(ood: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Detector x run group of ``column`` of :func:`summary_table` (percent): one decimal, `–` for a
+    cell without a value, rows in the OOD report's order (each sign-inverted detector followed by
+    its corrected sign)."""
+    order = list(dict.fromkeys(ood["detector"]))
+    groups = list(dict.fromkeys(ood["group"]))
+    table = ood.pivot_table(index="detector", columns="group", values=column, dropna=False).reindex(order)
+    table = table.reindex(columns=groups)
+    text = table.apply(lambda col: [fmt_value(v) for v in col]).astype(str)
+    return text.reset_index()
+
+
+def notes(study: Study) -> list[str]:
+    """The report's notes: what the cells are, the orientations, the figures' choice."""
+    lines = [
+        "Cells: mean over the n seeds of a run group (percent, one decimal), `± std` when n ≥ 2; "
+        "`–`: no value (a probabilistic detector on a deterministic model, no near-OOD set, n = 0).",
+    ]
+    inverted = [d for d in study.detectors if sign_inverted(d)]
+    if inverted:
+        lines.append(
+            f"{', '.join(inverted)}: the reference's score orientation (as in the paper; it looks inverted, "
+            f"O-Q8, O-Q10) and `{CORRECTED.strip()}`, the negated scores' metrics recomputed from "
+            "`scores/<run>.npz` (the hyper-parameter the search chose for the reference's sign is kept)."
+        )
+    if study.missing_scores:
+        lines.append("No raw scores (no corrected rows, no figures): " + ", ".join(study.missing_scores) + ".")
+    return lines
+
+
+def write_tables(table: pd.DataFrame, output_dir: Path, note_lines: list[str] | None = None) -> None:
     write_text(output_dir / "ood_report.csv", table.to_csv(index=False, float_format="%.4f"))
-    pm = _pm(table)
-    write_text(output_dir / "ood_report.md", pm.to_markdown(index=False) + "\n")
-    tex = pm.rename(columns=lambda c: c.replace("_", r"\_")).replace({"±": r"$\\pm$"}, regex=True)
+    text = formatted(table)
+    md = text.to_markdown(index=False, disable_numparse=True) + "\n"
+    if note_lines:
+        md += "\n" + "\n".join(f"- {line}" for line in note_lines) + "\n"
+    write_text(output_dir / "ood_report.md", md)
+    tex = text.rename(columns=lambda c: c.replace("_", r"\_").replace("%", r"\%")).replace({"±": r"$\\pm$"}, regex=True)
     tex = tex.map(lambda v: v.replace("_", r"\_") if isinstance(v, str) else v)
     write_text(output_dir / "ood_report.tex", tex.to_latex(index=False))
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
-    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
     plt.close(fig)
 
 
-def heatmap(table: pd.DataFrame, output_dir: Path) -> Path:
-    groups = sorted(table["group"].unique())
-    known = study_order()
-    detectors = [d for d in known if d in set(table["detector"])] + sorted(set(table["detector"]) - set(known))
-    fig, axes = plt.subplots(1, 2, figsize=(2 + 1.1 * len(groups) * 2, 1 + 0.45 * len(detectors)), squeeze=False)
-    for ax, split in zip(axes[0], ("near", "far")):
+def heatmap(table: pd.DataFrame, output_dir: Path, detectors: list[str], groups: list[str]) -> Path:
+    """Near and far AUROC (mean over seeds), detector x run group; blue above chance, red below, `–` none."""
+    splits = [s for s in ("near", "far") if table[f"{s}_AUROC_mean"].notna().any()] or ["far"]
+    width = max(4.5, 1.6 + 0.55 * len(groups))
+    fig, axes = plt.subplots(
+        1, len(splits), figsize=(width * len(splits), 1.6 + 0.32 * len(detectors)), squeeze=False, layout="constrained"
+    )
+    norm = TwoSlopeNorm(vmin=0, vcenter=50, vmax=100)
+    cmap = plt.get_cmap("RdBu").with_extremes(bad="#e6e6e6")
+    im = None
+    for k, (ax, split) in enumerate(zip(axes[0], splits)):
         grid = np.full((len(detectors), len(groups)), np.nan)
-        for _, row in table.iterrows():
-            grid[detectors.index(row["detector"]), groups.index(row["group"])] = row[f"{split}_AUROC_mean"]
-        im = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis", aspect="auto")
-        ax.set_xticks(range(len(groups)), groups, rotation=60, ha="right", fontsize=7)
-        ax.set_yticks(range(len(detectors)), detectors, fontsize=8)
-        ax.set_title(f"{split}-OOD AUROC (%)")
+        for row in table.itertuples(index=False):
+            value = getattr(row, f"{split}_AUROC_mean")
+            grid[detectors.index(row.detector), groups.index(row.group)] = value
+        im = ax.imshow(np.ma.masked_invalid(grid), norm=norm, cmap=cmap, aspect="auto")
+        ax.set_xticks(range(len(groups)), groups, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(detectors)), detectors if k == 0 else [""] * len(detectors), fontsize=8)
+        ax.set_title(f"{split}-OOD AUROC (%)", fontsize=10)
         for (i, j), v in np.ndenumerate(grid):
-            if np.isfinite(v):
-                ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=6, color="w" if v < 60 else "k")
-        fig.colorbar(im, ax=ax, fraction=0.04)
+            text = "–" if not np.isfinite(v) else f"{v:.0f}"
+            dark = np.isfinite(v) and abs(v - 50) > 30
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="w" if dark else "k")
+    bar = fig.colorbar(im, ax=axes[0].tolist(), fraction=0.05, pad=0.02, ticks=[0, 25, 50, 75, 100])
+    bar.ax.axhline(50, color="k", lw=1)
+    bar.set_label("AUROC (%), 50 = chance", fontsize=8)
+    fig.suptitle(
+        "AUROC per detector and run group: mean over seeds; blue above chance, red below; –: no value", fontsize=10
+    )
     path = output_dir / "auroc_heatmap.png"
     _save(fig, path)
     return path
 
 
-def run_figures(results_dir: Path, run: str, output_dir: Path) -> list[Path]:
-    """ROC curves and score histograms (ID test vs each OOD set) of ``run`` for every detector with scores."""
-    panels = [(d.parent.parent.name, d) for d in sorted(results_dir.glob(f"*/scores/{run}.npz"))]
+#: what the stored score of a sign-inverted detector is, with the reference's sign (O-Q8, O-Q10 (c))
+REFERENCE_SCORES = {
+    "sigmamean": "mean posterior σ, reference sign\n(larger = more uncertain)",
+    "kldivsimk": "(K+1)-th smallest KL(train ‖ test), reference sign\n(larger = farther from training)",
+    "gram": "Gram deviation / 50, reference sign\n(larger = farther from the training range)",
+}
+
+
+def score_axis_label(detector: str, corrected: bool) -> str:
+    """The histogram's x label, true for the detector's stored orientation: a sign-inverted detector's
+    reference score is what it measures, with no claim that larger means more in-distribution."""
+    if not sign_inverted(detector):
+        return "score (larger = more ID)"
+    if corrected:
+        return "score, corrected sign (larger = more ID)"
+    return REFERENCE_SCORES.get(detector, "score, reference sign\n(its orientation is suspect, O-Q8)")
+
+
+def _roc(ax: plt.Axes, scores: Scores, sign: float, title: str, colours: dict[str, Any]) -> None:
+    conf_id = sign * scores.conf["id"].astype(np.float64)
+    for name, group in scores.groups.items():
+        conf_o = sign * scores.conf[name].astype(np.float64)
+        ood = np.concatenate([np.zeros(len(conf_id)), np.ones(len(conf_o))])
+        fpr, tpr, _ = roc_curve(ood, -np.concatenate([conf_id, conf_o]))
+        auroc = 100 * float(auc(fpr, tpr))  # as compute_all_metrics
+        ax.plot(fpr, tpr, color=colours[name], lw=1.4, label=f"{name} ({group}) {auroc:.1f}")
+    ax.plot([0, 1], [0, 1], color="0.5", ls=":", lw=0.8)
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="FPR (ID flagged)", ylabel="TPR (OOD caught)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6.5, title="OOD set (AUROC %)", title_fontsize=6.5, loc="best")
+
+
+def _hist(ax: plt.Axes, scores: Scores, detector: str, corrected: bool, colours: dict[str, Any]) -> None:
+    pooled = np.concatenate([c.astype(np.float64) for c in scores.conf.values()])
+    lo, hi = np.percentile(pooled, HIST_QUANTILES)
+    if not hi > lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    bins = np.linspace(lo, hi, 41)
+    ax.hist(np.clip(scores.conf["id"], lo, hi), bins=bins, density=True, color=ID_COLOUR, alpha=0.2, label="ID test")
+    for name, group in scores.groups.items():
+        conf_o = np.clip(scores.conf[name], lo, hi)
+        ax.hist(
+            conf_o, bins=bins, density=True, histtype="step", lw=1.3, color=colours[name], label=f"{name} ({group})"
+        )
+    ax.set_xlim(lo, hi)
+    ax.set_xlabel(score_axis_label(detector, corrected), fontsize=8)
+    ax.set_ylabel("density", fontsize=8)
+    ax.set_title(detector + (CORRECTED if corrected else ""), fontsize=9)
+    ax.legend(fontsize=6.5, loc="best")
+
+
+def run_figures(
+    study: Study, run: str, output_dir: Path, why: str, colours: dict[str, Any] | None = None
+) -> list[Path]:
+    """ROC curves (both orientations for the inverted detectors) and score histograms of ``run``."""
+    panels = [(d, study.score_files[(d, run)]) for d in study.detectors if (d, run) in study.score_files]
     if not panels:
         return []
-    n = len(panels)
-    cols = min(3, n)
-    rows = -(-n // cols)
-    roc_fig, roc_axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.4 * rows), squeeze=False)
-    hist_fig, hist_axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
-    for k, (detector, path) in enumerate(panels):
-        scores = dict(np.load(path, allow_pickle=False))
-        conf_id = scores.pop("id")
-        ax_r, ax_h = roc_axes.flat[k], hist_axes.flat[k]
-        bins = np.histogram_bin_edges(np.concatenate([conf_id, *scores.values()]), bins=40)
-        ax_h.hist(conf_id, bins=bins, density=True, alpha=0.5, label="ID test")
-        for name, conf_o in scores.items():
-            ood = np.concatenate([np.zeros(len(conf_id)), np.ones(len(conf_o))])
-            fpr, tpr, _ = roc_curve(ood, -np.concatenate([conf_id, conf_o]))
-            ax_r.plot(fpr, tpr, label=name)
-            ax_h.hist(conf_o, bins=bins, density=True, histtype="step", label=name)
-        ax_r.plot([0, 1], [0, 1], "k:", lw=0.8)
-        ax_r.set(title=detector, xlabel="FPR (ID flagged)", ylabel="TPR (OOD caught)")
-        ax_h.set(title=detector, xlabel="score (larger = more ID)")
-        ax_r.legend(fontsize=7)
-        ax_h.legend(fontsize=7)
-    for ax in list(roc_axes.flat[n:]) + list(hist_axes.flat[n:]):
-        ax.axis("off")
-    roc_fig.suptitle(run, fontsize=9)
-    hist_fig.suptitle(run, fontsize=9)
-    out = [output_dir / f"roc_{run}.png", output_dir / f"scores_{run}.png"]
-    _save(roc_fig, out[0])
-    _save(hist_fig, out[1])
+    loaded = [(d, read_scores(p, study.records[(d, run)]["ood_scores"])) for d, p in panels]
+    colours = colours or ood_colours(sorted({n for _, s in loaded for n in s.groups}))
+    corrected = {d: bool(study.records[(d, run)].get("corrected_sign", False)) for d, _ in panels}
+    roc_panels: list[tuple[str, Scores, float]] = []
+    for d, s in loaded:
+        roc_panels.append((d + (CORRECTED if corrected[d] else ""), s, 1.0))
+        if sign_inverted(d):
+            roc_panels.append((d + ("" if corrected[d] else CORRECTED), s, -1.0))
+    out = []
+    for kind, items in (("roc", roc_panels), ("scores", loaded)):
+        cols = min(4, len(items))
+        rows = -(-len(items) // cols)
+        size = (max(3.6 * cols, 6.0), 3.3 * rows + 0.4)  # one panel: wide enough for the title
+        fig, axes = plt.subplots(rows, cols, figsize=size, squeeze=False, layout="constrained")
+        for ax, item in zip(axes.flat, items):
+            if kind == "roc":
+                title, scores, sign = item  # type: ignore[misc]
+                _roc(ax, scores, sign, title, colours)
+            else:
+                d, scores = item  # type: ignore[misc]
+                _hist(ax, scores, d, corrected[d], colours)
+        for ax in list(axes.flat)[len(items) :]:
+            ax.axis("off")
+        what = (
+            "ROC curves, ID test vs each OOD set"
+            if kind == "roc"
+            else "score histograms over the 0.5–99.5 % quantiles of the pooled scores (the tails in the edge bins)"
+        )
+        fig.suptitle(f"{run} ({why})\n{what}", fontsize=10)
+        path = output_dir / f"{kind}_{run}.png"
+        _save(fig, path)
+        out.append(path)
     return out
 
 
+def figure_runs(study: Study, run: str | None) -> dict[str, str]:
+    """{run: why it is shown}: ``run`` alone when given, else the first seed of every run group that has scores."""
+    if run is not None:
+        return {run: "the run asked for (--run)"}
+    with_scores = sorted({r for _, r in study.score_files}, key=lambda r: (run_group(r), _seed(r), r))
+    chosen: dict[str, str] = {}
+    for r in with_scores:
+        if run_group(r) not in {run_group(c) for c in chosen}:
+            chosen[r] = "first seed of its group" if SEED_SUFFIX.search(r) else "the group's only run"
+    return chosen
+
+
 def make_report(results_dir: str | Path, output_dir: str | Path, run: str | None = None) -> dict[str, Any]:
-    """Tables and figures; ``run`` defaults to the run scored by the most detectors (then by name)."""
+    """Tables and figures; figures for the first seed of every run group, or for ``run`` alone.
+
+    Raises:
+        ValueError: ``run`` is not a run of the study (the message lists the known runs), or the runs
+            have no OOD scores; nothing is written.
+    """
     results_dir, output_dir = Path(results_dir), Path(output_dir)
-    long = load_results(results_dir)
-    if long.empty:
+    study = load_study(results_dir)
+    if run is not None and run not in study.runs:
+        raise ValueError(
+            f"--run {run!r} is not a run of the study under {results_dir}; known runs: {', '.join(study.runs)}"
+        )
+    if study.long.empty:
         raise ValueError(f"the runs under {results_dir} have no OOD scores")
-    table = summary_table(long)
-    write_tables(table, output_dir)
-    figures = [heatmap(table, output_dir)]
-    if run is None:
-        counts = long.groupby("run")["detector"].nunique()
-        run = sorted(counts.index, key=lambda r: (-counts[r], r))[0]
-    figures += run_figures(results_dir, run, output_dir)
-    return {"table": table, "figures": figures, "run": run}
+    output_dir.mkdir(parents=True, exist_ok=True)
+    table = summary_table(study.long, study.detectors, study.groups)
+    shown = figure_runs(study, run)
+    note_lines = notes(study)
+    note_lines.append(
+        "Figures: ROC curves and score histograms of "
+        + ("; ".join(f"{r} ({why})" for r, why in shown.items()) or "no run (no raw scores)")
+        + "."
+    )
+    write_tables(table, output_dir, note_lines)
+    figures = [heatmap(table, output_dir, study.detectors, study.groups)]
+    colours = ood_colours(sorted({n for p in study.score_files.values() for n in read_scores(p).groups}))
+    for r, why in shown.items():
+        figures += run_figures(study, r, output_dir, why, colours)
+    return {
+        "table": table,
+        "figures": figures,
+        "run": next(iter(shown), None),
+        "runs": list(shown),
+        "notes": note_lines,
+    }
 
 
 def summarize(results_dir: str | Path, output_dir: str | Path, run: str | None = None) -> str:
-    """:func:`make_report`, then the text ``summarize_ood.py`` prints: the table and the figure paths."""
+    """:func:`make_report`, then the text ``summarize_ood.py`` prints: the table, the notes and the figure paths."""
     out = make_report(results_dir, output_dir, run)
-    return "\n".join([out["table"].to_string(index=False), *(str(p) for p in out["figures"])])
+    return "\n".join([formatted(out["table"]).to_string(index=False), *out["notes"], *(str(p) for p in out["figures"])])

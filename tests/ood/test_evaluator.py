@@ -78,7 +78,11 @@ def test_shared_features_give_the_scores_of_a_detector_alone(model_name: str, ne
         rows = shared[name].rows
         assert [r["Dataset"] for r in rows] == ROWS
         assert all(np.isfinite(r[k]) for r in rows for k in ("AUROC", "FPR@95", "AUPR_IN", "AUPR_OUT", "ACC"))
-        assert set(shared[name].scores) == {"id", "shifted", "noise"}
+        splits = ("id", "shifted", "noise")
+        assert set(shared[name].scores) == {*splits, *(f"{s}_{k}" for s in splits for k in ("pred", "label"))} | {
+            "ood_sets",
+            "ood_groups",
+        }
 
 
 def test_feature_detectors_run_the_network_once_per_batch(networks: dict[str, OODNetwork]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -69,3 +70,31 @@ def test_ood_study_cache_that_is_not_json(tmp_path: Path, demo_root: Path) -> No
     cache.write_text('{"run_name": "ssl_barlow", "ood_sc')
     with pytest.raises(ValueError, match=rf"{_q(cache)} is not valid JSON .*delete it"):
         run_study(tmp_path / "runs", "demo", demo_root, "msp", tmp_path / "out", progress=False)
+
+
+def test_ood_study_cache_made_with_other_settings(tmp_path: Path, demo_root: Path) -> None:
+    """A cached record made with other --hyperparam values or another sign is refused, not reused."""
+    (tmp_path / "runs" / "ssl_bayes_z_x").mkdir(parents=True)
+    cache = tmp_path / "out" / "ssl_bayes_z_x.json"
+    cache.parent.mkdir()
+    record = {"run_name": "ssl_bayes_z_x", "ood_scores": [], "hyperparam_fixed": {"K": 3}, "corrected_sign": False}
+    cache.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=rf"{_q(cache)} was computed with --hyperparam \{{'K': 3\}}, not \{{\}}"):
+        run_study(tmp_path / "runs", "demo", demo_root, "kldivsimk", tmp_path / "out", progress=False)
+    with pytest.raises(ValueError, match=rf"{_q(cache)} was computed without --corrected-sign.*--output-dir"):
+        run_study(
+            tmp_path / "runs", "demo", demo_root, "kldivsimk", tmp_path / "out", progress=False,
+            corrected_sign=True, hyperparam={"K": 3},
+        )  # fmt: skip
+    # the same settings: reused (no model is loaded: the run folder has no checkpoint)
+    again = run_study(
+        tmp_path / "runs", "demo", demo_root, "kldivsimk", tmp_path / "out", progress=False, hyperparam={"K": 3}
+    )
+    assert again[0]["hyperparam_fixed"] == {"K": 3} and again[0]["ood_scores"] == []
+
+
+def test_ood_study_unknown_hyperparam(tmp_path: Path, demo_root: Path) -> None:
+    (tmp_path / "runs" / "ssl_x").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"no hyper-parameter 'T' in odin: searched temperature, noise"):
+        run_study(tmp_path / "runs", "demo", demo_root, "odin", tmp_path / "out", progress=False, hyperparam={"T": 1})
+    assert not (tmp_path / "out").exists()

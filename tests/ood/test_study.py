@@ -21,14 +21,14 @@ import torch
 from torch import Tensor
 
 from src.ood import study
-from src.ood.detectors import CONFIG_DIR, DETECTORS, PAPER_DETECTORS, register, study_order
+from src.ood.detectors import CONFIG_DIR, DETECTORS, PAPER_DETECTORS, build_detector, register, study_order
 from src.ood.detectors.base import Detector
 from src.ood.detectors.umds import import_faiss
 from src.ood.features import Features
 from src.ood.protocol import get_protocol
 from src.ood.study import run_ood_study, run_study
 from src.ood.wrapper import load_ood_network
-from src.reports.ood import make_report
+from src.reports.ood import CORRECTED, make_report
 from tests.ood.fakes import DEMO_RUNS
 
 ROWS = ["digits89", "nearood", "photos", "noise", "farood"]
@@ -65,19 +65,25 @@ def new_detector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return conf
 
 
-def check_record(record: dict[str, Any], out: Path, name: str) -> None:
-    keys = {"run_name", "model_path", "finetuner_path", "model_name", "ood_scores"}
+def check_record(record: dict[str, Any], out: Path, name: str, config_dir: Path) -> None:
+    keys = {
+        "run_name", "model_path", "finetuner_path", "model_name", "hyperparam", "hyperparam_fixed",
+        "corrected_sign", "ood_scores",
+    }  # fmt: skip
     if name == "umds":  # which k-means ran (faiss when installed)
         assert set(record) == keys | {"detector_info"}
         assert record["detector_info"]["kmeans"] == ("torch" if import_faiss() is None else "faiss")
     else:
         assert set(record) == keys
+    assert record["hyperparam_fixed"] == {} and record["corrected_sign"] is False
     assert json.loads((out / f"{record['run_name']}.json").read_text()) == record
     assert record["model_path"].endswith("checkpoints/model.ckpt")
     assert record["finetuner_path"].endswith("finetune/checkpoints/last.ckpt")
     if record["model_name"] == "ssl" and DETECTORS[name].probabilistic:
-        assert record["ood_scores"] is None
+        assert record["ood_scores"] is None and record["hyperparam"] is None
         return
+    searched = [k.removesuffix("_list") for k in build_detector(name, config_dir=config_dir).sweep]
+    assert list(record["hyperparam"]) == searched  # the values the search chose, by name
     rows = record["ood_scores"]
     assert [r["Dataset"] for r in rows] == ROWS
     for r in rows:
@@ -87,7 +93,11 @@ def check_record(record: dict[str, Any], out: Path, name: str) -> None:
     assert rows[1]["AUROC"] == pytest.approx(rows[0]["AUROC"])  # nearood: the mean of one near set
     assert rows[4]["AUROC"] == pytest.approx((rows[2]["AUROC"] + rows[3]["AUROC"]) / 2)
     scores = np.load(out / "scores" / f"{record['run_name']}.npz")
-    assert set(scores.files) == {"id", "digits89", "photos", "noise"}
+    sets = ["digits89", "photos", "noise"]
+    assert set(scores.files) == {"id", "id_pred", "id_label", "ood_sets", "ood_groups"} | {
+        f"{s}{suffix}" for s in sets for suffix in ("", "_pred", "_label")
+    }
+    assert list(scores["ood_sets"]) == sets and list(scores["ood_groups"]) == ["near", "far", "far"]
 
 
 @pytest.mark.slow
@@ -109,7 +119,7 @@ def test_all_detectors_with_a_new_one_on_demo_runs(
         out = results / name
         assert [r["run_name"] for r in recs] == sorted(r for r, _, _ in DEMO_RUNS)
         for record in recs:
-            check_record(record, out, name)
+            check_record(record, out, name, new_detector)
         assert json.loads((out / "runs.json").read_text()) == recs
 
     # the new detector's scores are its formula on the network's logits (T = 2 from its config)
@@ -144,15 +154,32 @@ def test_all_detectors_with_a_new_one_on_demo_runs(
     assert {p.name: p.stat().st_mtime_ns for p in msp.glob("*.json") if p.name != "runs.json"} == stamps
     assert again == json.loads((msp / "runs.json").read_text())
 
+    # fixed hyper-parameters: no search, recorded; a cached record with other fixed values is refused
+    fixed_dir = tmp_path / "fixed"
+    fixed = run_study(demo_runs, "demo", demo_root, "edsimk", fixed_dir, hyperparam={"K": 3}, **common)
+    assert [r["hyperparam"] for r in fixed] == [{"K": 3}] * len(DEMO_RUNS)
+    assert [r["hyperparam_fixed"] for r in fixed] == [{"K": 3}] * len(DEMO_RUNS)
+    assert json.loads((fixed_dir / f"{DEMO_RUNS[0][0]}.json").read_text())["hyperparam"] == {"K": 3}
+    with pytest.raises(ValueError, match=r"was computed with --hyperparam \{'K': 3\}, not \{'K': 4\}"):
+        run_study(demo_runs, "demo", demo_root, "edsimk", fixed_dir, hyperparam={"K": 4}, **common)
+    with pytest.raises(ValueError, match=r"was computed with --hyperparam \{\}, not \{'K': 3\}"):
+        run_study(demo_runs, "demo", demo_root, "edsimk", results / "edsimk", hyperparam={"K": 3}, **common)
+
     report = make_report(results, tmp_path / "reports")
     table = report["table"]
-    assert list(dict.fromkeys(table["detector"])) == study_order()  # the report's order
+    # the report's order; each sign-inverted detector followed by its corrected orientation
+    inverted = {d: DETECTORS[d].reference_sign_inverted for d in study_order()}
+    expected = [x for d in study_order() for x in ([d, f"{d}{CORRECTED}"] if inverted[d] else [d])]
+    assert list(dict.fromkeys(table["detector"])) == expected
     assert set(table["group"]) == {"ssl_barlow", "ssl_bayes_h_barlow", "ssl_bayes_z_vicreg"}
-    assert (table["seeds"] == 1).all()
+    no_score = table["detector"].str.replace(CORRECTED, "").map(lambda d: DETECTORS[d].probabilistic)
+    no_score &= table["group"] == "ssl_barlow"
+    assert (table["seeds"] == np.where(no_score, 0, 1)).all()  # one seed per run; none where no score
+    assert table.loc[no_score, "far_AUROC_mean"].isna().all() and table.loc[~no_score, "far_AUROC_mean"].notna().all()
     for ext in ("csv", "md", "tex"):
         assert (tmp_path / "reports" / f"ood_report.{ext}").stat().st_size > 0
     pngs = {p.name for p in (tmp_path / "reports").glob("*.png")}
-    assert {"auroc_heatmap.png", f"roc_{report['run']}.png", f"scores_{report['run']}.png"} <= pngs
+    assert pngs == {"auroc_heatmap.png"} | {f"{k}_{r}.png" for k in ("roc", "scores") for r, _, _ in DEMO_RUNS}
     for png in pngs:
         assert (tmp_path / "reports" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

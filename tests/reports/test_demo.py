@@ -8,15 +8,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from src.reports.demo import make_demo_report
+from src.reports.demo import FAR_AUROC_CELL, MIN_FAR_AUROC, make_demo_report
 
 
-def write_inputs(root: Path, ssl_acc: float, best_far: float) -> tuple[Path, Path, Path]:
+def write_inputs(root: Path, ssl_acc: float, cell_far: float | None) -> tuple[Path, Path, Path]:
+    """Runs, an OOD report and a probe report; the bar's cell has far AUROC ``cell_far`` (None: the row
+    is absent) and another cell is better (99 %), which the bar must not take."""
     runs = root / "runs"
     for name, model, acc in [
         ("ssl_barlow_twins", "ssl", ssl_acc),
         ("ssl_vicreg", "ssl", 0.95),
-        ("ssl_bayes_h_barlow", "ssl_bayes_h", 0.5),
+        ("ssl_bayes_z_vicreg", "ssl_bayes_z", 0.5),
     ]:
         (runs / name).mkdir(parents=True)
         meta = {"model_name": model, "cl_loss_name": "barlow_twins"}
@@ -29,26 +31,31 @@ def write_inputs(root: Path, ssl_acc: float, best_far: float) -> tuple[Path, Pat
         )
     ood = root / "ood"
     ood.mkdir()
+    detector, group = FAR_AUROC_CELL
+    cells = {(detector, group): cell_far, ("mds", group): 99.0, (detector, "ssl_barlow_twins"): 70.04}
+    cells |= {("kldivsimk", "ssl_barlow_twins"): float("nan"), ("kldivsimk", group): 30.0}
     rows = []
-    for det, far in [("msp", 70.0), ("mds", best_far), ("gram", 40.0)]:
-        for group in ("ssl_barlow_twins", "ssl_bayes_h_barlow"):
-            rows.append(
-                {
-                    "detector": det,
-                    "group": group,
-                    "near_AUROC_mean": 60.0,
-                    "near_AUROC_std": 0.0,
-                    "far_AUROC_mean": far - (group == "ssl_barlow_twins"),
-                    "far_AUROC_std": 0.0,
-                    "near_FPR@95_mean": 50.0,
-                    "near_FPR@95_std": 0.0,
-                    "far_FPR@95_mean": 20.0,
-                    "far_FPR@95_std": 0.0,
-                    "seeds": 1,
-                }
-            )
+    for (det, grp), far in cells.items():
+        if far is None:
+            continue
+        rows.append(
+            {
+                "detector": det,
+                "group": grp,
+                "near_AUROC_mean": 60.0,
+                "near_AUROC_std": float("nan"),
+                "far_AUROC_mean": far,
+                "far_AUROC_std": float("nan"),
+                "near_FPR@95_mean": 50.0,
+                "near_FPR@95_std": float("nan"),
+                "far_FPR@95_mean": 20.0,
+                "far_FPR@95_std": float("nan"),
+                "seeds": 0 if far != far else 1,
+            }
+        )
     pd.DataFrame(rows).to_csv(ood / "ood_report.csv", index=False)
-    (ood / "auroc_heatmap.png").write_bytes(b"\x89PNG\r\n\x1a\nfake")
+    for name in ("scores_ssl_vicreg.png", "auroc_heatmap.png", "roc_ssl_vicreg.png"):
+        (ood / name).write_bytes(b"\x89PNG\r\n\x1a\nfake")
     probe = root / "probe"
     probe.mkdir()
     pd.DataFrame([{"dataset": "demo", "model_name": "ssl_vicreg", "test/accuracy": 0.9}]).to_csv(
@@ -57,28 +64,50 @@ def write_inputs(root: Path, ssl_acc: float, best_far: float) -> tuple[Path, Pat
     return runs, ood, probe
 
 
-@pytest.mark.parametrize(("ssl_acc", "best_far", "passed"), [(0.9, 95.0, True), (0.8, 95.0, False), (0.9, 85.0, False)])
-def test_sanity_bars(tmp_path: Path, ssl_acc: float, best_far: float, passed: bool) -> None:
-    runs, ood, probe = write_inputs(tmp_path, ssl_acc, best_far)
+BAR = MIN_FAR_AUROC
+
+
+@pytest.mark.parametrize(
+    ("ssl_acc", "cell_far", "passed"),
+    [(0.9, BAR + 1, True), (0.9, BAR, True), (0.8, BAR + 1, False), (0.9, BAR - 0.1, False), (0.9, None, False)],
+)
+def test_sanity_bars_use_the_fixed_cell(tmp_path: Path, ssl_acc: float, cell_far: float | None, passed: bool) -> None:
+    runs, ood, probe = write_inputs(tmp_path, ssl_acc, cell_far)
     out = tmp_path / "report"
     summary = make_demo_report(runs, ood, probe, out)
     bars = summary["sanity_bars"]
     assert bars["passed"] is passed
     assert bars["deterministic_test_acc"]["values"] == {"ssl_barlow_twins": ssl_acc, "ssl_vicreg": 0.95}
-    assert bars["best_far_auroc"] == {
-        "value": best_far if best_far > 70 else 70.0,
-        "detector": "mds" if best_far > 70 else "msp",
-        "run": "ssl_bayes_h_barlow",
-        "threshold": 90.0,
-        "passed": best_far >= 90,
+    detector, group = FAR_AUROC_CELL
+    assert bars["far_auroc"] == {  # the named cell, not the best one (mds, 99 %)
+        "value": cell_far,
+        "detector": detector,
+        "run": group,
+        "threshold": BAR,
+        "passed": cell_far is not None and cell_far >= BAR,
     }
     text = (out / "README.md").read_text()
     assert ("Sanity bars: PASSED" in text) is passed
+    assert f"far-OOD AUROC of {detector} on {group} (a cell fixed in advance) >= {BAR:.0f} %" in text
     assert "![auroc_heatmap](figures/auroc_heatmap.png)" in text and (out / "figures" / "auroc_heatmap.png").is_file()
+    figures = [line for line in text.splitlines() if line.startswith("![")]
+    assert [f.split("]")[0][2:] for f in figures] == ["auroc_heatmap", "roc_ssl_vicreg", "scores_ssl_vicreg"]
     assert "ssl_vicreg" in text and "Linear probe" in text
     assert json.loads((out / "summary.json").read_text())["sanity_bars"]["passed"] is passed
 
 
-def test_missing_inputs(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="demo_pretrain"):
-        make_demo_report(tmp_path, tmp_path, tmp_path, tmp_path / "out")
+def test_tables_one_decimal_and_dashes(tmp_path: Path) -> None:
+    runs, ood, probe = write_inputs(tmp_path, 0.9, 91.26)
+    make_demo_report(runs, ood, probe, tmp_path / "report")
+    text = (tmp_path / "report" / "README.md").read_text()
+    far = text.split("## OOD detection: far-OOD AUROC (%)")[1].split("##")[0]
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in far.splitlines()[3:]
+        if "|" in line
+    }
+    header = [c.strip() for c in far.splitlines()[2].split("|")[2:-1]]
+    assert header == [FAR_AUROC_CELL[1], "ssl_barlow_twins"]
+    assert rows[FAR_AUROC_CELL[0]] == ["91.3", "70.0"]  # one decimal, printed with one
+    assert rows["kldivsimk"] == ["30.0", "–"] and rows["mds"] == ["99.0", "–"]
+    assert "nan" not in text.lower() and "n = 1 seed per run" in text

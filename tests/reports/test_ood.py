@@ -1,5 +1,7 @@
-"""The OOD report from hand-written study outputs: the table (mean ± std over seeds, in the study
-order), its csv/md/tex files, the figures, and the text summarize_ood.py prints."""
+"""The OOD report from hand-written study outputs: the table (mean over seeds, ± only for n ≥ 2, `–` for
+cells without a value, one decimal), both orientations of a sign-inverted detector recomputed from the
+raw scores, its csv/md/tex files, the figures of every run group, the text summarize_ood.py prints and
+its error for an unknown --run."""
 
 from __future__ import annotations
 
@@ -10,61 +12,151 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src.reports.ood import make_report, summarize
+from src.experiments.scripts import summarize_ood
+from src.ood.metrics import METRIC_NAMES, compute_all_metrics
+from src.reports.ood import CORRECTED, make_report, read_scores, summarize
 
-METRICS = ("FPR@95", "AUROC", "AUPR_IN", "AUPR_OUT", "ACC")
+SETS = {"a": "near", "b": "far", "c": "far"}
 
 
-def rows(near: float, far: float) -> list[dict[str, float | str]]:
-    out: list[dict[str, float | str]] = []
-    for name, auroc in (("a", near), ("nearood", near), ("b", far), ("farood", far)):
-        out.append({"Dataset": name, **{m: 50.0 for m in METRICS}, "AUROC": auroc, "FPR@95": 100 - auroc})
+def scores_of(seed: int, shift: float) -> dict[str, np.ndarray]:
+    """Raw scores as the study writes them: ID above the OOD sets by ``shift`` (negative: inverted)."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {"id": rng.normal(shift, 1, 50), "id_label": np.arange(50) % 3}
+    out["id_pred"] = np.where(np.arange(50) % 5 == 0, 0, out["id_label"])
+    for k, name in enumerate(SETS):
+        n = 30 + 5 * k
+        # a heavy tail in "c": a few huge scores must not squash the histogram
+        out[name] = rng.standard_cauchy(n) * 0.2 if name == "c" else rng.normal(0, 1, n)
+        out[f"{name}_pred"], out[f"{name}_label"] = rng.integers(0, 3, n), -np.ones(n, dtype=np.int64)
+    out["ood_sets"], out["ood_groups"] = np.array(list(SETS)), np.array(list(SETS.values()))
     return out
 
 
-def write_results(root: Path) -> None:
-    """Two detectors (in reverse study order on disk) x one group with two seeds, plus a null record."""
-    scores = {"ssl_x_seed_1": (70.0, 80.0), "ssl_x_seed_2": (74.0, 90.0)}
-    for detector, shift in (("mds", 0.0), ("msp", 10.0)):
+def rows_of(s: dict[str, np.ndarray], sign: float = 1.0) -> list[dict[str, float | str]]:
+    """The metric rows of ``sign * conf`` computed independently of the report (the evaluator's layout)."""
+    rows: list[dict[str, float | str]] = []
+    for group in ("near", "far"):
+        vecs = []
+        for name in [n for n, g in SETS.items() if g == group]:
+            conf = sign * np.concatenate([s["id"], s[name]])
+            label = np.concatenate([s["id_label"], s[f"{name}_label"]])
+            vec = compute_all_metrics(conf, label, np.concatenate([s["id_pred"], s[f"{name}_pred"]]))
+            vecs.append(vec)
+            rows.append({"Dataset": name, **dict(zip(METRIC_NAMES, (100 * v for v in vec)))})
+        rows.append({"Dataset": f"{group}ood", **dict(zip(METRIC_NAMES, 100 * np.mean(vecs, axis=0)))})
+    return rows
+
+
+def write_results(root: Path) -> dict[tuple[str, str], dict[str, np.ndarray]]:
+    """msp and kldivsimk (sign-inverted: its ID scores below the OOD ones) on a group of two seeds
+    (ssl_bayes_z_x), a group of one seed (ssl_bayes_z_y_seed_3) and a deterministic group for which
+    kldivsimk has no score (null record); folders in reverse study order on disk."""
+    written = {}
+    runs = {"ssl_bayes_z_x_seed_1": 2.0, "ssl_bayes_z_x_seed_2": 1.0, "ssl_bayes_z_y_seed_3": 1.5, "ssl_d": 0.5}
+    for detector in ("msp", "kldivsimk"):
         out = root / detector
         (out / "scores").mkdir(parents=True)
         records = []
-        for run, (near, far) in scores.items():
-            records.append({"run_name": run, "model_name": "ssl", "ood_scores": rows(near + shift, far)})
-            rng = np.random.default_rng(0)
-            np.savez(
-                out / "scores" / f"{run}.npz", id=rng.normal(1, 1, 50), a=rng.normal(0, 1, 40), b=rng.normal(-1, 1, 30)
-            )
-        records.append({"run_name": "ssl_y_seed_1", "model_name": "ssl", "ood_scores": None})
-        (out / "runs.json").write_text(json.dumps(records))
+        for k, (run, shift) in enumerate(runs.items()):
+            model = "ssl" if run == "ssl_d" else "ssl_bayes_z"
+            if detector == "kldivsimk" and model == "ssl":
+                records.append({"run_name": run, "model_name": model, "ood_scores": None})
+                continue
+            s = scores_of(k, -shift if detector == "kldivsimk" else shift)
+            np.savez(out / "scores" / f"{run}.npz", **s)
+            written[(detector, run)] = s
+            records.append({"run_name": run, "model_name": model, "ood_scores": rows_of(s), "corrected_sign": False})
+        (out / "runs.json").write_text(json.dumps(records[::-1]))
+    return written
 
 
-def test_report_table_files_and_figures(tmp_path: Path) -> None:
+def test_table_seeds_missing_cells_and_both_orientations(tmp_path: Path) -> None:
+    written = write_results(tmp_path / "results")
+    report = make_report(tmp_path / "results", tmp_path / "report")
+    table = report["table"].set_index(["detector", "group"])
+    detectors = list(dict.fromkeys(report["table"]["detector"]))
+    assert detectors == ["msp", "kldivsimk", f"kldivsimk{CORRECTED}"]  # study order, corrected after its detector
+    assert table.loc[("msp", "ssl_bayes_z_x"), "seeds"] == 2 and table.loc[("msp", "ssl_bayes_z_y"), "seeds"] == 1
+    # reference orientation: the stored rows; corrected: compute_all_metrics on the negated raw scores
+    for label, sign in (("kldivsimk", 1.0), (f"kldivsimk{CORRECTED}", -1.0)):
+        for metric in ("AUROC", "FPR@95"):
+            for split in ("near", "far"):
+                per_seed = [
+                    next(r[metric] for r in rows_of(written[("kldivsimk", run)], sign) if r["Dataset"] == f"{split}ood")
+                    for run in ("ssl_bayes_z_x_seed_1", "ssl_bayes_z_x_seed_2")
+                ]
+                row = table.loc[(label, "ssl_bayes_z_x")]
+                assert row[f"{split}_{metric}_mean"] == pytest.approx(np.mean(per_seed), abs=1e-9), (label, metric)
+                assert row[f"{split}_{metric}_std"] == pytest.approx(np.std(per_seed, ddof=1), abs=1e-9)
+    ref, cor = table.loc[("kldivsimk", "ssl_bayes_z_y")], table.loc[(f"kldivsimk{CORRECTED}", "ssl_bayes_z_y")]
+    assert ref["far_AUROC_mean"] < 50 < cor["far_AUROC_mean"]  # the inverted detector below chance, corrected above
+    assert ref["far_AUROC_mean"] + cor["far_AUROC_mean"] == pytest.approx(100.0)  # AUROC mirrors (FPR@95 does not)
+    assert np.isnan(ref["far_AUROC_std"])  # one seed: no std
+    assert (
+        np.isnan(table.loc[("kldivsimk", "ssl_d"), "far_AUROC_mean"])
+        and table.loc[("kldivsimk", "ssl_d"), "seeds"] == 0
+    )
+
+    md = (tmp_path / "report" / "ood_report.md").read_text()
+    lines = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line for line in md.splitlines() if "|" in line}
+    x = table.loc[("msp", "ssl_bayes_z_x")]
+    assert f"| {x['near_AUROC_mean']:.1f} ± {x['near_AUROC_std']:.1f} " in lines[("msp", "ssl_bayes_z_x")]
+    one = lines[("msp", "ssl_bayes_z_y")]
+    assert "±" not in one and f"| {table.loc[('msp', 'ssl_bayes_z_y'), 'far_AUROC_mean']:.1f} " in one
+    assert lines[("kldivsimk", "ssl_d")].count("–") == 4 and "nan" not in md.lower()
+    assert "corrected sign" in md and "n ≥ 2" in md
+    assert r"$\pm$" in (tmp_path / "report" / "ood_report.tex").read_text()
+    csv = pd.read_csv(tmp_path / "report" / "ood_report.csv")
+    assert list(dict.fromkeys(csv["detector"])) == detectors and csv["far_AUROC_std"].isna().sum() == 6
+
+
+def test_figures_for_every_group(tmp_path: Path) -> None:
     write_results(tmp_path / "results")
     report = make_report(tmp_path / "results", tmp_path / "report")
-    table = report["table"]
-    assert list(table["detector"]) == ["msp", "mds"]  # the study order, not the folder order
-    assert list(table["group"]) == ["ssl_x", "ssl_x"] and list(table["seeds"]) == [2, 2]
-    msp = table.iloc[0]
-    assert msp["near_AUROC_mean"] == pytest.approx(82.0) and msp["near_AUROC_std"] == pytest.approx(
-        np.std([80, 84], ddof=1)
-    )
-    assert msp["far_AUROC_mean"] == pytest.approx(85.0) and msp["far_FPR@95_mean"] == pytest.approx(15.0)
-    csv = pd.read_csv(tmp_path / "report" / "ood_report.csv")
-    assert list(csv["detector"]) == ["msp", "mds"] and csv["near_AUROC_mean"].iloc[1] == pytest.approx(72.0)
-    md = (tmp_path / "report" / "ood_report.md").read_text()
-    assert "82.00 ± 2.83" in md
-    assert r"$\pm$" in (tmp_path / "report" / "ood_report.tex").read_text()
-    assert report["run"] == "ssl_x_seed_1"  # scored by the most detectors, then by name
-    names = {p.name for p in report["figures"]}
-    assert names == {"auroc_heatmap.png", "roc_ssl_x_seed_1.png", "scores_ssl_x_seed_1.png"}
+    assert report["runs"] == ["ssl_bayes_z_x_seed_1", "ssl_bayes_z_y_seed_3", "ssl_d"]  # first seed of each group
+    names = {Path(p).name for p in report["figures"]}
+    assert names == {"auroc_heatmap.png"} | {f"{k}_{r}.png" for k in ("roc", "scores") for r in report["runs"]}
     for path in report["figures"]:
         assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (tmp_path / "report" / "ood_report.md").read_text()
+    assert "ssl_bayes_z_x_seed_1 (first seed of its group)" in md and "ssl_d (the group's only run)" in md
+    one = make_report(tmp_path / "results", tmp_path / "one", run="ssl_bayes_z_x_seed_2")
+    assert {Path(p).name for p in one["figures"]} == {
+        "auroc_heatmap.png",
+        "roc_ssl_bayes_z_x_seed_2.png",
+        "scores_ssl_bayes_z_x_seed_2.png",
+    }
 
 
-def test_summarize_prints_the_table_and_the_figures(tmp_path: Path) -> None:
+def test_scores_written_before_predictions_were_stored(tmp_path: Path) -> None:
+    """A score file holding only confidences: near/far from the run's rows, corrected rows still computed."""
+    s = scores_of(0, 1.0)
+    path = tmp_path / "old.npz"
+    np.savez(path, **{k: s[k] for k in ("id", *SETS)})
+    old = read_scores(path, rows_of(s))
+    assert old.groups == SETS and old.pred == {} and list(old.conf) == ["id", *SETS]
+    np.savez(tmp_path / "new.npz", **s)
+    new = read_scores(tmp_path / "new.npz")
+    assert new.groups == SETS and set(new.pred) == set(new.label) == {"id", *SETS}
+
+
+def test_summarize_prints_the_table_and_an_unknown_run_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     write_results(tmp_path / "results")
-    text = summarize(tmp_path / "results", tmp_path / "report", run="ssl_x_seed_2")
+    text = summarize(tmp_path / "results", tmp_path / "report", run="ssl_bayes_z_x_seed_2")
     lines = text.splitlines()
-    assert lines[0].split()[:3] == ["detector", "group", "near_AUROC_mean"]
-    assert lines[-1].endswith("scores_ssl_x_seed_2.png") and lines[-3].endswith("auroc_heatmap.png")
+    assert lines[0].split()[:3] == ["detector", "group", "n"]
+    assert lines[-1].endswith("scores_ssl_bayes_z_x_seed_2.png") and lines[-3].endswith("auroc_heatmap.png")
+    summarize_ood.main(["--results-dir", str(tmp_path / "results"), "--output-dir", str(tmp_path / "all")])
+    assert capsys.readouterr().out.rstrip().endswith("scores_ssl_d.png")
+    args = ["--results-dir", str(tmp_path / "results"), "--output-dir", str(tmp_path / "bad"), "--run", "ssl_x_seed_9"]
+    with pytest.raises(SystemExit) as exit_info:
+        summarize_ood.main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        "--run 'ssl_x_seed_9' is not a run" in err and "known runs: ssl_bayes_z_x_seed_1, ssl_bayes_z_x_seed_2" in err
+    )
+    assert not (tmp_path / "bad").exists()  # nothing written

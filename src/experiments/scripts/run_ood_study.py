@@ -4,7 +4,13 @@ r"""OOD-detection study over a folder of finetuned runs: one detector per call, 
         --in-dataset cifar10 --data-root-dir data/datasets --postprocessor-name msp \
         --output-dir data/results/ood/cifar10/msp
 
-Writes ``<output-dir>/<run>.json`` per run (reused when present) and ``<output-dir>/runs.json``.
+Writes ``<output-dir>/<run>.json`` per run (reused when present), ``<output-dir>/runs.json`` and
+``<output-dir>/scores/<run>.npz`` (confidences, predictions and labels per split).
+
+Fixed hyper-parameters instead of the search on the validation sets (repeatable; DETECTOR.NAME for
+one detector of an `all` study; values are YAML: 50, 0.0014, [1, 2, 3]):
+
+    python src/experiments/scripts/run_ood_study.py ... --postprocessor-name kldivsimk --hyperparam K=50
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Any
 
 #: one config per detector (``src/ood/detectors/__init__.py``): the names without importing torch
 DETECTOR_CONFIGS = Path(__file__).resolve().parents[1] / "conf" / "ood"
@@ -24,6 +31,19 @@ SIGN_INVERTED = ("gram", "kldivsimk", "sigmamean")
 def detector_names() -> list[str]:
     """The detectors that have a config, by name (``--help`` lists them)."""
     return sorted(p.stem for p in DETECTOR_CONFIGS.glob("*.yaml"))
+
+
+def hyperparam_arg(text: str) -> tuple[str, Any]:
+    """``NAME=VALUE`` (or ``DETECTOR.NAME=VALUE``) with the value read as YAML."""
+    import yaml
+
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE (e.g. K=50, odin.temperature=10)")
+    try:
+        return name.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value is not valid YAML ({err})") from err
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,6 +77,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seed torch/numpy before each (run, detector), and each split's MC draws from "
         "(seed, preprocessor, split); the reference seeds nothing",
     )
+    parser.add_argument(
+        "--hyperparam",
+        type=hyperparam_arg,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="fix a hyper-parameter instead of searching it (repeatable): a searched one (K, temperature, noise, "
+        "powers) or a constructor argument of the detector; DETECTOR.NAME=VALUE for one detector of `all`",
+    )
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
 
@@ -78,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         corrected_sign=args.corrected_sign,
         seed=args.seed,
         progress=not args.no_progress,
+        hyperparam=dict(args.hyperparam),
     )
 
 

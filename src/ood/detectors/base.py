@@ -69,6 +69,9 @@ class Detector(abc.ABC):
     reads: frozenset[str] = frozenset({"logits"})
     fit_reads: frozenset[str] = frozenset()
     uses_augmented_views: bool = False
+    #: hyper-parameter values (in ``sweep`` key order) fixed by the user: the study sets them instead
+    #: of searching (``build_detector(..., hyperparam=...)``, the script's ``--hyperparam``)
+    fixed_hyperparam: list[Any] | None = None
 
     def __init__(self, sweep: dict[str, list[Any]] | None = None, corrected_sign: bool = False) -> None:
         #: APS grid {hyper-parameter: candidates} from the detector's config; empty = no search
