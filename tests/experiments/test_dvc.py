@@ -163,7 +163,7 @@ def dag(target: str) -> tuple[set[str], str]:
 @pytest.mark.slow
 def test_dry_run_lists_the_chain() -> None:
     # `dvc repro --dry` stops at the first stage whose dependency is produced by an earlier,
-    # not yet run stage (a fresh clone has no data/datasets/demo), so the demo chain is read
+    # not yet run stage (a fresh clone has no data/demo/dataset), so the demo chain is read
     # from the DAG instead: demo_report must pull in exactly the demo stages.
     nodes, dot = dag("demo_report")
     demo = {n for n in stages() if n.startswith("demo_")}
