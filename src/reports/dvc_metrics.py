@@ -1,7 +1,7 @@
-"""Numbers-only files for DVC's metrics and plots (``dvc metrics show/diff``, ``dvc plots show/diff``, ``dvc exp show``).
+"""Numbers-only files for DVC (`dvc metrics show/diff`, `dvc plots show/diff`, `dvc exp show`).
 
 ``results.json`` mixes numbers with the run's metadata (strings, nested optimizer and loss configs) and the
-OOD report is a CSV in long format, so ``dvc metrics show`` on them would print dozens of columns. DVC prints
+OOD report is a CSV in long format, so `dvc metrics show` on them would print dozens of columns. DVC prints
 one row per metrics file and one column per (flattened) key, so these files hold one row each:
 
     <metrics_dir>/runs/<run>.json       a run's final numbers (RUN_METRICS, from its results.json)
