@@ -65,7 +65,9 @@ def ood_auroc(ood_report: pd.DataFrame, split: str) -> dict[str, dict[str, float
     extra = [
         c
         for c in ood_report.columns
-        if c not in ("group", "detector") and ood_report[c].dtype == object and ood_report[c].nunique() > 1
+        if c not in ("group", "detector")
+        and not pd.api.types.is_numeric_dtype(ood_report[c])
+        and ood_report[c].nunique() > 1
     ]
     ambiguous = ood_report.duplicated(["group", "detector"]).any()
     out: dict[str, dict[str, float]] = {}
