@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs-dir", type=Path, required=True)
     parser.add_argument("--config-path", default=CONFIG)
-    parser.add_argument("--embeddings-dir", type=Path, default=Path("data/demo/embeddings"))
+    parser.add_argument("--embeddings-dir", type=Path, default=Path("data/demo/embeddings/demo"))
     parser.add_argument("--probes-dir", type=Path, default=Path("data/demo/linear_probing"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
