@@ -193,8 +193,8 @@ def json_protocol(id_name: str, data_root: Path, prepare_hint: str) -> Protocol:
 
 
 def demo_protocol(data_root: Path) -> Protocol:
-    """The embedded demo (data/datasets/demo)."""
-    return json_protocol("demo", data_root, "src/experiments/scripts/prepare_demo_data.py (data/datasets/demo)")
+    """The embedded demo (data/demo/dataset)."""
+    return json_protocol("demo", data_root, "src/experiments/scripts/prepare_demo_data.py (data/demo/dataset)")
 
 
 _FASHION_HINT = "src/experiments/scripts/prepare_fashion_mnist.py (data/datasets/fashion_mnist)"

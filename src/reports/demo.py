@@ -1,4 +1,4 @@
-"""The demo's one-page report: ``data/reports/demo/README.md`` plus ``summary.json``.
+"""The demo's one-page report: ``data/demo/reports/README.md`` plus ``summary.json``.
 
 Collects the six demo runs (pretraining + finetune), the OOD study's table and figures and the
 linear-probe table, and checks two sanity bars, each on cells named in advance:

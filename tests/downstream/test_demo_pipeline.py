@@ -17,11 +17,11 @@ from tests.downstream.conftest import CONF, ROOT, subprocess_env
 
 @pytest.mark.slow
 def test_demo_pre_embed_probe_and_report(runs_root: Path, demo_root: Path, chdir: Path) -> None:
-    (chdir / "data" / "datasets").mkdir(parents=True)
-    (chdir / "data" / "datasets" / "demo").symlink_to(demo_root)  # the config's dataset_dir
+    (chdir / "data" / "demo").mkdir(parents=True)
+    (chdir / "data" / "demo" / "dataset").symlink_to(demo_root)  # the config's dataset_dir
     run = runs_root / "data/results/imagenet/ssl/ssl_barlow_twins"
     config = str(CONF / "linear_probing" / "demo.yaml")
-    target = "data/embeddings/demo/ssl_barlow_twins"
+    target = "data/demo/embeddings/demo/ssl_barlow_twins"
 
     pre_embed_main(["--experiment-dir", str(run), "--config-path", config, "--target-dir", target])
     counts = {}

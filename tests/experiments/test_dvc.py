@@ -163,7 +163,7 @@ def dag(target: str) -> tuple[set[str], str]:
 @pytest.mark.slow
 def test_dry_run_lists_the_chain() -> None:
     # `dvc repro --dry` stops at the first stage whose dependency is produced by an earlier,
-    # not yet run stage (a fresh clone has no data/datasets/demo), so the demo chain is read
+    # not yet run stage (a fresh clone has no data/demo/dataset), so the demo chain is read
     # from the DAG instead: demo_report must pull in exactly the demo stages.
     nodes, dot = dag("demo_report")
     demo = {n for n in stages() if n.startswith("demo_")}
@@ -214,3 +214,143 @@ def test_missing_dataset_stops_at_once_with_a_clear_message(tmp_path: Path) -> N
     )
     assert proc.returncode != 0
     assert "imagenet" in proc.stderr and "train/<wnid>" in proc.stderr, proc.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- DVC metrics and plots
+DEMO_RUNS = {
+    "ssl_barlow_twins",
+    "ssl_vicreg",
+    "ssl_bayes_h_barlow",
+    "ssl_bayes_h_vicreg",
+    "ssl_bayes_z_barlow",
+    "ssl_bayes_z_vicreg",
+}
+
+
+@cache
+def flagged_outputs() -> dict[str, tuple[str, list[tuple[str, bool, bool, bool]]]]:
+    """Stage name -> (command, [(path, is metric, is plot, cached)]) for the demo and Fashion-MNIST stages."""
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        return {
+            st.addressing: (st.cmd, [(str(o.def_path), bool(o.metric), bool(o.plot), o.use_cache) for o in st.outs])
+            for st in repo.index.stages
+            if st.addressing.startswith(("demo_", "fmnist_"))
+        }
+
+
+def top_level_plot_files() -> dict[str, list[str]]:
+    """Plot id -> the data files of dvc.yaml's top-level `plots:`."""
+    import yaml
+
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    out = {}
+    for entry in spec["plots"]:
+        ((plot_id, props),) = entry.items()
+        y = (props or {}).get("y")
+        out[plot_id] = list(y) if isinstance(y, dict) else [plot_id]
+    return out
+
+
+def written_by_command(path: str, cmd: str) -> bool:
+    """``path`` is a folder the command names, or lies inside one."""
+    return any(path == w or path.startswith(w.rstrip("/") + "/") for w in shlex.split(cmd) if w.startswith("data/"))
+
+
+def test_metrics_and_plots_of_the_demo_and_fashion_mnist_reports() -> None:
+    flagged = {
+        (name, path, metric, bool(plot))
+        for name, (_, outs) in flagged_outputs().items()
+        for path, metric, plot, _ in outs
+        if metric or plot
+    }
+    assert flagged == {
+        ("demo_report", "data/demo/reports/summary.json", True, False),
+        ("demo_report", "data/demo/reports/metrics", True, False),
+        ("demo_report", "data/demo/reports/figures", False, True),
+        ("fmnist_report", "data/reports/fashion_mnist/summary.json", True, False),
+        ("fmnist_report", "data/reports/fashion_mnist/metrics", True, False),
+        ("fmnist_report", "data/reports/fashion_mnist/figures", False, True),
+        ("fmnist_report", "data/reports/fashion_mnist/curves", False, True),
+    }
+    for name, path, _, _ in flagged:
+        cmd, outs = flagged_outputs()[name]
+        assert written_by_command(path, cmd), (name, path, cmd)
+        # cached: data/ is git-ignored, so DVC reads other revisions' metrics and plots from its cache
+        assert dict((p, c) for p, _, _, c in outs)[path], (name, path)
+
+
+def test_top_level_plots_read_files_the_demo_report_writes() -> None:
+    files = top_level_plot_files()
+    assert set(files) == {"demo_online_acc", "demo_val_loss"}
+    cmd, outs = flagged_outputs()["demo_report"]
+    for plot_id, paths in files.items():
+        assert {Path(p).stem for p in paths} == DEMO_RUNS, plot_id
+        for p in paths:
+            assert p.startswith("data/demo/reports/curves/") and written_by_command(p, cmd), p
+    assert ("data/demo/reports/curves", False, False, True) in outs
+    # the runs the curves name are the demo's pretraining stages
+    assert {n.split("@")[1] for n in flagged_outputs() if n.startswith("demo_pretrain@")} == DEMO_RUNS
+
+
+def test_every_demo_output_is_under_data_demo() -> None:
+    demo = {name: outs for name, (_, outs) in flagged_outputs().items() if name.startswith("demo_")}
+    assert len(demo) == 1 + 6 + 4
+    paths = [path for outs in demo.values() for path, *_ in outs]
+    assert all(p.startswith("data/demo/") for p in paths), paths
+    top = {p.split("/")[2] for p in paths}
+    assert top == {"dataset", "runs", "ood", "embeddings", "linear_probing", "reports"}
+
+
+@pytest.mark.slow
+def test_dvc_metrics_and_plots_show_on_the_demo_layout(tmp_path: Path) -> None:
+    """`dvc metrics show` and `dvc plots show` in a git+DVC copy of the project with small fabricated outputs."""
+    import json
+
+    import pandas as pd
+
+    from src.reports.dvc_metrics import LIGHTNING_CSV, write_dvc_files
+
+    for name in ("dvc.yaml", "params.yaml"):
+        (tmp_path / name).write_text((ROOT / name).read_text())
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True, timeout=120)
+    runs = tmp_path / "data/demo/runs"
+    for i, run in enumerate(sorted(DEMO_RUNS)):
+        (runs / run / LIGHTNING_CSV).parent.mkdir(parents=True)
+        results = {"metrics": {"val_online_acc": 0.5 + i / 100}, "offline_metrics": {"test_offline_acc": 0.9}}
+        (runs / run / "results.json").write_text(json.dumps(results | {"metadata": {"model_name": run}}))
+        log = "epoch,step,val_online_acc,val_loss,train_epoch\n0,12,0.25,60.0,\n0,12,,,0.0\n1,25,0.5,50.0,\n"
+        (runs / run / LIGHTNING_CSV).write_text(log)
+    reports = tmp_path / "data/demo/reports"
+    (reports / "ood").mkdir(parents=True)
+    rows = [{"detector": "msp", "group": r, "near_AUROC_mean": 60.0, "far_AUROC_mean": 90.0} for r in DEMO_RUNS]
+    pd.DataFrame(rows).to_csv(reports / "ood" / "ood_report.csv", index=False)
+    write_dvc_files(runs, reports / "ood" / "ood_report.csv", reports / "metrics", reports / "curves")
+    (reports / "summary.json").write_text(json.dumps({"sanity_bars": {"passed": True, "best_far_auroc": 90.0}}))
+    (reports / "figures").mkdir()
+    (reports / "figures" / "auroc_heatmap.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+
+    def dvc_json(*args: str) -> dict:
+        proc = subprocess.run(
+            [sys.executable, "-m", "dvc", *args, "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return json.loads(proc.stdout)
+
+    shown = dvc_json("metrics", "show")[""]["data"]
+    assert shown["data/demo/reports/summary.json"]["data"]["sanity_bars"]["passed"] is True
+    first = sorted(DEMO_RUNS)[0]
+    assert shown[f"data/demo/reports/metrics/runs/{first}.json"]["data"] == {
+        "val_online_acc": 0.5,
+        "test_offline_acc": 0.9,
+    }
+    assert shown[f"data/demo/reports/metrics/ood_far/{first}.json"]["data"] == {"msp": 90.0}
+    assert len([p for p in shown if p.startswith("data/demo/reports/metrics/")]) == 3 * len(DEMO_RUNS)
+
+    plots = dvc_json("plots", "show")["data"]
+    values = plots["demo_online_acc"][0]["content"]["data"]["values"]
+    assert {v["filename"] for v in values} == {f"{r}.csv" for r in DEMO_RUNS}
+    assert sorted({v["val_online_acc"] for v in values}) == ["0.25", "0.5"]  # only the validation rows
+    assert "data/demo/reports/figures/auroc_heatmap.png" in plots

@@ -111,3 +111,35 @@ def test_tables_one_decimal_and_dashes(tmp_path: Path) -> None:
     assert rows[FAR_AUROC_CELL[0]] == ["91.3", "70.0"]  # one decimal, printed with one
     assert rows["kldivsimk"] == ["30.0", "–"] and rows["mds"] == ["99.0", "–"]
     assert "nan" not in text.lower() and "n = 1 seed per run" in text
+
+
+def test_missing_inputs(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="demo_pretrain"):
+        make_demo_report(tmp_path, tmp_path, tmp_path, tmp_path / "out")
+
+
+def test_demo_report_script_writes_the_dvc_metrics(tmp_path: Path) -> None:
+    """demo_report.py (the demo_report stage): README.md, summary.json, then metrics/ and curves/."""
+    from src.experiments.scripts import demo_report
+
+    runs, ood, probe = write_inputs(tmp_path, 0.9, 95.0)
+    out = tmp_path / "reports"
+    argv = ["--runs-dir", str(runs), "--ood-report-dir", str(ood), "--probe-report-dir", str(probe)]
+    demo_report.main([*argv, "--output-dir", str(out)])
+    assert (out / "README.md").is_file() and (out / "summary.json").is_file()
+    rows = sorted(p.relative_to(out / "metrics").as_posix() for p in (out / "metrics").rglob("*.json"))
+    groups = ["ssl_barlow_twins.json", "ssl_bayes_z_vicreg.json"]
+    runs_ = ["ssl_barlow_twins.json", "ssl_bayes_z_vicreg.json", "ssl_vicreg.json"]
+    assert rows == [f"ood_far/{g}" for g in groups] + [f"ood_near/{g}" for g in groups] + [f"runs/{r}" for r in runs_]
+    # the cell of write_inputs: msp 95 (the sanity bar's), mds 99, kldivsimk 30; a NaN cell has no key
+    assert json.loads((out / "metrics" / "ood_far" / "ssl_bayes_z_vicreg.json").read_text()) == {
+        "msp": 95.0,
+        "mds": 99.0,
+        "kldivsimk": 30.0,
+    }
+    assert json.loads((out / "metrics" / "ood_far" / "ssl_barlow_twins.json").read_text()) == {"msp": 70.04}
+    assert json.loads((out / "metrics" / "runs" / "ssl_vicreg.json").read_text()) == {
+        "val_online_acc": 0.5,
+        "test_offline_acc": 0.95,
+    }
+    assert list((out / "curves").iterdir()) == []  # the synthetic runs have no Lightning log

@@ -103,3 +103,27 @@ def test_report_names_the_missing_stage(tmp_path: Path) -> None:
         make_fashion_mnist_report(results, reports)
     with pytest.raises(FileNotFoundError, match="fmnist_pretrain"):
         make_fashion_mnist_report(tmp_path / "nothing", reports)
+
+
+def test_report_script_writes_the_dvc_metrics_per_protocol(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """fashion_mnist_report.py (the fmnist_report stage): the report, then metrics/ and curves/ per protocol."""
+    from src.experiments.scripts import fashion_mnist_report
+
+    results, reports = write_inputs(tmp_path)
+    log = results / "fashion_mnist" / "runs" / "ssl_vicreg_seed_1" / "csv/lightning_logs/version_0/metrics.csv"
+    log.parent.mkdir(parents=True)
+    log.write_text("epoch,step,val_online_acc,train_epoch\n0,5,0.5,\n0,5,,0.0\n")
+    fashion_mnist_report.main(["--results-dir", str(results), "--reports-dir", str(reports)])
+    assert capsys.readouterr().out.startswith("# Fashion-MNIST report")
+    metrics = reports / "metrics"
+    assert sorted(p.name for p in metrics.iterdir()) == ["fashion_mnist", "fashion_mnist_split"]
+    assert sorted(p.name for p in (metrics / "fashion_mnist").iterdir()) == ["ood_far", "runs"]  # no near-OOD
+    assert sorted(p.name for p in (metrics / "fashion_mnist_split").iterdir()) == ["ood_far", "ood_near", "runs"]
+    run = json.loads((metrics / "fashion_mnist" / "runs" / "ssl_vicreg_seed_2.json").read_text())
+    assert run == {"val_online_acc": pytest.approx(0.8), "test_offline_acc": 0.9}
+    far = json.loads((metrics / "fashion_mnist_split" / "ood_far" / "ssl_vicreg.json").read_text())
+    assert far == {"msp": 71.0, "mds": 96.0}
+    assert (reports / "curves" / "fashion_mnist" / "ssl_vicreg_seed_1.csv").read_text() == (
+        "epoch,step,val_online_acc\n0,5,0.5\n"
+    )
+    assert list((reports / "curves" / "fashion_mnist_split").iterdir()) == []

@@ -223,7 +223,7 @@ def prepare_demo_data(output_root: Path, image_size: int = 16, seed: int = 1997)
     written; a build with other parameters is replaced.
 
     Args:
-        output_root: The data root to create (e.g. ``data/datasets/demo``).
+        output_root: The data root to create (e.g. ``data/demo/dataset``).
         image_size: Side of every square image, at least 8 (the digits' native size).
         seed: Seed of the splits, photo crops and noise.
 

@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python src/experiments/scripts/prepare_demo_data.py --output-root data/datasets/demo --image-size 16 --seed 1997
+    python src/experiments/scripts/prepare_demo_data.py --output-root data/demo/dataset --image-size 16 --seed 1997
 
 Does nothing if the output is already up to date; see :mod:`src.data.prepare.demo_data` for the protocol.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-root", type=Path, default=Path("data/datasets/demo"), help="data root to write")
+    parser.add_argument("--output-root", type=Path, default=Path("data/demo/dataset"), help="data root to write")
     parser.add_argument("--image-size", type=int, default=16, help="side of the square images (>= 8)")
     parser.add_argument("--seed", type=int, default=1997, help="seed of splits, photo crops and noise")
     return parser.parse_args(argv)
