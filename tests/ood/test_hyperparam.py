@@ -81,7 +81,7 @@ def study(name: str, hyperparam: dict[str, Any] | None = None) -> evaluator.Stud
     protocol = InMemoryProtocol(SMALL)
     det = build_detector(name, hyperparam=hyperparam)
     store = FeatureStore.for_detectors(net, protocol, [det], seed=0)
-    return evaluate(net, det, protocol, progress=False, features=store)  # type: ignore[arg-type]
+    return evaluate(net, det, protocol, features=store)  # type: ignore[arg-type]
 
 
 def test_fixed_values_are_used_without_a_search(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,9 +99,7 @@ def test_fixed_values_are_used_without_a_search(monkeypatch: pytest.MonkeyPatch)
     protocol = InMemoryProtocol(SMALL)
     det = build_detector("kldivsimk")
     det.sweep, det.K = {}, 3
-    plain = evaluate(
-        net, det, protocol, progress=False, features=FeatureStore.for_detectors(net, protocol, [det], seed=0)
-    )  # type: ignore[arg-type]
+    plain = evaluate(net, det, protocol, features=FeatureStore.for_detectors(net, protocol, [det], seed=0))  # type: ignore[arg-type]
     np.testing.assert_array_equal(fixed.scores["id"], plain.scores["id"])
     assert fixed.rows == plain.rows
 
