@@ -37,7 +37,22 @@ SUN397_LAYOUT = (
 )
 
 
-class SUN397Split(Dataset):
+class _ImageFileSplit(Dataset):
+    """``samples`` of (image path, label) read as RGB images, with an optional ``transform``."""
+
+    samples: list[tuple[Path, int]]
+    transform: Callable | None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, label = self.samples[index]
+        image = load_rgb_image(path)  # a corrupted file raises ImageDecodeError naming it
+        return (self.transform(image) if self.transform is not None else image), label
+
+
+class SUN397Split(_ImageFileSplit):
     """One split of an official SUN397 partition (D-Q6): 50 + 50 images per class for partition 1.
 
     Classes are the lines of ``ClassName.txt`` with their first 3 characters (``/a/``) dropped;
@@ -93,14 +108,6 @@ class SUN397Split(Dataset):
             self.samples.append((path, self.class_to_idx[cls]))
         self.targets = [label for _, label in self.samples]
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        path, label = self.samples[index]
-        image = load_rgb_image(path)  # a corrupted file raises ImageDecodeError naming it
-        return (self.transform(image) if self.transform is not None else image), label
-
 
 FLOWERS_LAYOUT = (
     "Expected torchvision's Flowers102 layout: <root>/flowers-102/jpg/image_<5 digits>.jpg, "
@@ -112,7 +119,7 @@ FLOWERS_LAYOUT = (
 _FLOWERS_SPLIT_KEYS = {"train": "trnid", "val": "valid", "test": "tstid"}
 
 
-class Flowers102Split(Dataset):
+class Flowers102Split(_ImageFileSplit):
     """One official Oxford Flowers-102 split read from torchvision's on-disk files.
 
     ``setid.mat`` gives the 1-based image ids of each split (``trnid`` 1,020, ``valid`` 1,020,
@@ -150,11 +157,3 @@ class Flowers102Split(Dataset):
             )
         self.samples = [(path, int(labels[i - 1])) for path, i in zip(files, ids.tolist(), strict=True)]
         self.targets = [label for _, label in self.samples]
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        path, label = self.samples[index]
-        image = load_rgb_image(path)  # a corrupted file raises ImageDecodeError naming it
-        return (self.transform(image) if self.transform is not None else image), label
