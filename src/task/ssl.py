@@ -35,6 +35,22 @@ def _legacy_key_hook(module: nn.Module, state_dict: dict[str, Any], prefix: str,
         state_dict[key.replace("encoder._orig_mod.", "encoder.", 1)] = state_dict.pop(key)
 
 
+def resolve_channels_last(value: bool | str) -> bool:
+    """``train.channels_last``: true, false, or "auto" (on when CUDA is available).
+
+    Raises:
+        ValueError: any other value (the message names the key and the accepted values).
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return torch.cuda.is_available()
+    raise ValueError(
+        f"train.channels_last must be true, false or auto (on when CUDA is available), got {value!r}; "
+        "set e.g. train.channels_last=auto"
+    )
+
+
 class BaseSelfSupervisedLearning(BaseTask):
     """Shared SSL machinery. Constructor arguments are plain values (what ``train.kwargs`` composes to).
 
@@ -55,7 +71,10 @@ class BaseSelfSupervisedLearning(BaseTask):
         compile_encoder: wrap the encoder's forward with ``torch.compile``; state-dict keys
             stay ``encoder.*``.
         channels_last: keep the encoder's weights and inputs in NHWC memory format (same
-            values; tensor-core convolutions under fp16/bf16 autocast run without layout copies).
+            values; tensor-core convolutions under fp16/bf16 autocast run without layout copies):
+            true, false, or ``"auto"`` (on when CUDA is available; see :func:`resolve_channels_last`).
+            The hyper-parameters keep the value as given, so a checkpoint reloads with the setting of
+            the machine that loads it.
         **kwargs: further plain values stored as hyper-parameters (``seed``, ``cl_loss_name``,
             ``optimizer_name``, ``train_iters_per_epoch``, ``use_mc_samples``, ``no_grad``,
             ``sch_eta_min_scale``, ``warmup_epochs`` and the stochastic models' arguments).
@@ -94,7 +113,7 @@ class BaseSelfSupervisedLearning(BaseTask):
         hidden_dim: int = 1024,
         z_dim: int = 1024,
         compile_encoder: bool = False,
-        channels_last: bool = False,
+        channels_last: bool | str = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -138,7 +157,7 @@ class BaseSelfSupervisedLearning(BaseTask):
             )
 
         self.encoder = get_encoder(encoder, dataset, encoder_kwargs)
-        self.channels_last = bool(channels_last)
+        self.channels_last = resolve_channels_last(channels_last)
         if self.channels_last:
             self.encoder = self.encoder.to(memory_format=torch.channels_last)
         self.projection_head = build_projection_head(dataset, self.encoder_out_dim, int(hidden_dim), int(z_dim))

@@ -44,7 +44,9 @@ def trainer_kwargs(trainer_cfg: Mapping[str, Any], debug: Mapping[str, Any] | No
 
     fp16 autocast (``16-mixed``) is a GPU feature: without CUDA the run uses ``32-true``.
     So is ``sync_batchnorm``: torch's DDP refuses SyncBatchNorm on CPU modules, so CPU
-    processes keep per-process BatchNorm statistics.
+    processes keep per-process BatchNorm statistics. ``benchmark`` (cuDNN autotuning, the pretraining
+    and finetuning default) gives way to ``deterministic``: PyTorch ignores cuDNN's deterministic flag
+    while autotuning, so a deterministic run gets ``benchmark=False``.
     """
     kwargs = to_plain(trainer_cfg)
     precision = str(kwargs.get("precision", "32-true"))
@@ -56,6 +58,9 @@ def trainer_kwargs(trainer_cfg: Mapping[str, Any], debug: Mapping[str, Any] | No
         kwargs["sync_batchnorm"] = False
     if debug:
         kwargs.update(to_plain(debug))
+    if kwargs.get("benchmark") and kwargs.get("deterministic"):
+        log.info("trainer.deterministic is set: running with benchmark=false (cuDNN autotuning is not deterministic)")
+        kwargs["benchmark"] = False
     return kwargs
 
 
