@@ -46,6 +46,8 @@ class LastLayerFinetuner(SSLHeadClassifier):
         accuracy="offline_acc", accuracy_at_5="offline_acc_at_5", ece="offline_ece", average="micro"
     )
     loss_name: ClassVar[str] = "offline_loss"
+    #: the positions in ``[x1, x2, x3]`` that :meth:`inputs` reads: the datamodule need not build the others
+    views_read: ClassVar[tuple[int, ...]] = (2,)
 
     def __init__(
         self,
@@ -74,8 +76,8 @@ class LastLayerFinetuner(SSLHeadClassifier):
         self.init_metrics(num_classes)
 
     def inputs(self, batch: Any) -> Tensor:
-        """The finetune view x3 of a ``((x1, x2, x3), y)`` batch."""
-        return batch[0][2]
+        """The finetune view x3 of a ``((x1, x2, x3), y)`` batch (x1 and x2 may be None: not built)."""
+        return batch[0][self.views_read[0]]
 
     def features_ood(self, x: Tensor) -> Tensor:
         """Features for the OOD study: 3-D features averaged over the sample dimension."""

@@ -144,6 +144,8 @@ def finetune(
     """Train the last layer on the finetune view, then validate and test the final weights (T-Q25)."""
     root = output_path / "finetune"
     datamodule = build_datamodule(cfg)
+    # the finetuner reads only x3: x1 and x2 are not built where dataset.skip_unread_views allows it
+    datamodule.read_views(LastLayerFinetuner.views_read)
     datamodule.setup("fit")
     datamodule.check_batches()
     pl_module = load_ssl_model(model_ckpt_path, cfg.train.name)

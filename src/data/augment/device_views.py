@@ -151,6 +151,16 @@ BYOL_VIEW2 = ViewSpec(gaussian_blur=0.1, solarization_prob=0.2)
 CIFAR_VIEW1 = ViewSpec(gaussian_blur=0.0, solarization_prob=0.0)
 CIFAR_VIEW2 = ViewSpec(gaussian_blur=0.0, solarization_prob=0.2)
 
+#: the positions of the three views in the SSL batch layout ``[[v1, v2, v3], y]``
+ALL_VIEWS: tuple[int, int, int] = (0, 1, 2)
+
+
+def fashion_mnist_views(min_scale: float = 0.2) -> tuple[ViewSpec, ViewSpec]:
+    """The two views of ``fashion_mnist_ssl_transform``: CIFAR's with the crop scale (``min_scale``, 1),
+    saturation and hue strengths 0 and no grayscale step (they change nothing on three equal channels)."""
+    grey = dict(min_scale=min_scale, cj_sat=0.0, cj_hue=0.0, random_gray_scale=0.0, gaussian_blur=0.0)
+    return ViewSpec(solarization_prob=0.0, **grey), ViewSpec(solarization_prob=0.2, **grey)
+
 
 @dataclass
 class ViewParams:
@@ -250,9 +260,9 @@ def apply_view(x: Tensor, params: ViewParams, spec: ViewSpec, size: int, mean: T
     if spec.hf_prob > 0:
         x = horizontal_flip(x, params.flip)
     if spec.cj_prob > 0:
-        x = color_jitter(
-            x, params.brightness, params.contrast, params.saturation, params.hue, params.order, params.jitter
-        )
+        # a hue strength of 0 (torchvision then leaves the op out) skips the HSV round trip
+        hue = params.hue if spec.cj_strength * spec.cj_hue != 0 else None
+        x = color_jitter(x, params.brightness, params.contrast, params.saturation, hue, params.order, params.jitter)
     if spec.random_gray_scale > 0:
         x = random_grayscale(x, params.gray)
     if spec.gaussian_blur > 0:
@@ -270,10 +280,11 @@ class DeviceSSLAugment(nn.Module):
         size: view side S (the datamodule's ``input_height``).
         mean, std: the dataset's normalisation statistics (3 values each).
         view1, view2: the BYOL view parameters; the defaults are those of ``cifar_ssl_transform``
-            (blur p 0 in both views, solarization p 0 / 0.2).
+            (blur p 0 in both views, solarization p 0 / 0.2); ``fashion_mnist_views`` gives those of
+            ``fashion_mnist_ssl_transform``.
 
-    ``forward(x)`` takes uint8 [B, 3, H, W] and returns ``(v1, v2, v3)``, each float32
-    [B, 3, S, S]: v1 and v2 the augmented views, v3 the finetune view (resize + normalise).
+    ``forward(x)`` takes uint8 [B, 3, H, W] (or grey [B, 1, H, W]) and returns ``(v1, v2, v3)``, each
+    float32 [B, 3, S, S]: v1 and v2 the augmented views, v3 the finetune view (resize + normalise).
     """
 
     mean: Tensor
@@ -295,30 +306,43 @@ class DeviceSSLAugment(nn.Module):
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32), persistent=False)
 
     @torch.no_grad()
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """uint8 [B, 3, H, W] → (v1, v2, v3) float32 [B, 3, S, S], normalised.
+    def forward(self, x: Tensor, views: Sequence[int] = ALL_VIEWS) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """uint8 [B, C, H, W] (C 3, or 1 for grey images) → (v1, v2, v3) float32 [B, 3, S, S], normalised.
+
+        A grey batch (C = 1) is first expanded to three equal channels, as ``ToRGB`` does on the CPU
+        path. Only the views listed in ``views`` (positions 0, 1, 2) are computed; the others are None
+        and draw no random number.
 
         Raises:
-            TypeError: ``x`` is not a uint8 tensor of shape [B, 3, H, W].
+            TypeError: ``x`` is not a uint8 tensor of shape [B, 3, H, W] or [B, 1, H, W].
+            ValueError: ``views`` names a position outside 0..2.
         """
-        if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3:
-            raise TypeError(f"DeviceSSLAugment expects uint8 [B, 3, H, W] images, got {x.dtype} {tuple(x.shape)}")
+        if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] not in (1, 3):
+            raise TypeError(
+                f"DeviceSSLAugment expects uint8 [B, 3, H, W] (or grey [B, 1, H, W]) images, got {x.dtype} "
+                f"{tuple(x.shape)}"
+            )
+        if not set(views) <= set(ALL_VIEWS):
+            raise ValueError(f"DeviceSSLAugment: views must be positions in 0..2, got {tuple(views)}")
         mean, std = self.mean.to(x.device), self.std.to(x.device)  # no-ops once the module sits on x's device
-        # ToTensor's conversion: float32, then / 255
-        images = x.to(torch.float32).div(255)
+        # ToRGB for grey images (three equal channels), then ToTensor's conversion: float32, then / 255
+        images = x.expand(-1, 3, -1, -1).to(torch.float32).div(255)
         n, _, height, width = images.shape
-        augmented = [
-            apply_view(images, sample_view_params(spec, n, height, width, x.device), spec, self.size, mean, std)
-            for spec in self.views
-        ]
-        finetune = normalize(resize(images, self.size), mean, std)
-        return augmented[0], augmented[1], finetune
+        out: list[Tensor | None] = [None, None, None]
+        for position, spec in enumerate(self.views):
+            if position in views:
+                params = sample_view_params(spec, n, height, width, x.device)
+                out[position] = apply_view(images, params, spec, self.size, mean, std)
+        if 2 in views:
+            out[2] = normalize(resize(images, self.size), mean, std)
+        return out[0], out[1], out[2]
 
-    def augment_batch(self, batch: Any) -> Any:
+    def augment_batch(self, batch: Any, views: Sequence[int] = ALL_VIEWS) -> Any:
         """``[x_uint8, y]`` → ``[[v1, v2, v3], y]`` (the CPU path's SSL batch layout); other batches pass unchanged.
 
-        Only a 2-element list/tuple whose first element is a 4-D uint8 tensor is augmented, so
-        batches that are already views (another loader, a second call) are left alone.
+        Views not in ``views`` are None in the layout (not computed). Only a 2-element list/tuple
+        whose first element is a 4-D uint8 tensor is augmented, so batches that are already views
+        (another loader, a second call) are left alone.
         """
         if (
             isinstance(batch, (list, tuple))
@@ -329,7 +353,7 @@ class DeviceSSLAugment(nn.Module):
         ):
             if self.mean.device != batch[0].device:
                 self.to(batch[0].device)  # once: the buffers follow the batch's device
-            return [list(self(batch[0])), batch[1]]
+            return [list(self(batch[0], views)), batch[1]]
         return batch
 
     def extra_repr(self) -> str:

@@ -297,7 +297,13 @@ def _blend_op(x: Tensor, op: Tensor, brightness: Tensor, contrast: Tensor, satur
 
 
 def color_jitter(
-    x: Tensor, brightness: Tensor, contrast: Tensor, saturation: Tensor, hue: Tensor, order: Tensor, apply: Tensor
+    x: Tensor,
+    brightness: Tensor,
+    contrast: Tensor,
+    saturation: Tensor,
+    hue: Tensor | None,
+    order: Tensor,
+    apply: Tensor,
 ) -> Tensor:
     """torchvision's ``ColorJitter`` with per-sample factors and per-sample op order.
 
@@ -311,7 +317,8 @@ def color_jitter(
     Args:
         x: float [B, 3, H, W] in [0, 1].
         brightness, contrast, saturation: [B] factors (1 where the jitter is off).
-        hue: [B] shifts in turns.
+        hue: [B] shifts in turns, or None for no hue step (a jitter of hue strength 0, which
+            torchvision leaves out; the blend ops keep their per-sample order).
         order: int64 [B, 4], a permutation of 0..3 per row.
         apply: bool [B], the ``RandomApply`` coin; samples without it come back unchanged.
     """
@@ -321,7 +328,8 @@ def color_jitter(
     for position in range(3):
         op = torch.where(position < hue_position, order[:, position], none)
         x = _blend_op(x, op, brightness, contrast, saturation)
-    x = torch.where(per_sample(apply), adjust_hue(x, hue), x)
+    if hue is not None:
+        x = torch.where(per_sample(apply), adjust_hue(x, hue), x)
     # after the hue: positions 1..3
     for position in range(1, 4):
         op = torch.where(position > hue_position, order[:, position], none)

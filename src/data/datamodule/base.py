@@ -11,14 +11,21 @@ Batches (PyTorch default collate), for a batch size B and image side H:
   augmented views, V3 the un-augmented finetune view.
 - every other task type: ``[X, Y]``, X float32 (B, 3, H, H), Y int64 (B,).
 
-A datamodule that sets ``device_augment`` (CIFAR with ``augment_on_device``) has loaders that
-yield ``[X_uint8, Y]``; its ``on_after_batch_transfer`` hook turns them into the ssl layout
-above on the training device (``src/data/augment/device_views.py``).
+A datamodule that sets ``device_augment`` (CIFAR and Fashion-MNIST with ``augment_on_device``) has
+loaders that yield ``[X_uint8, Y]``; its ``on_after_batch_transfer`` hook turns them into the ssl layout
+above on the training device (``src/data/augment/device_views.py``). Its splits are uint8 tensors, and
+its loaders are ``DeviceBatchLoader``s: the split resident on the training device, batches by on-device
+index sampling (``src/data/datamodule/device_loader.py``); a multi-device run keeps DataLoaders.
+
+Views a phase does not read are not built: ``read_views((2,))`` (the offline finetune, which reads
+only V3) leaves V1 and V2 out of the batches, as None in the layout, when ``skip_unread_views`` allows
+it (see ``BaseDataModule``).
 """
 
 from __future__ import annotations
 
 import abc
+import logging
 import numbers
 import os
 from collections.abc import Callable
@@ -27,14 +34,20 @@ from typing import TYPE_CHECKING, Any
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset, random_split
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, random_split
 from torchvision import transforms as T
 
-from src.data.augment.transforms import SupervisedTransform, cifar_ssl_transform
+from src.data.augment.transforms import MultiViewTransform, SupervisedTransform, cifar_ssl_transform
+from src.data.datamodule.device_loader import DeviceBatchLoader
 from src.utils.registry import Registry
 
 if TYPE_CHECKING:
     from src.data.augment.device_views import DeviceSSLAugment
+
+log = logging.getLogger(__name__)
+
+#: the positions of the three SSL views in ``[[V1, V2, V3], Y]``
+ALL_VIEWS: tuple[int, int, int] = (0, 1, 2)
 
 # Config task name (`dataset.task`, i.e. `train.name`) -> task type; the type picks the transforms.
 TASK_TYPES: dict[str, str] = {
@@ -101,17 +114,37 @@ def split_train_val(
     return train_ds, val_ds
 
 
+def _true_false_auto(value: bool | str, key: str) -> bool | None:
+    """True, False, or None for "auto"; anything else is an error naming ``key``."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    raise ValueError(f"{key} must be true, false or auto, got {value!r}")
+
+
 def resolve_augment_on_device(value: bool | str) -> bool:
     """The ``dataset.augment_on_device`` option: true, false, or "auto" (on when CUDA is available).
 
     Raises:
         ValueError: any other value.
     """
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return torch.cuda.is_available()
-    raise ValueError(f"dataset.augment_on_device must be true, false or auto, got {value!r}")
+    choice = _true_false_auto(value, "dataset.augment_on_device")
+    return torch.cuda.is_available() if choice is None else choice
+
+
+def uint8_split(dataset: Dataset[Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(images uint8 [N, C, H, W], labels [N]) of a split held as a uint8 ``TensorDataset`` or a ``Subset``
+    of one (the device path's splits), in the dataset's order; None for any other dataset."""
+    indices = None
+    if isinstance(dataset, Subset):
+        dataset, indices = dataset.dataset, torch.as_tensor(dataset.indices, dtype=torch.int64)
+    if not isinstance(dataset, TensorDataset) or len(dataset.tensors) != 2 or dataset.tensors[0].dtype != torch.uint8:
+        return None
+    images, labels = dataset.tensors
+    if indices is not None:
+        images, labels = images.index_select(0, indices), labels.index_select(0, indices)
+    return images, labels
 
 
 #: the training datamodules by ``dataset.name``; configs name them by ``dataset._target_``. A new dataset
@@ -138,11 +171,18 @@ class BaseDataModule(pl.LightningDataModule, abc.ABC):
         seed: seed of the train/val split.
         pin_memory: pin host memory; only used when CUDA is available.
         download: allow a download of datasets that torchvision can fetch (CIFAR); never needed otherwise.
+        skip_unread_views: whether ``read_views`` may leave unread SSL views out of the batches: true,
+            false (always build all three, the reference), or "auto": on the device path, and on the CPU
+            path only with ``num_workers > 0``, where the views are drawn from the workers' own random
+            streams, so leaving some out changes no number. With ``num_workers=0`` the CPU transforms
+            draw from the main process's global stream, which the later epochs' shuffling and the
+            model's own draws share: skipping them there changes those streams (docs/deviations.md).
         **kwargs: further config keys, accepted and ignored (D-Q23).
 
     Raises:
         TypeError: ``batch_size`` is not an integer.
-        ValueError: unknown ``task`` or a non-positive ``batch_size``.
+        ValueError: unknown ``task``, a non-positive ``batch_size``, or ``skip_unread_views`` not
+            true, false or auto.
     """
 
     mean: tuple[float, ...]
@@ -164,6 +204,7 @@ class BaseDataModule(pl.LightningDataModule, abc.ABC):
         seed: int = 1997,
         pin_memory: bool = False,
         download: bool = False,
+        skip_unread_views: bool | str = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -188,6 +229,9 @@ class BaseDataModule(pl.LightningDataModule, abc.ABC):
         self.seed = int(seed)
         self.pin_memory = bool(pin_memory)
         self.download = bool(download)
+        self.skip_unread_views = _true_false_auto(skip_unread_views, "dataset.skip_unread_views")
+        #: the SSL views the consumer reads (positions in [V1, V2, V3]); see ``read_views``
+        self.views_read: tuple[int, ...] = ALL_VIEWS
         # Kept only for inspection; no datamodule reads them (D-Q23).
         self.ignored_kwargs = dict(kwargs)
         self.train_ds: Dataset[Any] | None = None
@@ -219,15 +263,76 @@ class BaseDataModule(pl.LightningDataModule, abc.ABC):
             return cifar_ssl_transform(self.input_height, self.mean, self.std)
         return SupervisedTransform(train=stage == "train", input_height=self.input_height, normalize=self.normalize)
 
+    def read_views(self, views: tuple[int, ...]) -> None:
+        """Declare which SSL views the consumer reads (positions 0, 1, 2 of ``[V1, V2, V3]``).
+
+        Call before ``setup``. Where ``skip_unread_views`` allows it (``views_skipped``), the other
+        views are not computed and are None in the batches; the layout stays ``[[V1, V2, V3], Y]``.
+        The offline finetune calls ``read_views((2,))``.
+
+        Raises:
+            ValueError: a position outside 0..2, or no position.
+        """
+        views = tuple(sorted({int(v) for v in views}))
+        if not views or not set(views) <= set(ALL_VIEWS):
+            raise ValueError(f"read_views takes positions in 0..2 of [V1, V2, V3], got {views}")
+        self.views_read = views
+
+    @property
+    def views_skipped(self) -> bool:
+        """Whether the batches leave out the views outside ``views_read`` (see ``skip_unread_views``)."""
+        if self.views_read == ALL_VIEWS or self.task_type != "ssl":
+            return False
+        if self.skip_unread_views is not None:
+            return self.skip_unread_views
+        return self.device_augment is not None or self.num_workers > 0
+
+    def transform(self, stage: str) -> Callable[[Any], Any]:
+        """``get_transform(stage)``, keeping only the read views of a multi-view transform when
+        ``views_skipped`` (the batch then holds those views only, put back in place by
+        ``on_after_batch_transfer``)."""
+        transform = self.get_transform(stage)
+        if self.views_skipped and isinstance(transform, MultiViewTransform):
+            return MultiViewTransform([transform.transforms[i] for i in self.views_read])
+        return transform
+
     # ------------------------------------------------------------------ loaders
 
-    def _loader(self, dataset: Dataset[Any] | None, split: str, shuffle: bool) -> DataLoader[Any]:
+    def training_device(self) -> torch.device:
+        """The device the attached Trainer trains on (its strategy's root device), else the CPU."""
+        strategy = getattr(self.trainer, "strategy", None)
+        return strategy.root_device if strategy is not None else torch.device("cpu")
+
+    def _device_loader(self, dataset: Dataset[Any], split: str, shuffle: bool) -> DeviceBatchLoader | None:
+        """A ``DeviceBatchLoader`` over a uint8 split (device path), or None to keep a DataLoader."""
+        tensors = uint8_split(dataset)
+        if tensors is None:
+            return None
+        world_size = int(getattr(self.trainer, "world_size", 1) or 1)
+        if world_size > 1:
+            if split == "train":
+                log.info(
+                    "augment_on_device with %d devices: the splits are loaded by DataLoaders (Lightning shards them "
+                    "by rank); the single-device path keeps them resident on the device",
+                    world_size,
+                )
+            return None
+        images, labels = tensors
+        return DeviceBatchLoader(
+            images, labels, self.batch_size, shuffle, self.drop_last, self.seed, device=self.training_device
+        )
+
+    def _loader(self, dataset: Dataset[Any] | None, split: str, shuffle: bool) -> DataLoader[Any] | DeviceBatchLoader:
         if dataset is None:
             stage = "test" if split == "test" else "fit"
             raise RuntimeError(
                 f"{type(self).__name__}: the {split} set does not exist; "
                 f"call setup({stage!r}) before {split}_dataloader()"
             )
+        if self.device_augment is not None:
+            device_loader = self._device_loader(dataset, split, shuffle)
+            if device_loader is not None:
+                return device_loader
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -239,15 +344,15 @@ class BaseDataModule(pl.LightningDataModule, abc.ABC):
             pin_memory=self.pin_memory and torch.cuda.is_available(),
         )
 
-    def train_dataloader(self) -> DataLoader[Any]:
+    def train_dataloader(self) -> DataLoader[Any] | DeviceBatchLoader:
         """Train loader: shuffled per config, ``drop_last`` per config."""
         return self._loader(self.train_ds, "train", self.shuffle)
 
-    def val_dataloader(self) -> DataLoader[Any]:
+    def val_dataloader(self) -> DataLoader[Any] | DeviceBatchLoader:
         """Val loader: never shuffled; ``drop_last`` per config (D-Q4)."""
         return self._loader(self.val_ds, "val", False)
 
-    def test_dataloader(self) -> DataLoader[Any]:
+    def test_dataloader(self) -> DataLoader[Any] | DeviceBatchLoader:
         """Test loader: never shuffled; ``drop_last`` per config (D-Q4)."""
         return self._loader(self.test_ds, "test", False)
 
@@ -257,10 +362,19 @@ class BaseDataModule(pl.LightningDataModule, abc.ABC):
         Runs for every loader of a Trainer (fit, validate, test); without ``device_augment``, or
         for a batch that is not uint8 images, the batch passes unchanged. Lightning calls this
         hook instead of a LightningModule's own (no module of the project defines one).
+
+        With ``views_skipped`` only the views of ``views_read`` are made (device path) or present
+        (CPU path: the transform made only those); the others are None in ``[[V1, V2, V3], Y]``.
         """
-        if self.device_augment is None:
-            return batch
-        return self.device_augment.augment_batch(batch)
+        skipped = self.views_skipped
+        if self.device_augment is not None:
+            return self.device_augment.augment_batch(batch, self.views_read if skipped else ALL_VIEWS)
+        if skipped and isinstance(batch, (list, tuple)) and len(batch) == 2 and isinstance(batch[0], (list, tuple)):
+            views: list[Any] = [None, None, None]
+            for position, view in zip(self.views_read, batch[0], strict=True):
+                views[position] = view
+            return [views, batch[1]]
+        return batch
 
     # ------------------------------------------------------------------ sizes
 

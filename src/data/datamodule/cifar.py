@@ -8,13 +8,14 @@ set; without it, missing files raise a ``FileNotFoundError`` that names what to 
 Splits: the official 50,000 training images are split by ``val_split`` (0.2 → 40,000 / 10,000)
 with the run seed (``split_train_val``); the official 10,000 test images are the test set.
 
-``augment_on_device`` (true, false, or "auto" = on when CUDA is available; default false) moves
+``augment_on_device`` (true, false, or "auto" = on when CUDA is available; default auto) moves
 the 3-view SSL transform of the ssl task type to the training device: the train, val and test
 sets become in-memory uint8 ``TensorDataset``s (``[N, 3, 32, 32]`` images, int64 labels, the same
-split indices), the loaders yield ``[X_uint8, Y]``, and the base class's
+split indices), the loaders (``DeviceBatchLoader``: the split resident on the device, batches by
+on-device index sampling) yield ``[X_uint8, Y]``, and the base class's
 ``on_after_batch_transfer`` hook makes ``[[V1, V2, V3], Y]`` from them with
 ``DeviceSSLAugment`` (same parameter distributions as ``cifar_ssl_transform``; see
-``src/data/augment/device_views.py``). All three splits move because on the CPU path all three use the
+``src/data/augment/device_views.py``). On a machine without CUDA "auto" is the CPU path. All three splits move because on the CPU path all three use the
 3-view transform: the SSL val loss and the online/offline finetuners' val and test
 accuracies then see the same views as training. Other task types ignore the option.
 """
@@ -52,7 +53,7 @@ class CIFAR10DataModule(BaseDataModule):
     mean = CIFAR10_NORMALIZE["mean"]
     std = CIFAR10_NORMALIZE["std"]
 
-    def __init__(self, *args: Any, augment_on_device: bool | str = False, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, augment_on_device: bool | str = "auto", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Only the ssl task type has the 3-view transform that moves; the others keep their CPU transforms.
         self.augment_on_device = resolve_augment_on_device(augment_on_device) and self.task_type == "ssl"
@@ -128,11 +129,11 @@ class CIFAR10DataModule(BaseDataModule):
             return
         if stage in (None, "fit", "validate"):
             # Two copies of the 50k set, one per transform, split with the same seed (disjoint indices).
-            train_full = self._dataset(True, self.get_transform("train"))
-            val_full = self._dataset(True, self.get_transform("val"))
+            train_full = self._dataset(True, self.transform("train"))
+            val_full = self._dataset(True, self.transform("val"))
             self.train_ds, self.val_ds = split_train_val(train_full, val_full, self.val_split, self.seed)
         if stage in (None, "test"):
-            self.test_ds = self._dataset(False, self.get_transform("test"))
+            self.test_ds = self._dataset(False, self.transform("test"))
 
 
 @DATAMODULES.register("cifar100")

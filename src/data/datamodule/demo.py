@@ -46,7 +46,7 @@ class DemoDataModule(BaseDataModule):
     def _dataset(self, protocol: dict[str, Any], split: str) -> ImageListDataset:
         lists = self.data_dir / "benchmark_imglist" / ID_NAME
         return ImageListDataset(
-            self.data_dir / "images_classic", lists / protocol["id"][split], transform=self.get_transform(split)
+            self.data_dir / "images_classic", lists / protocol["id"][split], transform=self.transform(split)
         )
 
     def setup(self, stage: str | None = None) -> None:

@@ -17,7 +17,12 @@ Choices beside the CIFAR-10 datamodule they mirror:
   (seed ``subset_seed``, the same draw as the OOD lists of ``prepare_ood_protocols``), and
   ``classes`` keeps only those classes, relabelled 0..K-1 in the order given
   (``dataset=fashion_mnist_split`` trains on classes 0–5, the open-set split's ID classes).
-- ``augment_on_device`` is not offered: the views are computed on the CPU.
+- ``augment_on_device`` (true, false, or "auto" = on when CUDA is available; default auto), as CIFAR:
+  for the ssl task type the splits become uint8 ``TensorDataset``s of the grey images
+  (``[N, 1, 28, 28]``, the same subsets, labels and split indices), the loaders keep them resident on
+  the training device (``DeviceBatchLoader``), and ``DeviceSSLAugment`` with ``fashion_mnist_views``
+  makes the three views there (grey expanded to three channels first, as ``ToRGB``; the parameter
+  distributions of ``fashion_mnist_ssl_transform``). On a machine without CUDA "auto" is the CPU path.
 """
 
 from __future__ import annotations
@@ -25,8 +30,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+from src.data.augment.device_views import DeviceSSLAugment, fashion_mnist_views
 from src.data.augment.transforms import fashion_mnist_ssl_transform
-from src.data.datamodule.base import DATAMODULES, BaseDataModule, split_train_val
+from src.data.datamodule.base import DATAMODULES, BaseDataModule, resolve_augment_on_device, split_train_val
 from src.data.dataset.fashion_mnist_images import FashionMNISTDataset
 from src.data.prepare.fashion_mnist_data import CLASSES, NORMALIZE, install_raw, load_split, subset_indices, verify_raw
 
@@ -61,11 +71,13 @@ class FashionMNISTDataModule(BaseDataModule):
         subset_seed: seed of the per-class subsets (the data seed, not the run seed).
         crop_min_scale: lower area scale of the SSL views' RandomResizedCrop.
         source_dir: a folder with the four original files to install from (default: Debian's).
+        augment_on_device: true, false or "auto" (see the module docstring).
 
     With ``download=True`` a missing dataset may also be fetched by torchvision.
 
     Raises:
-        ValueError: ``classes`` is empty, repeats a class or names one outside 0–9.
+        ValueError: ``classes`` is empty, repeats a class or names one outside 0–9, or
+            ``augment_on_device`` is not true, false or "auto".
     """
 
     display_name = "Fashion-MNIST"
@@ -81,6 +93,7 @@ class FashionMNISTDataModule(BaseDataModule):
         subset_seed: int = 1997,
         crop_min_scale: float = 0.2,
         source_dir: str | None = None,
+        augment_on_device: bool | str = "auto",
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("input_height", 28)
@@ -97,6 +110,11 @@ class FashionMNISTDataModule(BaseDataModule):
         self.subset_seed = int(subset_seed)
         self.crop_min_scale = float(crop_min_scale)
         self.source_dir = source_dir
+        # Only the ssl task type has the 3-view transform that moves; the others keep their CPU transforms.
+        self.augment_on_device = resolve_augment_on_device(augment_on_device) and self.task_type == "ssl"
+        if self.augment_on_device:
+            view1, view2 = fashion_mnist_views(self.crop_min_scale)
+            self.device_augment = DeviceSSLAugment(self.input_height, self.mean, self.std, view1, view2)
 
     def get_transform(self, stage: str) -> Callable[[Any], Any]:
         if self.task_type == "ssl":
@@ -114,18 +132,37 @@ class FashionMNISTDataModule(BaseDataModule):
         except (FileNotFoundError, ValueError):
             install_raw(self.data_dir, self.source_dir, self.download)
 
-    def _dataset(self, train: bool, per_class: int | None, transform: Callable[[Any], Any]) -> FashionMNISTDataset:
+    def _dataset(
+        self, train: bool, per_class: int | None, transform: Callable[[Any], Any] | None
+    ) -> FashionMNISTDataset:
         images, labels = load_split(self.data_dir, train)
         indices = subset_indices(labels, self.classes, per_class, self.subset_seed)
         label_map = {c: i for i, c in enumerate(self.classes)}
         return FashionMNISTDataset(images, labels, indices, label_map, transform)
 
+    def _uint8_dataset(self, train: bool, per_class: int | None) -> TensorDataset:
+        """The kept images as uint8 [M, 1, 28, 28] and their training labels (int64), in the order of
+        ``_dataset`` (the same subset and relabelling, so the same split indices select the same images)."""
+        dataset = self._dataset(train, per_class, None)
+        images = torch.from_numpy(np.ascontiguousarray(dataset.images)).unsqueeze(1)
+        return TensorDataset(images, torch.from_numpy(dataset.targets))
+
     def setup(self, stage: str | None = None) -> None:
-        """fit / validate / None: the seeded train/val split; test / None: the official test set."""
+        """fit / validate / None: the seeded train/val split; test / None: the official test set.
+
+        With ``augment_on_device`` the splits are uint8 ``TensorDataset``s with the same indices.
+        """
         self.prepare_data()
+        if self.augment_on_device:
+            if stage in (None, "fit", "validate"):
+                full = self._uint8_dataset(True, self.train_per_class)
+                self.train_ds, self.val_ds = split_train_val(full, full, self.val_split, self.seed)
+            if stage in (None, "test"):
+                self.test_ds = self._uint8_dataset(False, self.test_per_class)
+            return
         if stage in (None, "fit", "validate"):
-            train_full = self._dataset(True, self.train_per_class, self.get_transform("train"))
-            val_full = self._dataset(True, self.train_per_class, self.get_transform("val"))
+            train_full = self._dataset(True, self.train_per_class, self.transform("train"))
+            val_full = self._dataset(True, self.train_per_class, self.transform("val"))
             self.train_ds, self.val_ds = split_train_val(train_full, val_full, self.val_split, self.seed)
         if stage in (None, "test"):
-            self.test_ds = self._dataset(False, self.test_per_class, self.get_transform("test"))
+            self.test_ds = self._dataset(False, self.test_per_class, self.transform("test"))

@@ -168,10 +168,10 @@ class ImageNetDataModule(BaseDataModule):
         """
         self.check_layout()
         if stage in (None, "fit", "validate"):
-            self.train_ds = self._image_folder("train", self.get_transform("train"), self.allow_empty_train_classes)
-            self.val_ds = self._image_folder("val", self.get_transform("val"), False)
+            self.train_ds = self._image_folder("train", self.transform("train"), self.allow_empty_train_classes)
+            self.val_ds = self._image_folder("val", self.transform("val"), False)
         if stage in (None, "test"):
-            self.test_ds = self._image_folder("val", self.get_transform("test"), False)
+            self.test_ds = self._image_folder("val", self.transform("test"), False)
 
 
 @DATAMODULES.register("imagenet1pct")
