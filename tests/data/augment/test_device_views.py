@@ -203,3 +203,126 @@ def test_view_statistics_cpu_path_vs_device_path(views: str) -> None:
             return float(((pixels - pixels.mean(1, keepdim=True)).abs().amax(dim=(1, 2, 3)) < 2e-3).float().mean())
 
         assert abs(gray_rate(a) - gray_rate(b)) < 5 * math.sqrt(2 * 0.2 * 0.8 / n)
+
+
+# --------------------------------------------------------------- (c) Fashion-MNIST: grey images, its own views
+
+
+def grey_images(n: int, size: int = 28, seed: int = 0) -> Tensor:
+    """Grey uint8 [n, 1, size, size]: the luma of the colour test images (garment-like smooth shapes)."""
+    x = uint8_images(n, size, seed).float()
+    return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).round().to(torch.uint8).unsqueeze(1)
+
+
+def grey_pil(x: Tensor) -> Any:
+    from PIL import Image
+
+    return Image.fromarray(x[0].numpy(), mode="L")
+
+
+FM_MEAN, FM_STD = (0.2860,) * 3, (0.3530,) * 3
+
+
+def test_fashion_mnist_views_are_the_cpu_transforms_parameters() -> None:
+    from src.data.augment.transforms import fashion_mnist_ssl_transform
+
+    v1, v2 = G.fashion_mnist_views(0.2)
+    cpu = fashion_mnist_ssl_transform(28, FM_MEAN, FM_STD, 0.2).transforms
+    for spec, transform in ((v1, cpu[0]), (v2, cpu[1])):
+        steps = {type(t).__name__: t for t in transform.transforms}
+        crop, jitter = steps["RandomResizedCrop"], steps["RandomApply"]
+        assert (spec.min_scale, spec.max_scale) == tuple(crop.scale) and spec.hf_prob == steps["RandomHorizontalFlip"].p
+        assert spec.cj_prob == jitter.p
+        cj = jitter.transforms[0]
+        assert list(cj.brightness) == [1 - spec.cj_bright, 1 + spec.cj_bright]
+        assert list(cj.contrast) == [1 - spec.cj_contrast, 1 + spec.cj_contrast]
+        assert cj.saturation is None and cj.hue is None and spec.cj_sat == 0 and spec.cj_hue == 0
+        assert "RandomGrayscale" not in steps and spec.random_gray_scale == 0 and spec.gaussian_blur == 0
+        solar = steps.get("RandomSolarization")
+        assert spec.solarization_prob == (solar.prob if solar is not None else 0.0)
+    assert (v1.solarization_prob, v2.solarization_prob) == (0.0, 0.2)
+    assert G.fashion_mnist_views(0.5)[0].min_scale == 0.5
+
+
+def test_fashion_mnist_finetune_view_is_bit_identical_from_grey_batches() -> None:
+    from src.data.augment.transforms import FinetuneViewTransform, ToRGB
+
+    x = grey_images(6, seed=3)
+    v1, v2, v3 = G.DeviceSSLAugment(28, FM_MEAN, FM_STD, *G.fashion_mnist_views())(x)
+    finetune = FinetuneViewTransform(28, {"mean": FM_MEAN, "std": FM_STD})
+    cpu = torch.stack([finetune(ToRGB()(grey_pil(im))) for im in x])
+    assert torch.equal(v3, cpu)
+    for v in (v1, v2, v3):  # grey in, grey out: three equal channels, as the CPU path's
+        assert v.shape == (6, 3, 28, 28) and torch.equal(v[:, 0], v[:, 1]) and torch.equal(v[:, 1], v[:, 2])
+
+
+def test_jitter_without_hue_skips_only_the_identity_hue_step() -> None:
+    """A hue strength of 0 leaves the HSV round trip out; on grey images that step was an exact identity."""
+    x = grey_images(16, seed=4).expand(-1, 3, -1, -1).float() / 255
+    spec = G.fashion_mnist_views()[0]
+    p = G.sample_view_params(spec, 16, 28, 28, generator=torch.Generator().manual_seed(5))
+    from src.data.augment.tensor_ops import color_jitter
+
+    with_hue = color_jitter(x, p.brightness, p.contrast, p.saturation, p.hue, p.order, p.jitter)
+    without = color_jitter(x, p.brightness, p.contrast, p.saturation, None, p.order, p.jitter)
+    assert (p.hue == 0).all() and torch.equal(with_hue, without)
+    assert not torch.equal(without, x)  # the brightness and contrast blends did apply
+
+
+def test_fashion_mnist_crop_distribution_matches_torchvision_sampler() -> None:
+    n = 20_000
+    torch.manual_seed(21)
+    ours = G.sample_crop_boxes(n, 28, 28, (0.2, 1.0)).double()
+    img = torch.zeros(1, 28, 28)
+    theirs = torch.tensor([T.RandomResizedCrop.get_params(img, [0.2, 1.0], list(G.CROP_RATIO)) for _ in range(n)])
+    theirs = theirs.double()
+    q = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9], dtype=torch.float64)
+    area = [b[:, 2] * b[:, 3] / 784 for b in (ours, theirs)]
+    assert area[0].min() >= 0.15 and area[1].min() >= 0.15  # rounding of h and w around the 0.2 bound
+    assert abs(area[0].mean() - area[1].mean()) < 0.01  # SE of the difference ≈ 0.0023
+    assert (torch.quantile(area[0], q) - torch.quantile(area[1], q)).abs().max() < 0.03
+    log_ratio = [torch.log(b[:, 3] / b[:, 2]) for b in (ours, theirs)]
+    assert abs(log_ratio[0].mean() - log_ratio[1].mean()) < 0.008
+    assert abs(log_ratio[0].std() - log_ratio[1].std()) < 0.008
+
+
+@pytest.mark.parametrize("spec_index", [0, 1])
+def test_fashion_mnist_application_rates(spec_index: int) -> None:
+    spec = G.fashion_mnist_views()[spec_index]
+    n = 20_000
+    p = G.sample_view_params(spec, n, 28, 28, generator=torch.Generator().manual_seed(22))
+    assert within_binomial(p.flip.sum(), n, 0.5) and within_binomial(p.jitter.sum(), n, 0.8)
+    assert within_binomial(p.solarize.sum(), n, (0.0, 0.2)[spec_index])
+    assert not p.gray.any() and not p.blur.any()
+    j = p.jitter
+    for factor in (p.brightness, p.contrast):
+        drawn = factor[j]
+        assert drawn.min() >= 0.6 and drawn.max() <= 1.4 and abs(drawn.mean() - 1.0) < 0.01
+    assert (p.saturation == 1).all() and (p.hue == 0).all()
+
+
+def test_fashion_mnist_view_statistics_cpu_path_vs_device_path() -> None:
+    """Mean/std of views 1 and 2 over a fixed set of grey images, ``fashion_mnist_ssl_transform`` vs the device."""
+    from src.data.augment.transforms import fashion_mnist_ssl_transform
+
+    x = grey_images(64, seed=23)
+    repeats = 20  # 1,280 views per path and view
+    transforms = fashion_mnist_ssl_transform(28, FM_MEAN, FM_STD, 0.2).transforms[:2]
+    aug = G.DeviceSSLAugment(28, FM_MEAN, FM_STD, *G.fashion_mnist_views(0.2))
+    images = [grey_pil(im) for im in x]
+    torch.manual_seed(23)
+    cpu = [torch.stack([t(im) for _ in range(repeats) for im in images]) for t in transforms]
+    dev: list[list[Tensor]] = [[], []]
+    for _ in range(repeats):
+        v1, v2, _ = aug(x)
+        dev[0].append(v1)
+        dev[1].append(v2)
+    for view in range(2):
+        a, b = cpu[view], torch.cat(dev[view])
+        assert torch.equal(a[:, 0], a[:, 1]) and torch.equal(b[:, 0], b[:, 2])
+        # the same tolerances as the CIFAR comparison (SE of a channel mean ≈ 0.016 in normalised units)
+        assert abs(float(a.mean() - b.mean())) < 0.08
+        assert abs(float(a.std() - b.std())) < 0.07
+        # pixel quantiles (every 7th pixel): the crop scale and the solarization of view 2 move them
+        qs = torch.tensor([0.1, 0.5, 0.9])
+        assert (torch.quantile(a[:, 0].flatten()[::7], qs) - torch.quantile(b[:, 0].flatten()[::7], qs)).abs().max() < 0.08
