@@ -1,7 +1,12 @@
-"""The CIFAR SSL views computed per sample, in batches, on the accelerator: view parameters and their sampling.
+"""The SSL views of CIFAR and Fashion-MNIST computed per sample, in batches, on the accelerator: view
+parameters and their sampling.
 
 ``DeviceSSLAugment`` maps a uint8 batch ``[B, 3, H, W]`` (already on the training device) to
-the three float32 views ``(v1, v2, v3)`` of ``cifar_ssl_transform`` (``src/data/augment/transforms.py``).
+the three float32 views ``(v1, v2, v3)`` of ``cifar_ssl_transform`` (``src/data/augment/transforms.py``),
+or, with ``fashion_mnist_views``, a grey batch ``[B, 1, H, W]`` to those of
+``fashion_mnist_ssl_transform`` (grey expanded to three channels first, crop scale (0.2, 1),
+brightness and contrast jitter only, no grayscale step). A phase that reads only some views asks for
+those (``views``): the others are None and draw nothing.
 Every random choice is drawn per sample, on the device of the
 batch, from torch's default generator of that device; per-sample decisions are masks used
 through ``torch.where``, so nothing reads a tensor value back to the host (no ``.item()``, no
