@@ -8,7 +8,8 @@ set; without it, missing files raise a ``FileNotFoundError`` that names what to 
 Splits: the official 50,000 training images are split by ``val_split`` (0.2 → 40,000 / 10,000)
 with the run seed (``split_train_val``); the official 10,000 test images are the test set.
 
-``augment_on_device`` (true, false, or "auto" = on when CUDA is available; default auto) moves
+``augment_on_device`` (true, false, or "auto" = on when CUDA is available; the configs' default is
+auto, the constructor's false, so code that builds a datamodule directly chooses the path) moves
 the 3-view SSL transform of the ssl task type to the training device: the train, val and test
 sets become in-memory uint8 ``TensorDataset``s (``[N, 3, 32, 32]`` images, int64 labels, the same
 split indices), the loaders (``DeviceBatchLoader``: the split resident on the device, batches by
@@ -53,7 +54,7 @@ class CIFAR10DataModule(BaseDataModule):
     mean = CIFAR10_NORMALIZE["mean"]
     std = CIFAR10_NORMALIZE["std"]
 
-    def __init__(self, *args: Any, augment_on_device: bool | str = "auto", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, augment_on_device: bool | str = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Only the ssl task type has the 3-view transform that moves; the others keep their CPU transforms.
         self.augment_on_device = resolve_augment_on_device(augment_on_device) and self.task_type == "ssl"

@@ -17,7 +17,8 @@ Choices beside the CIFAR-10 datamodule they mirror:
   (seed ``subset_seed``, the same draw as the OOD lists of ``prepare_ood_protocols``), and
   ``classes`` keeps only those classes, relabelled 0..K-1 in the order given
   (``dataset=fashion_mnist_split`` trains on classes 0–5, the open-set split's ID classes).
-- ``augment_on_device`` (true, false, or "auto" = on when CUDA is available; default auto), as CIFAR:
+- ``augment_on_device`` (true, false, or "auto" = on when CUDA is available; the config's default auto,
+  the constructor's false), as CIFAR:
   for the ssl task type the splits become uint8 ``TensorDataset``s of the grey images
   (``[N, 1, 28, 28]``, the same subsets, labels and split indices), the loaders keep them resident on
   the training device (``DeviceBatchLoader``), and ``DeviceSSLAugment`` with ``fashion_mnist_views``
@@ -93,7 +94,7 @@ class FashionMNISTDataModule(BaseDataModule):
         subset_seed: int = 1997,
         crop_min_scale: float = 0.2,
         source_dir: str | None = None,
-        augment_on_device: bool | str = "auto",
+        augment_on_device: bool | str = False,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("input_height", 28)

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from src.data.datamodule import CIFAR10DataModule, FashionMNISTDataModule
 from src.data.datamodule.device_loader import DeviceBatchLoader, epoch_seed
+from tests.conftest import compose_config
 
 N = 23
 
@@ -123,9 +124,17 @@ def fmnist(data_dir: Path, **kwargs: Any) -> FashionMNISTDataModule:
     return FashionMNISTDataModule(data_dir=data_dir, task="ssl", **args)
 
 
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "fashion_mnist", "fashion_mnist_split"])
+def test_configs_default_to_auto(name: str) -> None:
+    cfg = compose_config(f"dataset={name}", "+model/task/ssl@train=ssl")
+    assert cfg.dataset.augment_on_device == "auto" and cfg.dataset.skip_unread_views == "auto"
+
+
 def test_auto_is_the_cpu_path_without_cuda(cifar10_dir: Path, fashion_mnist_dir: Path) -> None:
-    for dm in (cifar(cifar10_dir), fmnist(fashion_mnist_dir)):
-        assert dm.augment_on_device is torch.cuda.is_available()  # the class default is auto
+    assert cifar(cifar10_dir).device_augment is None  # the constructor's default: the CPU path
+    assert fmnist(fashion_mnist_dir).device_augment is None
+    for dm in (cifar(cifar10_dir, augment_on_device="auto"), fmnist(fashion_mnist_dir, augment_on_device="auto")):
+        assert dm.augment_on_device is torch.cuda.is_available()
         dm.setup("fit")
         loader = dm.train_dataloader()
         assert isinstance(loader, DeviceBatchLoader) is torch.cuda.is_available()
