@@ -93,3 +93,44 @@ def test_forced_device_path_runs_pretraining_and_finetune(
     # every loader of both phases was a device loader (no DataLoader, no workers)
     assert iterated and all(isinstance(loader, DeviceBatchLoader) for loader in iterated)
     assert any(loader.shuffle for loader in iterated) and any(not loader.shuffle for loader in iterated)
+
+
+@pytest.mark.slow
+def test_pil_path_with_workers_leaves_unread_views_out_without_changing_a_number(
+    cifar10_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the PIL path with workers, ``skip_unread_views: auto`` drops x1/x2 from the finetune's batches; the
+    workers' streams are their own, so the finetune's metrics equal those of a run that builds all three."""
+    from src.task.finetuning import LastLayerFinetuner
+
+    monkeypatch.chdir(tmp_path)
+    built: list[bool] = []  # per finetune batch: whether x1 was built
+    inputs = LastLayerFinetuner.inputs
+
+    def recording_inputs(self: LastLayerFinetuner, batch: Any) -> torch.Tensor:
+        built.append(batch[0][0] is not None)
+        return inputs(self, batch)
+
+    monkeypatch.setattr(LastLayerFinetuner, "inputs", recording_inputs)
+    results, views_built = {}, {}
+    for skip in ("auto", "false"):
+        built.clear()
+        cfg = compose_config(
+            "dataset=cifar10",
+            f"dataset.data_dir={cifar10_dir}",
+            "dataset.augment_on_device=false",
+            f"dataset.skip_unread_views={skip}",
+            "+model/task/ssl@train=ssl",
+            "model/loss=barlow_twins",
+            "+model/task@finetune=finetune",
+            f"output_path={tmp_path / skip}",
+            *[o for o in TINY if o != "dataset.num_workers=0"],
+            "dataset.num_workers=1",
+            "dataset.persistent_workers=false",
+        )
+        results[skip] = run_pipeline(cfg)
+        views_built[skip] = set(built)
+    assert views_built == {"auto": {False}, "false": {True}}
+    assert results["auto"] is not None and results["false"] is not None
+    assert results["auto"]["metrics"] == results["false"]["metrics"]
+    assert results["auto"]["offline_metrics"] == results["false"]["offline_metrics"]
