@@ -147,6 +147,17 @@ def uint8_split(dataset: Dataset[Any]) -> tuple[torch.Tensor, torch.Tensor] | No
     return images, labels
 
 
+def check_compile_augment(value: Any) -> bool:
+    """The ``dataset.compile_augment`` option (a bool: ``torch.compile`` of the device views' ops).
+
+    Raises:
+        ValueError: not true or false.
+    """
+    if not isinstance(value, bool):
+        raise ValueError(f"dataset.compile_augment must be true or false, got {value!r}")
+    return value
+
+
 #: the training datamodules by ``dataset.name``; configs name them by ``dataset._target_``. A new dataset
 #: is one datamodule class with ``@DATAMODULES.register("<name>")`` (stack it for aliases).
 DATAMODULES: Registry[type[BaseDataModule]] = Registry("datamodule", config_key="dataset")

@@ -33,7 +33,13 @@ from torchvision.datasets import CIFAR10, CIFAR100
 
 from src.data.augment.device_views import DeviceSSLAugment
 from src.data.augment.transforms import CIFAR10_NORMALIZE, CIFAR100_NORMALIZE
-from src.data.datamodule.base import DATAMODULES, BaseDataModule, resolve_augment_on_device, split_train_val
+from src.data.datamodule.base import (
+    DATAMODULES,
+    BaseDataModule,
+    check_compile_augment,
+    resolve_augment_on_device,
+    split_train_val,
+)
 
 
 @DATAMODULES.register("cifar10")
@@ -41,7 +47,8 @@ class CIFAR10DataModule(BaseDataModule):
     """CIFAR-10: 32×32 RGB, 10 classes (torchvision label order).
 
     Constructor arguments are those of ``BaseDataModule``, plus ``augment_on_device`` (bool or
-    "auto"; see the module docstring). With ``download=True``, ``prepare_data`` lets torchvision
+    "auto"; see the module docstring) and ``compile_augment`` (``torch.compile`` the device views'
+    ops; see ``DeviceSSLAugment``). With ``download=True``, ``prepare_data`` lets torchvision
     fetch and extract the archive when the files are missing or corrupt; otherwise the files
     must already be on disk.
 
@@ -54,12 +61,16 @@ class CIFAR10DataModule(BaseDataModule):
     mean = CIFAR10_NORMALIZE["mean"]
     std = CIFAR10_NORMALIZE["std"]
 
-    def __init__(self, *args: Any, augment_on_device: bool | str = False, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, augment_on_device: bool | str = False, compile_augment: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         # Only the ssl task type has the 3-view transform that moves; the others keep their CPU transforms.
         self.augment_on_device = resolve_augment_on_device(augment_on_device) and self.task_type == "ssl"
         if self.augment_on_device:
-            self.device_augment = DeviceSSLAugment(self.input_height, self.mean, self.std)
+            self.device_augment = DeviceSSLAugment(
+                self.input_height, self.mean, self.std, compiled=check_compile_augment(compile_augment)
+            )
 
     @property
     def dataset_folder(self) -> Path:

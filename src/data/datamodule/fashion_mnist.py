@@ -37,7 +37,13 @@ from torch.utils.data import TensorDataset
 
 from src.data.augment.device_views import DeviceSSLAugment, fashion_mnist_views
 from src.data.augment.transforms import fashion_mnist_ssl_transform
-from src.data.datamodule.base import DATAMODULES, BaseDataModule, resolve_augment_on_device, split_train_val
+from src.data.datamodule.base import (
+    DATAMODULES,
+    BaseDataModule,
+    check_compile_augment,
+    resolve_augment_on_device,
+    split_train_val,
+)
 from src.data.dataset.fashion_mnist_images import FashionMNISTDataset
 from src.data.prepare.fashion_mnist_data import CLASSES, NORMALIZE, install_raw, load_split, subset_indices, verify_raw
 
@@ -73,6 +79,7 @@ class FashionMNISTDataModule(BaseDataModule):
         crop_min_scale: lower area scale of the SSL views' RandomResizedCrop.
         source_dir: a folder with the four original files to install from (default: Debian's).
         augment_on_device: true, false or "auto" (see the module docstring).
+        compile_augment: ``torch.compile`` the device views' ops (see ``DeviceSSLAugment``).
 
     With ``download=True`` a missing dataset may also be fetched by torchvision.
 
@@ -95,6 +102,7 @@ class FashionMNISTDataModule(BaseDataModule):
         crop_min_scale: float = 0.2,
         source_dir: str | None = None,
         augment_on_device: bool | str = False,
+        compile_augment: bool = False,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("input_height", 28)
@@ -115,7 +123,8 @@ class FashionMNISTDataModule(BaseDataModule):
         self.augment_on_device = resolve_augment_on_device(augment_on_device) and self.task_type == "ssl"
         if self.augment_on_device:
             view1, view2 = fashion_mnist_views(self.crop_min_scale)
-            self.device_augment = DeviceSSLAugment(self.input_height, self.mean, self.std, view1, view2)
+            compiled = check_compile_augment(compile_augment)
+            self.device_augment = DeviceSSLAugment(self.input_height, self.mean, self.std, view1, view2, compiled)
 
     def get_transform(self, stage: str) -> Callable[[Any], Any]:
         if self.task_type == "ssl":

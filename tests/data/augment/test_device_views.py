@@ -326,3 +326,26 @@ def test_fashion_mnist_view_statistics_cpu_path_vs_device_path() -> None:
         # pixel quantiles (every 7th pixel): the crop scale and the solarization of view 2 move them
         qs = torch.tensor([0.1, 0.5, 0.9])
         assert (torch.quantile(a[:, 0].flatten()[::7], qs) - torch.quantile(b[:, 0].flatten()[::7], qs)).abs().max() < 0.08
+
+
+# --------------------------------------------------------------- (d) torch.compile of the ops (opt-in)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    __import__("shutil").which("cc") is None and __import__("shutil").which("gcc") is None,
+    reason="torch.compile's CPU backend needs a C compiler",
+)
+def test_compiled_ops_equal_eager_given_the_same_draws() -> None:
+    """``compiled=True`` compiles only the ops: with the same seed the draws, and so the views, are the eager ones."""
+    x = uint8_images(4, size=16, seed=31)
+    eager = G.DeviceSSLAugment(16, MEAN, STD)
+    compiled = G.DeviceSSLAugment(16, MEAN, STD, compiled=True)
+    assert compiled.compiled and "compiled=True" in repr(compiled)
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        want = eager(x)
+        torch.manual_seed(seed)
+        got = compiled(x)
+        for a, b in zip(want, got, strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)

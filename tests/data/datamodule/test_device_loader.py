@@ -128,6 +128,16 @@ def fmnist(data_dir: Path, **kwargs: Any) -> FashionMNISTDataModule:
 def test_configs_default_to_auto(name: str) -> None:
     cfg = compose_config(f"dataset={name}", "+model/task/ssl@train=ssl")
     assert cfg.dataset.augment_on_device == "auto" and cfg.dataset.skip_unread_views == "auto"
+    assert cfg.dataset.compile_augment is False  # opt-in
+
+
+def test_compile_augment_option(cifar10_dir: Path, fashion_mnist_dir: Path) -> None:
+    assert cifar(cifar10_dir, augment_on_device=True).device_augment.compiled is False  # type: ignore[union-attr]
+    dm = fmnist(fashion_mnist_dir, augment_on_device=True, compile_augment=True)
+    assert dm.device_augment is not None and dm.device_augment.compiled is True
+    for make, root in ((cifar, cifar10_dir), (fmnist, fashion_mnist_dir)):
+        with pytest.raises(ValueError, match=r"dataset\.compile_augment must be true or false, got 'yes'"):
+            make(root, augment_on_device=True, compile_augment="yes")
 
 
 def test_auto_is_the_cpu_path_without_cuda(cifar10_dir: Path, fashion_mnist_dir: Path) -> None:
