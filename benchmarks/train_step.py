@@ -3,7 +3,8 @@
 One optimizer step = forward ``shared_step(batch)["loss"]``, backward, gradient clipping at 0.5
 (global norm), AdamW step, under fp16 autocast + GradScaler on CUDA (fp32, or bf16 autocast with
 ``--precision bf16``, on CPU). The batch is random data already on the device, so the numbers
-are the model's alone (no data loading; see ``epoch_throughput.py`` for that).
+are the model's alone: the micro-benchmark of the step's maths (no data loading, probe, guard, logging or
+Lightning loop; ``pipeline_throughput.py`` measures those).
 
 Two paths per combination, on the same weights:
 
