@@ -322,6 +322,14 @@ class RssSampler:
         return {"kind": "cpu_rss_sampled_main_process", "peak_bytes": self.peak}
 
 
+def profiler_counts(prof: Any) -> dict[str, int]:
+    """Calls per event name recorded by a stopped ``torch.profiler.profile``."""
+    counts: dict[str, int] = {}
+    for event in prof.key_averages():
+        counts[event.key] = counts.get(event.key, 0) + int(event.count)
+    return counts
+
+
 def count_syncs(counts: Mapping[str, int], steps: int) -> dict[str, Any]:
     """Synchronisations per step from profiler event counts (name → calls over ``steps`` steps)."""
     syncs = {name: int(counts.get(name, 0)) for name in SYNC_EVENTS}
@@ -393,10 +401,7 @@ class PipelineClock(pl.Callback):
 
     def _stop_profiler(self) -> None:
         self._profiler.stop()
-        counts: dict[str, int] = {}
-        for event in self._profiler.key_averages():
-            counts[event.key] = counts.get(event.key, 0) + int(event.count)
-        self.sync_counts = count_syncs(counts, self.size.sync_steps)
+        self.sync_counts = count_syncs(profiler_counts(self._profiler), self.size.sync_steps)
         self._profiler = None
 
     def batch_end(self, pl_module: pl.LightningModule) -> None:

@@ -139,6 +139,45 @@ def test_count_syncs() -> None:
     assert syncs["cudaMemcpyAsync"] == 9 and pipeline_throughput.count_syncs({}, 3)["per_step"] == 0.0
 
 
+def test_profiler_counts() -> None:
+    """The event counts the sync count reads, from a real profiler run (CPU ops here; CUDA runtime calls on a GPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    a = torch.ones(4, 4)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(3):
+            a = a @ a
+    assert pipeline_throughput.profiler_counts(prof)["aten::mm"] == 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_pipeline_cuda(tmp_path: Path) -> None:
+    """On a GPU: syncs per step come from the profiler, memory from the CUDA allocator."""
+    out = tmp_path / "pipeline.json"
+    result = pipeline_throughput.main(
+        [
+            "--device",
+            "cuda",
+            "--size",
+            "tiny",
+            "--output",
+            str(out),
+            "--models",
+            "ssl_bayes_h",
+            "--losses",
+            "vicreg",
+            "--progress",
+            "none",
+        ]
+    )
+    assert result["all_equivalent"] is True
+    for case in result["cases"]:
+        assert case["memory"]["kind"] == "cuda_max_memory_allocated" and case["memory"]["peak_bytes"] > 0
+        assert case["syncs"]["steps"] == pipeline_throughput.SIZES["tiny"].sync_steps
+        assert case["syncs"]["per_step"] >= 0
+        assert len(case["step_s"]["repeats_s"]) == pipeline_throughput.SIZES["tiny"].step_steps
+
+
 def test_projections_arithmetic() -> None:
     runs = projections.ablation_runs()
     assert len(runs) == 180
