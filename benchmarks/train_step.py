@@ -3,7 +3,8 @@
 One optimizer step = forward ``shared_step(batch)["loss"]``, backward, gradient clipping at 0.5
 (global norm), AdamW step, under fp16 autocast + GradScaler on CUDA (fp32, or bf16 autocast with
 ``--precision bf16``, on CPU). The batch is random data already on the device, so the numbers
-are the model's alone (no data loading; see ``epoch_throughput.py`` for that).
+are the model's alone: the micro-benchmark of the step's maths (no data loading, probe, guard, logging or
+Lightning loop; ``pipeline_throughput.py`` measures those).
 
 Two paths per combination, on the same weights:
 
@@ -16,7 +17,7 @@ Two paths per combination, on the same weights:
   loss as a Python loop over the M sample pairs and the KL-style term as a loop over the samples
   (losses and KL in fp32 with autocast off, as the project computes them: T-Q30).
 
-The module's constructor arguments are ``train.kwargs`` of the composed Hydra config (CIFAR-10
+The module's constructor arguments are ``train.kwargs`` of the pipeline's config (read without Hydra) (CIFAR-10
 stem, ResNet-18, the standard prior), shrunk to the chosen size. Before timing, both paths run one
 batch with the same MC noise (the RNG seeded identically before each, so both draw the same ε) in
 fp32; the loss terms, the parameter gradients and the projector's BatchNorm running statistics are
@@ -36,13 +37,12 @@ import copy
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from hydra import compose, initialize_config_dir
 from torch import Tensor
 
+from benchmarks import plain_config
 from benchmarks._timing import (
     PeakMemory,
     add_common_args,
@@ -60,11 +60,9 @@ from benchmarks._timing import (
 from src.model.loss import LOSSES
 from src.task import SSL_MODELS
 from src.task.ssl import BaseSelfSupervisedLearning, Batch
-from src.utils.plain import to_plain
 from tests.reference.ssl_step import reference_step
 
 NAME = "train_step"
-CONF = Path(__file__).resolve().parents[1] / "src" / "experiments" / "conf"
 
 #: (model name, loss): every registered model with every registered loss it accepts (the paper's six)
 COMBINATIONS: tuple[tuple[str, str], ...] = tuple(
@@ -114,25 +112,18 @@ def case_name(model_name: str, loss: str) -> str:
 
 
 def module_kwargs(model_name: str, loss: str, size: TrainSize) -> dict[str, Any]:
-    """Plain constructor arguments of the Lightning module: ``train.kwargs`` of the composed config
-    (CIFAR-10 stem, ResNet-18, AdamW, the standard prior), shrunk to ``size``; no scheduler."""
-    overrides = [
-        f"+model/task/ssl@train={model_name}",
-        f"model/loss={loss}",
-        "model/prior=standard",
-        f"dataset.batch_size={size.batch_size}",
-        f"model.backbone.hidden_dim={size.hidden_dim}",
-        f"model.backbone.z_dim={size.z_dim}",
-        "train.scheduler=null",
-    ]
+    """Plain constructor arguments of the Lightning module: ``train.kwargs`` of the pipeline's config
+    (CIFAR-10 stem, ResNet-18, AdamW, the standard prior), shrunk to ``size``; no scheduler. Composed
+    from the YAML files without Hydra (:mod:`benchmarks.plain_config`)."""
+    overrides: dict[str, Any] = {
+        "dataset.batch_size": size.batch_size,
+        "model.backbone.hidden_dim": size.hidden_dim,
+        "model.backbone.z_dim": size.z_dim,
+        "train.scheduler": None,
+    }
     if model_name != "ssl":
-        overrides.append(f"train.mc_samples={size.mc_samples}")
-    with initialize_config_dir(version_base=None, config_dir=str(CONF)):
-        cfg = compose(config_name="config", overrides=overrides)
-    kwargs = to_plain(cfg.train.kwargs)
-    kwargs.pop("_target_")
-    kwargs["seed"] = int(cfg.seed)
-    return kwargs
+        overrides["train.mc_samples"] = size.mc_samples
+    return plain_config.module_kwargs(model_name, loss, overrides)
 
 
 def build_module(model_name: str, loss: str, size: TrainSize, device: torch.device) -> BaseSelfSupervisedLearning:

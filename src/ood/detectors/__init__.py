@@ -13,8 +13,6 @@ import pkgutil
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from src.ood.detectors.base import Detector, NetworkDetector, NotFittedError
 from src.utils.registry import Registry
 
@@ -50,6 +48,8 @@ def detector_config(name: str, config_dir: Path | None = None) -> dict[str, Any]
     path = (CONFIG_DIR if config_dir is None else Path(config_dir)) / f"{name}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"detector {name!r} has no config {path}")
+    from omegaconf import OmegaConf  # lazily: the detectors themselves (and the benchmarks) need no OmegaConf
+
     cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     return {
         "aps_mode": bool(cfg.get("aps_mode", False)),
