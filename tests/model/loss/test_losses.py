@@ -371,3 +371,27 @@ def test_mismatched_shapes_raise(cls, shape1, shape2) -> None:
     loss = cls(batch_size=8, z_dim=4) if issubclass(cls, VICRegLoss) else cls(batch_size=8)
     with pytest.raises(ValueError):
         loss(torch.randn(*shape1), torch.randn(*shape2))
+
+
+# ----------------------------------------------------------------------------- off-diagonal sum without copies
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(5, 5), (3, 7, 7), (2, 3, 64, 64)])
+def test_off_diagonal_square_sum_is_bit_identical_to_the_copy(shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    """The strided view gives exactly the values (and gradients) of squaring and summing the flattened copy."""
+    from src.model.loss._common import off_diagonal, off_diagonal_square_sum
+
+    torch.manual_seed(0)
+    c = torch.randn(*shape, dtype=dtype, requires_grad=True)
+    fast = off_diagonal_square_sum(c)
+    copy = off_diagonal(c).pow(2).sum(-1)
+    assert fast.shape == shape[:-2]
+    assert torch.equal(fast, copy)
+    d = shape[-1]
+    mask = ~torch.eye(d, dtype=torch.bool)
+    assert torch.allclose(fast, (c.detach() * mask).pow(2).sum((-2, -1)))
+    (g_fast,) = torch.autograd.grad(fast.sum(), c)
+    (g_copy,) = torch.autograd.grad(copy.sum(), c)
+    assert torch.equal(g_fast, g_copy)
+    assert torch.equal(g_fast, 2 * c.detach() * mask)
