@@ -156,6 +156,11 @@ class BaseSelfSupervisedLearning(BaseTask):
             return self._compiled_encoder(x)
         return self.encoder(x)
 
+    def probe_features(self, x: Tensor, single_pass: bool = True) -> Tensor:
+        """What the online probe reads [B, E]: ``forward(x)`` (Bayes-H overrides it with its MC-mean
+        representation; ``single_pass`` only matters there)."""
+        return self(x)
+
     def init_downstream_model(self) -> None:
         """A fresh online probe Linear(E -> C) on the module's device (called at fit start)."""
         self.online_finetuner = nn.Linear(self.encoder_out_dim, self.num_classes).to(self.device)
