@@ -190,11 +190,9 @@ class HBayesianSelfSupervisedLearning(BaseBayesianSelfSupervisedLearning):
     def shared_step(self, batch: Batch) -> dict[str, Any]:
         x1, x2 = self.unpack(batch)
         v1, v2 = self(x1), self(x2)
-        m = self.mc_samples
-        # One projector call over [2M, B, L]: slices are independent, and the closed-form
-        # running-statistics update over view-1 then view-2 slices equals the two sequential calls.
-        z = self.project(torch.cat([v1.samples, v2.samples]))
-        return self.stochastic_loss(z[:m], z[m:], (v1, v2))
+        # one projector call per view, view 1 first: the reference's order of running-statistics updates
+        # (and no [2M, B, L] copy of the samples)
+        return self.stochastic_loss(self.project(v1.samples), self.project(v2.samples), (v1, v2))
 
 
 @SSL_MODELS.register("ssl_bayes_z")
