@@ -35,6 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
+from src.task.base import logs_this_step
+
 
 def _distributed(trainer: pl.Trainer) -> bool:
     """Whether this is one of several DDP ranks (checked on torch first: no trainer attribute needed)."""
@@ -133,8 +135,9 @@ class OnlineFineTuner(pl.Callback):
                     p.grad.div_(trainer.world_size)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        pl_module.log("train_online_acc", acc, on_step=True, on_epoch=False)
-        pl_module.log("train_online_loss", loss.detach(), on_step=True, on_epoch=False)
+        if logs_this_step(getattr(pl_module, "_trainer", None)):  # the steps the loggers write
+            pl_module.log("train_online_acc", acc, on_step=True, on_epoch=False)
+            pl_module.log("train_online_loss", loss.detach(), on_step=True, on_epoch=False)
 
     def on_validation_batch_end(
         self,

@@ -1,0 +1,156 @@
+"""The training step through the pipeline's own Trainer (``build_trainer`` with the real callbacks: online
+probe, non-finite-loss guard, progress display, CSV logger): logging throttled to ``log_every_n_steps``
+writes the same rows as logging every step, and on CUDA a few steps of every model run without a host
+synchronisation (``torch.cuda.set_sync_debug_mode("error")``)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+import src.task.ssl
+from src.train.callbacks import online_finetuner
+from src.train.trainer import build_trainer
+from tests.conftest import build_model, three_view_batch
+
+CUDA = torch.cuda.is_available()
+BATCH = 8
+
+
+class RandomViews(Dataset):
+    """``steps`` different three-view batches (a loader with batch_size=None)."""
+
+    def __init__(self, steps: int, seed: int = 0) -> None:
+        self.batches = [three_view_batch(batch_size=BATCH, seed=seed + i) for i in range(steps)]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int):
+        return self.batches[i]
+
+
+def pipeline_trainer(root: Path, steps: int, log_every: int, device: str, **trainer: object) -> pl.Trainer:
+    """The pretraining phase's Trainer as the pipeline builds it (probe, guard, last checkpoint, progress
+    lines, CSV logger), on ``device``, for one epoch of ``steps`` steps."""
+    phase = build_trainer(
+        {
+            "max_epochs": 1,
+            "accelerator": "gpu" if device == "cuda" else "cpu",
+            "devices": 1,
+            "log_every_n_steps": log_every,
+            "num_sanity_val_steps": 0,
+            "enable_model_summary": False,
+            "gradient_clip_val": 0.5,
+            **trainer,
+        },
+        root,
+        callbacks_cfg={"online_finetuner": {"learning_rate": 1e-4}},
+        logging_cfg={"csv": True, "progress": "lines", "progress_every_n_steps": 2},
+        phase="pretrain",
+        encoder_output_dim=512,
+        num_classes=4,
+    )
+    return phase.trainer
+
+
+def metrics_rows(root: Path) -> list[dict[str, str]]:
+    (path,) = root.rglob("metrics.csv")
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def fit_logged(model_name: str, loss: str, root: Path) -> tuple[list[dict[str, str]], list[str]]:
+    """Five steps logged every 2 and a validation epoch: the CSV rows and the names the module logged."""
+    pl.seed_everything(0)
+    model = build_model(model_name, loss, batch_size=BATCH)
+    trainer = pipeline_trainer(root, steps=5, log_every=2, device="cpu")
+    calls: list[str] = []
+    log = model.log
+
+    def recording_log(name: str, *args: object, **kwargs: object) -> None:
+        calls.append(name)
+        log(name, *args, **kwargs)
+
+    model.log = recording_log  # type: ignore[method-assign]
+    trainer.fit(model, DataLoader(RandomViews(5), batch_size=None), DataLoader(RandomViews(2, 9), batch_size=None))
+    return metrics_rows(root), calls
+
+
+@pytest.mark.parametrize(("model_name", "loss"), [("ssl_bayes_h", "mc_vicreg")])  # every term: loss, mu/sigma, probe
+def test_throttled_logging_writes_the_rows_of_logging_every_step(
+    model_name: str, loss: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CSV logger's rows (training steps 1 and 3, the validation epoch means) are the same whether the
+    modules and the probe call ``self.log`` at every step (as before the throttle) or only at the logged ones."""
+    rows, calls = fit_logged(model_name, loss, tmp_path / "throttled")
+    monkeypatch.setattr(src.task.ssl, "logs_this_step", lambda trainer: True)
+    monkeypatch.setattr(online_finetuner, "logs_this_step", lambda trainer: True)
+    rows_every, calls_every = fit_logged(model_name, loss, tmp_path / "every")
+    assert rows == rows_every
+    assert [r["step"] for r in rows if r.get("train_loss")] == ["1", "3"]  # log_every_n_steps=2
+    assert any(r.get("val_loss") for r in rows) and any(r.get("train_online_acc") for r in rows)
+    assert any(r.get("train_mu_h_mean") for r in rows)
+    for name in ("train_loss", "train_sigma_h_std", "train_online_acc"):  # logged at 2 of the 5 steps
+        assert calls.count(name) == 2 and calls_every.count(name) == 5, name
+
+
+# ----------------------------------------------------------------------------- CUDA: no host synchronisation
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize(
+    ("model_name", "loss", "precision"),
+    [
+        ("ssl", "barlow_twins", "32-true"),
+        ("ssl", "vicreg", "bf16-mixed"),
+        ("ssl_bayes_h", "mc_barlow_twins", "bf16-mixed"),
+        ("ssl_bayes_h", "mc_vicreg", "32-true"),
+        ("ssl_bayes_z", "mc_barlow_twins", "bf16-mixed"),
+    ],
+)
+def test_training_steps_do_not_synchronise_the_host(model_name: str, loss: str, precision: str, tmp_path: Path) -> None:
+    """Steps 2-6 of each model (step 1 allocates and warms up; the guard checks every 50 steps; logging every
+    50) through the pipeline's Trainer under ``set_sync_debug_mode("error")``: any host-device
+    synchronisation in the step, the probe, the guard, the logging or the progress display raises.
+
+    bf16-mixed has no GradScaler; 16-mixed's scaler reads its inf flag on the host at every step (Lightning's
+    and torch's own sync), so it is left out here."""
+
+    class SyncDebug(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if batch_idx == 1:
+                torch.cuda.synchronize()
+                torch.cuda.set_sync_debug_mode("error")
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if batch_idx == 5:
+                torch.cuda.set_sync_debug_mode("default")
+
+    class OnDevice(Dataset):
+        """Batches already on the GPU (the device data path): no per-step host-to-device copy of the data."""
+
+        def __init__(self, steps: int) -> None:
+            self.batches = [((a.cuda(), b.cuda(), c.cuda()), y.cuda()) for (a, b, c), y in RandomViews(steps).batches]
+
+        def __len__(self) -> int:
+            return len(self.batches)
+
+        def __getitem__(self, i: int):
+            return self.batches[i]
+
+    pl.seed_everything(0)
+    model = build_model(model_name, loss, batch_size=BATCH)
+    trainer = pipeline_trainer(tmp_path, steps=6, log_every=50, device="cuda", precision=precision, limit_val_batches=0)
+    trainer.callbacks.insert(0, SyncDebug())
+    try:
+        trainer.fit(model, DataLoader(OnDevice(6), batch_size=None, pin_memory=False))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert trainer.global_step == 6
