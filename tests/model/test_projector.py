@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from src.model.projector import ProjectionHead, batch_norm_per_slice, build_projection_head
+from tests.model.devices import DEVICES, fp32_on
 from tests.reference.ssl_step import project_per_slice
 
 RTOL = 1e-5
@@ -264,15 +265,21 @@ def test_batch_norm_per_slice_single_sample_slices_raise_like_torch() -> None:
 TOLERANCES = {torch.float32: (1e-5, 1e-6, 1e-4, 1e-5), torch.float64: (1e-12, 1e-13, 1e-11, 1e-12)}
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("momentum", [0.1, None])
 @pytest.mark.parametrize("dataset", ["cifar10", "imagenet"])
 def test_native_per_slice_batch_norm_matches_m_separate_calls(
-    dataset: str, momentum: float | None, dtype: torch.dtype
+    dataset: str, momentum: float | None, dtype: torch.dtype, device: str
 ) -> None:
     """The head over [M, B, C] (native batch_norm on [B, M*C], closed-form running statistics) against M
     separate calls of the plain head, three consecutive training steps: forward, the gradients of the
     input and of every parameter, and every running statistic, in float32 and float64."""
+    with fp32_on(device) as dev:
+        _check_head_against_loop(dataset, momentum, dtype, dev)
+
+
+def _check_head_against_loop(dataset: str, momentum: float | None, dtype: torch.dtype, dev: torch.device) -> None:
     rtol, atol, grad_rtol, grad_atol = TOLERANCES[dtype]
     torch.manual_seed(31)
     head = build_projection_head(dataset, in_dim=6, hidden_dim=12, z_dim=5)
@@ -280,12 +287,12 @@ def test_native_per_slice_batch_norm_matches_m_separate_calls(
     for mod in head.modules():
         if isinstance(mod, nn.BatchNorm1d):
             mod.momentum = momentum
-    head = head.to(dtype).train()
+    head = head.to(dev, dtype).train()
     ref = copy.deepcopy(head)
     g = torch.Generator().manual_seed(33)
     for step in range(3):
-        x = (torch.randn(4, 8, 6, generator=g) * 2 + 0.5).to(dtype)
-        upstream = torch.randn(4, 8, 5, generator=g).to(dtype)
+        x = (torch.randn(4, 8, 6, generator=g) * 2 + 0.5).to(dev, dtype)
+        upstream = torch.randn(4, 8, 5, generator=g).to(dev, dtype)
         x_fast, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
         out, expected = head(x_fast), project_per_slice(ref, x_ref)
         assert out.dtype == dtype and out.is_contiguous()

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from src.model.loss.barlow_twins import BarlowTwinsLoss, MCBarlowTwinsLoss, barlow_twins_terms
 from src.model.loss.vicreg import MCVICRegLoss, VICRegLoss
+from tests.model.devices import DEVICES, fp32_on
 from tests.reference.losses import BARLOW_TWINS_TERMS, VICREG_TERMS, mc
 from tests.reference.losses import barlow_twins as ref_barlow_twins
 from tests.reference.losses import vicreg as ref_vicreg
@@ -270,13 +271,17 @@ def _vicreg_pair(batch_size: int, z_dim: int):
     )
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("family", ["barlow_twins", "vicreg"])
 @pytest.mark.parametrize(("m", "n", "d", "batch_size"), [(3, 10, 6, 10), (5, 7, 4, 16), (1, 9, 5, 9)])
-def test_mc_loss_matches_per_sample_loop(family, m, n, d, batch_size, dtype) -> None:
-    z1, z2 = make_views(m, n, d, seed=m * 1000 + n * d, dtype=dtype)
-    mc_loss, _, ref, keys = _bt_pair(batch_size, 0.05) if family == "barlow_twins" else _vicreg_pair(batch_size, d + 3)
-    assert_matches_reference(mc_loss, ref, z1, z2, keys)
+def test_mc_loss_matches_per_sample_loop(family, m, n, d, batch_size, dtype, device) -> None:
+    with fp32_on(device) as dev:
+        z1, z2 = (z.to(dev) for z in make_views(m, n, d, seed=m * 1000 + n * d, dtype=dtype))
+        mc_loss, _, ref, keys = (
+            _bt_pair(batch_size, 0.05) if family == "barlow_twins" else _vicreg_pair(batch_size, d + 3)
+        )
+        assert_matches_reference(mc_loss, ref, z1, z2, keys)
 
 
 @pytest.mark.parametrize("family", ["barlow_twins", "vicreg"])
