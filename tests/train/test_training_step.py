@@ -35,9 +35,9 @@ class RandomViews(Dataset):
         return self.batches[i]
 
 
-def pipeline_trainer(root: Path, steps: int, log_every: int, device: str, **trainer: object) -> pl.Trainer:
+def pipeline_trainer(root: Path, log_every: int, device: str, progress_every: int = 2, **trainer: object) -> pl.Trainer:
     """The pretraining phase's Trainer as the pipeline builds it (probe, guard, last checkpoint, progress
-    lines, CSV logger), on ``device``, for one epoch of ``steps`` steps."""
+    lines every ``progress_every`` steps, CSV logger), on ``device``, for one epoch."""
     phase = build_trainer(
         {
             "max_epochs": 1,
@@ -51,7 +51,7 @@ def pipeline_trainer(root: Path, steps: int, log_every: int, device: str, **trai
         },
         root,
         callbacks_cfg={"online_finetuner": {"learning_rate": 1e-4}},
-        logging_cfg={"csv": True, "progress": "lines", "progress_every_n_steps": 2},
+        logging_cfg={"csv": True, "progress": "lines", "progress_every_n_steps": progress_every},
         phase="pretrain",
         encoder_output_dim=512,
         num_classes=4,
@@ -69,7 +69,7 @@ def fit_logged(model_name: str, loss: str, root: Path) -> tuple[list[dict[str, s
     """Five steps logged every 2 and a validation epoch: the CSV rows and the names the module logged."""
     pl.seed_everything(0)
     model = build_model(model_name, loss, batch_size=BATCH)
-    trainer = pipeline_trainer(root, steps=5, log_every=2, device="cpu")
+    trainer = pipeline_trainer(root, log_every=2, device="cpu")
     calls: list[str] = []
     log = model.log
 
@@ -116,12 +116,14 @@ def test_throttled_logging_writes_the_rows_of_logging_every_step(
     ],
 )
 def test_training_steps_do_not_synchronise_the_host(model_name: str, loss: str, precision: str, tmp_path: Path) -> None:
-    """Steps 2-6 of each model (step 1 allocates and warms up; the guard checks every 50 steps; logging every
-    50) through the pipeline's Trainer under ``set_sync_debug_mode("error")``: any host-device
-    synchronisation in the step, the probe, the guard, the logging or the progress display raises.
+    """Steps 2-6 of each model through the pipeline's Trainer under ``set_sync_debug_mode("error")``: any
+    host-device synchronisation in the step, the probe, the guard, the logging calls or the progress
+    display raises. Step 1 allocates and warms up; the 8th is the epoch's logged step (Lightning lowers
+    ``log_every_n_steps`` to the 8 batches of the epoch), where Lightning itself reads the logged values
+    for the loggers, as are the guard's checks (every 50 steps) and the progress lines (every 100).
 
-    bf16-mixed has no GradScaler; 16-mixed's scaler reads its inf flag on the host at every step (Lightning's
-    and torch's own sync), so it is left out here."""
+    bf16-mixed has no GradScaler; 16-mixed's scaler reads its inf flag on the host at every step (torch's
+    and Lightning's own synchronisation), so it is left out here."""
 
     class SyncDebug(pl.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -147,10 +149,12 @@ def test_training_steps_do_not_synchronise_the_host(model_name: str, loss: str, 
 
     pl.seed_everything(0)
     model = build_model(model_name, loss, batch_size=BATCH)
-    trainer = pipeline_trainer(tmp_path, steps=6, log_every=50, device="cuda", precision=precision, limit_val_batches=0)
+    trainer = pipeline_trainer(
+        tmp_path, log_every=50, device="cuda", progress_every=100, precision=precision, limit_val_batches=0
+    )
     trainer.callbacks.insert(0, SyncDebug())
     try:
-        trainer.fit(model, DataLoader(OnDevice(6), batch_size=None, pin_memory=False))
+        trainer.fit(model, DataLoader(OnDevice(8), batch_size=None))
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert trainer.global_step == 6
+    assert trainer.global_step == 8
