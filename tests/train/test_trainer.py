@@ -97,7 +97,9 @@ def test_trainer_kwargs_fall_back_to_what_a_cpu_can_do() -> None:
     cfg = {"precision": "16-mixed", "sync_batchnorm": True, "accelerator": "cpu", "max_epochs": 3}
     kwargs = trainer_kwargs(cfg, debug={"max_epochs": 1})
     assert kwargs["sync_batchnorm"] is False and kwargs["max_epochs"] == 1
-    assert kwargs["precision"] == ("16-mixed" if torch.cuda.is_available() else "32-true")
+    assert kwargs["precision"] == "32-true"  # accelerator=cpu: no fp16 autocast, even on a CUDA machine
+    gpu = trainer_kwargs({"precision": "16-mixed", "accelerator": "auto"})
+    assert gpu["precision"] == ("16-mixed" if torch.cuda.is_available() else "32-true")
 
 
 def test_precision_resolution() -> None:
