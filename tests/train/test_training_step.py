@@ -6,11 +6,13 @@ synchronisation (``torch.cuda.set_sync_debug_mode("error")``)."""
 from __future__ import annotations
 
 import csv
+import traceback
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, Dataset
 
 import src.task.ssl
@@ -98,6 +100,57 @@ def test_throttled_logging_writes_the_rows_of_logging_every_step(
     assert any(r.get("train_mu_h_mean") for r in rows)
     for name in ("train_loss", "train_sigma_h_std", "train_online_acc"):  # logged at 2 of the 5 steps
         assert calls.count(name) == 2 and calls_every.count(name) == 5, name
+
+
+# ----------------------------------------------------------------------------- host reads (CPU proxy of the sync test)
+
+
+class HostReads(TorchDispatchMode):
+    """Records the ops that read a tensor value back to the host (``.item()``, ``bool()``, ``float()``) or make a
+    tensor from Python values, with the innermost frames of the code that asked. The optimizers' step counters
+    are left out: torch keeps them on the CPU on every device, so reading them is no device synchronisation."""
+
+    OPS = ("_local_scalar_dense", "lift_fresh")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if func.overloadpacket.__name__ in self.OPS:
+            frames = [f for f in traceback.extract_stack() if "torch/utils/_python_dispatch" not in f.filename]
+            if not any("/torch/optim/" in f.filename for f in frames):
+                self.reads.append(" <- ".join(f"{Path(f.filename).name}:{f.lineno}" for f in reversed(frames[-6:])))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize(
+    ("model_name", "loss"), [("ssl", "barlow_twins"), ("ssl_bayes_h", "mc_barlow_twins"), ("ssl_bayes_z", "mc_vicreg")]
+)
+def test_training_steps_read_nothing_back_to_the_host(model_name: str, loss: str, tmp_path: Path) -> None:
+    """The CPU side of the CUDA sync test: steps 2-6 through the pipeline's Trainer (probe, guard, progress lines,
+    CSV logger) read no tensor value back to the host and make no tensor from Python values. (Logging every
+    step would: Lightning converts the progress-bar terms with ``.item()`` after every step that logs them.)"""
+    reads = HostReads()
+
+    class Window(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if batch_idx == 1:
+                reads.__enter__()
+
+    class WindowEnd(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if batch_idx == 5:
+                reads.__exit__(None, None, None)
+
+    pl.seed_everything(0)
+    model = build_model(model_name, loss, batch_size=BATCH)
+    trainer = pipeline_trainer(tmp_path, log_every=50, device="cpu", progress_every=100, limit_val_batches=0)
+    trainer.callbacks.insert(0, Window())
+    trainer.callbacks.append(WindowEnd())
+    trainer.fit(model, DataLoader(RandomViews(8), batch_size=None))
+    assert trainer.global_step == 8
+    assert reads.reads == []
 
 
 # ----------------------------------------------------------------------------- CUDA: no host synchronisation
