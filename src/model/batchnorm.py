@@ -43,7 +43,16 @@ def _tracking(module: nn.Module) -> list[_BatchNorm]:
 def running_stats_as_if_twice(module: nn.Module) -> Iterator[None]:
     """Run ONE forward of ``module`` (or of a model containing its layers) inside this context; on exit
     every BatchNorm layer of ``module`` holds the running statistics and counter that a second, identical
-    forward would have left (see the module docstring). Layers in eval mode are skipped on entry."""
+    forward would have left (see the module docstring). Layers in eval mode are skipped on entry.
+
+    The forward must run without autograd (``torch.no_grad``, as the online probe's does): in training mode
+    BatchNorm's backward reads the running statistics it saw, which this context then changes in place.
+    """
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "running_stats_as_if_twice: run the forward under torch.no_grad(); the running statistics are "
+            "updated in place afterwards, which a backward through the BatchNorm layers would refuse"
+        )
     layers = _tracking(module)
     with torch.no_grad():
         before = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in layers]

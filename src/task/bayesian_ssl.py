@@ -175,6 +175,7 @@ class HBayesianSelfSupervisedLearning(BaseBayesianSelfSupervisedLearning):
         in closed form (:func:`~src.model.batchnorm.running_stats_as_if_twice`; the second pass would see
         the same batch statistics) and the same random stream (the Gaussian head is deterministic, so its
         mu/log_var are reused and the noise is drawn twice with the same shapes; the second draw is read).
+        Called under ``torch.no_grad()`` (the probe's features carry no graph).
         """
         if not single_pass:
             self(x)
