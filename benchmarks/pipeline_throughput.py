@@ -88,13 +88,13 @@ DATA_PATHS: dict[str, dict[str, Any]] = {
 }
 #: Every override of the reference-style run, in one place (dotted keys of the composed config, as
 #: ``run_pipeline.py`` takes them), beside its step (:func:`reference_style_step`: the per-MC-sample loop
-#: of ``tests/reference/ssl_step.py``). Only keys this config has are listed; where the config offers
-#: them, the reference-style run also sets ``train.callbacks.online_finetuner.autocast: false`` (the
-#: probe's forward in fp32 outside autocast) and ``train.callbacks.online_finetuner.single_pass: false``
-#: (Bayes-H: the probe's two encoder passes).
+#: of ``tests/reference/ssl_step.py``).
 REFERENCE_STYLE: dict[str, Any] = {
     "dataset.augment_on_device": False,  # PIL/torchvision augmentations in DataLoader workers
     "train.channels_last": False,  # NCHW encoder and inputs
+    "train.trainer.benchmark": False,  # cuDNN's default algorithm choice
+    "train.callbacks.online_finetuner.autocast": False,  # the probe's forward in fp32 outside autocast
+    "train.callbacks.online_finetuner.single_pass": False,  # Bayes-H: the probe's two encoder passes
 }
 STYLES: tuple[str, ...] = ("project", "reference")
 #: relative tolerance of the first-step loss check (project vs reference-style step, same batch and noise)

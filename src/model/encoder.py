@@ -159,5 +159,7 @@ def get_encoder(name: str, dataset: str, kwargs: Mapping[str, Any] | None = None
     stem = STEMS.get(dataset)
     if stem is not None and (stem.only_for is None or name in stem.only_for):
         net.conv1 = nn.Conv2d(stem.in_channels, 64, kernel_size=stem.kernel_size, stride=1, padding=1, bias=False)
-        net.maxpool = nn.MaxPool2d(kernel_size=1, stride=1)
+        # the reference's MaxPool2d(kernel_size=1, stride=1) is the identity (same values, no parameters,
+        # no state-dict keys) but runs a real kernel that stores int64 indices
+        net.maxpool = nn.Identity()
     return net

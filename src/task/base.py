@@ -12,6 +12,21 @@ from src.task.optim import build_optimizer, build_scheduler
 from src.utils.plain import to_plain
 
 
+def logs_this_step(trainer: pl.Trainer | None) -> bool:
+    """Whether the loggers write the values logged in this training step.
+
+    Lightning writes a training step's ``on_step`` values only every ``log_every_n_steps`` optimizer steps
+    (and at a step where the run stops, and every step under ``fast_dev_run``); at the other steps a
+    ``self.log`` call is work (a reduction, a DDP all-reduce with ``sync_dist``) whose value nobody reads
+    but the progress bar, so the SSL modules and the online probe log only when this is true. Without
+    a trainer (a bare call) every step logs. Reads Lightning's own decision (``should_update_logs``,
+    evaluated the same way before the step as after it).
+    """
+    if trainer is None:
+        return True
+    return bool(trainer.fast_dev_run) or bool(trainer._logger_connector.should_update_logs)
+
+
 class BaseTask(pl.LightningModule):
     """Stores its constructor arguments as plain hyper-parameters and builds its optimizer.
 

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Normal
 
+from src.model.batchnorm import running_stats_as_if_twice
 from src.model.prior import build_prior
 from src.model.stochastic import GaussianHead, distribution, kl_term, moment_stats, sample
 from src.task.ssl import SSL_MODELS, BaseSelfSupervisedLearning, Batch
@@ -164,6 +165,25 @@ class HBayesianSelfSupervisedLearning(BaseBayesianSelfSupervisedLearning):
     def forward(self, x: Tensor) -> StochasticOutput:
         return self.gaussian(self.encode(x))
 
+    def probe_features(self, x: Tensor, single_pass: bool = True) -> Tensor:
+        """The online probe's input: the MC-mean representation [B, L] of a second forward (T-Q15a).
+
+        The reference runs ``forward(x)`` twice (the first pass only told it the output type): each pass
+        updates the encoder's train-mode BatchNorm running statistics and draws fresh MC noise, and the
+        probe reads the second pass's ``repr``. ``single_pass=False`` does exactly that. ``single_pass=True``
+        runs the encoder once and leaves the same state: the BatchNorm running statistics of a second pass
+        in closed form (:func:`~src.model.batchnorm.running_stats_as_if_twice`; the second pass would see
+        the same batch statistics) and the same random stream (the Gaussian head is deterministic, so its
+        mu/log_var are reused and the noise is drawn twice with the same shapes; the second draw is read).
+        Called under ``torch.no_grad()`` (the probe's features carry no graph).
+        """
+        if not single_pass:
+            self(x)
+            return self(x).repr
+        with running_stats_as_if_twice(self):
+            out = self(x)  # the first pass's draw is made here and not read
+        return sample(out.mu, out.log_var, self.mc_samples).mean(0)
+
     def project(self, h: Tensor) -> Tensor:
         """[M, B, L] -> [M, B, Z], per-slice BatchNorm statistics (as M separate calls)."""
         return self.projection_head(h)
@@ -171,11 +191,9 @@ class HBayesianSelfSupervisedLearning(BaseBayesianSelfSupervisedLearning):
     def shared_step(self, batch: Batch) -> dict[str, Any]:
         x1, x2 = self.unpack(batch)
         v1, v2 = self(x1), self(x2)
-        m = self.mc_samples
-        # One projector call over [2M, B, L]: slices are independent, and the closed-form
-        # running-statistics update over view-1 then view-2 slices equals the two sequential calls.
-        z = self.project(torch.cat([v1.samples, v2.samples]))
-        return self.stochastic_loss(z[:m], z[m:], (v1, v2))
+        # one projector call per view, view 1 first: the reference's order of running-statistics updates
+        # (and no [2M, B, L] copy of the samples)
+        return self.stochastic_loss(self.project(v1.samples), self.project(v2.samples), (v1, v2))
 
 
 @SSL_MODELS.register("ssl_bayes_z")

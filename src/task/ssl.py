@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from src.model.encoder import encoder_out_dim, get_encoder
 from src.model.loss import build_loss
 from src.model.projector import build_projection_head
-from src.task.base import BaseTask
+from src.task.base import BaseTask, logs_this_step
 from src.utils.plain import to_plain
 from src.utils.registry import Registry
 
@@ -175,6 +175,11 @@ class BaseSelfSupervisedLearning(BaseTask):
             return self._compiled_encoder(x)
         return self.encoder(x)
 
+    def probe_features(self, x: Tensor, single_pass: bool = True) -> Tensor:
+        """What the online probe reads [B, E]: ``forward(x)`` (Bayes-H overrides it with its MC-mean
+        representation; ``single_pass`` only matters there)."""
+        return self(x)
+
     def init_downstream_model(self) -> None:
         """A fresh online probe Linear(E -> C) on the module's device (called at fit start)."""
         self.online_finetuner = nn.Linear(self.encoder_out_dim, self.num_classes).to(self.device)
@@ -200,7 +205,8 @@ class BaseSelfSupervisedLearning(BaseTask):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         out = self.shared_step(batch)
-        self.log_step_outputs(out, "train", batch_size=batch[1].shape[0])
+        if logs_this_step(self._trainer):  # the steps whose values the loggers write (log_every_n_steps)
+            self.log_step_outputs(out, "train", batch_size=batch[1].shape[0])
         # read by NonFiniteLossGuard without a host sync
         self.last_step_terms = {k: v.detach() for k, v in out.items() if k.endswith("loss") and isinstance(v, Tensor)}
         return out["loss"]
@@ -215,9 +221,11 @@ class BaseSelfSupervisedLearning(BaseTask):
 
     # -- logging --------------------------------------------------------------------------------
     def log_step_outputs(self, out: dict[str, Any], phase: str, batch_size: int) -> None:
-        """Every entry whose key ends in ``loss`` as ``<phase>_<key>``: per step in training,
-        epoch mean in validation. The training terms of ``prog_bar_terms`` also go to the progress bar
-        (the reference meant to show a loss there and never did: T-Q5). Values stay on the device."""
+        """Every entry whose key ends in ``loss`` as ``<phase>_<key>``: per step in training (called only at
+        the steps the loggers write, see :func:`~src.task.base.logs_this_step`), epoch mean in validation.
+        The training terms of ``prog_bar_terms`` also go to the progress bar, which therefore shows the
+        values of the last logged step (the reference meant to show a loss there and never did: T-Q5).
+        Values stay on the device."""
         train = phase == "train"
         for key, value in out.items():
             if key.endswith("loss"):

@@ -30,6 +30,7 @@ from src.train.callbacks.resume_state import ResumeState
 from src.train.checkpoint_io import AtomicCheckpointIO
 from src.train.loggers import get_lightning_loggers
 from src.utils.plain import to_plain
+from src.utils.precision import resolve_precision
 from src.utils.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -42,17 +43,22 @@ SIGTERM_EXIT = 143
 def trainer_kwargs(trainer_cfg: Mapping[str, Any], debug: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The configured Trainer arguments, adapted to the machine and the debug mode.
 
-    fp16 autocast (``16-mixed``) is a GPU feature: without CUDA the run uses ``32-true``.
-    So is ``sync_batchnorm``: torch's DDP refuses SyncBatchNorm on CPU modules, so CPU
-    processes keep per-process BatchNorm statistics. ``benchmark`` (cuDNN autotuning, the pretraining
-    and finetuning default) gives way to ``deterministic``: PyTorch ignores cuDNN's deterministic flag
-    while autotuning, so a deterministic run gets ``benchmark=False``.
+    The precision is resolved by :func:`~src.utils.precision.resolve_precision`: fp16 autocast
+    (``16-mixed``) is a GPU feature, so without CUDA the run uses ``32-true``; ``bf16-mixed`` needs a
+    GPU with native bf16 (a clear error otherwise) and runs as asked on a CPU. So is ``sync_batchnorm``
+    a GPU feature: torch's DDP refuses SyncBatchNorm on CPU modules, so CPU processes keep per-process
+    BatchNorm statistics. ``benchmark`` (cuDNN autotuning, the pretraining and finetuning default) gives
+    way to ``deterministic``: PyTorch ignores cuDNN's deterministic flag while autotuning, so a
+    deterministic run gets ``benchmark=False``.
     """
     kwargs = to_plain(trainer_cfg)
-    precision = str(kwargs.get("precision", "32-true"))
-    if precision in ("16-mixed", "16") and not torch.cuda.is_available():
-        log.info("trainer.precision=%s needs a GPU; running with 32-true on this machine", precision)
-        kwargs["precision"] = "32-true"
+    precision = kwargs.get("precision", "32-true")
+    on_gpu = torch.cuda.is_available() and kwargs.get("accelerator") != "cpu"
+    resolved = resolve_precision(precision, on_gpu=on_gpu)
+    if resolved != str(precision):
+        log.info("trainer.precision=%s needs a GPU; running with %s on this machine", precision, resolved)
+    if "precision" in kwargs or resolved != "32-true":
+        kwargs["precision"] = resolved
     if kwargs.get("sync_batchnorm") and (kwargs.get("accelerator") == "cpu" or not torch.cuda.is_available()):
         log.info("trainer.sync_batchnorm needs GPUs; CPU processes keep their own BatchNorm statistics")
         kwargs["sync_batchnorm"] = False

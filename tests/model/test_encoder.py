@@ -51,7 +51,7 @@ def test_cifar_stem(name: str) -> None:
         (1, 1),
     )
     assert conv.bias is None
-    assert isinstance(net.maxpool, nn.MaxPool2d) and net.maxpool.kernel_size == 1 and net.maxpool.stride == 1
+    assert isinstance(net.maxpool, nn.Identity)
     assert isinstance(net.fc, nn.Identity)
     # The stem does not downsample: 16x16 gives a 2x2 map before pooling (32x32 CIFAR images give 4x4).
     feats: dict[str, torch.Size] = {}
@@ -65,6 +65,21 @@ def test_cifar_stem(name: str) -> None:
             net(torch.randn(1, 3, 16, 16))
         handle.remove()
         assert feats["map"][-2:] == (2, 2)
+
+
+@pytest.mark.parametrize("name", list(ENCODERS))
+def test_cifar_stem_identity_equals_the_references_1x1_max_pool(name: str) -> None:
+    """The stem's identity pool gives the values of the reference's MaxPool2d(1, 1) and the same state dict."""
+    torch.manual_seed(0)
+    net = get_encoder(name, "cifar10")
+    ref = get_encoder(name, "cifar10")
+    ref.maxpool = nn.MaxPool2d(kernel_size=1, stride=1)
+    ref.load_state_dict(net.state_dict())
+    assert list(net.state_dict()) == list(ref.state_dict())
+    x = torch.randn(3, 3, 8, 8)
+    net.train(), ref.train()
+    assert torch.equal(net(x), ref(x))  # train mode: also the same BatchNorm running statistics after
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), ref.state_dict().values(), strict=True))
 
 
 def test_cifar100_has_the_cifar10_stem() -> None:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from src.model.projector import ProjectionHead, batch_norm_per_slice, build_projection_head
+from tests.model.devices import DEVICES, fp32_on
 from tests.reference.ssl_step import project_per_slice
 
 RTOL = 1e-5
@@ -257,3 +258,73 @@ def test_batch_norm_per_slice_single_sample_slices_raise_like_torch() -> None:
         bn(x[0])
     with pytest.raises(ValueError):
         batch_norm_per_slice(bn, x)
+
+
+# ----------------------------------------------------------------------------- native batch_norm on [B, M*C]
+
+TOLERANCES = {torch.float32: (1e-5, 1e-6, 1e-4, 1e-5), torch.float64: (1e-12, 1e-13, 1e-11, 1e-12)}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("dataset", ["cifar10", "imagenet"])
+def test_native_per_slice_batch_norm_matches_m_separate_calls(
+    dataset: str, momentum: float | None, dtype: torch.dtype, device: str
+) -> None:
+    """The head over [M, B, C] (native batch_norm on [B, M*C], closed-form running statistics) against M
+    separate calls of the plain head, three consecutive training steps: forward, the gradients of the
+    input and of every parameter, and every running statistic, in float32 and float64."""
+    with fp32_on(device) as dev:
+        _check_head_against_loop(dataset, momentum, dtype, dev)
+
+
+def _check_head_against_loop(dataset: str, momentum: float | None, dtype: torch.dtype, dev: torch.device) -> None:
+    rtol, atol, grad_rtol, grad_atol = TOLERANCES[dtype]
+    torch.manual_seed(31)
+    head = build_projection_head(dataset, in_dim=6, hidden_dim=12, z_dim=5)
+    randomise(head, seed=32)
+    for mod in head.modules():
+        if isinstance(mod, nn.BatchNorm1d):
+            mod.momentum = momentum
+    head = head.to(dev, dtype).train()
+    ref = copy.deepcopy(head)
+    g = torch.Generator().manual_seed(33)
+    for step in range(3):
+        x = (torch.randn(4, 8, 6, generator=g) * 2 + 0.5).to(dev, dtype)
+        upstream = torch.randn(4, 8, 5, generator=g).to(dev, dtype)
+        x_fast, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out, expected = head(x_fast), project_per_slice(ref, x_ref)
+        assert out.dtype == dtype and out.is_contiguous()
+        torch.testing.assert_close(out, expected, rtol=rtol, atol=atol, msg=f"step {step}")
+        (out * upstream).sum().backward()
+        (expected * upstream).sum().backward()
+        torch.testing.assert_close(x_fast.grad, x_ref.grad, rtol=grad_rtol, atol=grad_atol)
+        for (name, p), q in zip(head.named_parameters(), ref.parameters(), strict=True):
+            torch.testing.assert_close(p.grad, q.grad, rtol=grad_rtol, atol=grad_atol, msg=name)
+        for (name, buf), other in zip(head.named_buffers(), ref.buffers(), strict=True):
+            if buf.dtype == torch.long:
+                assert torch.equal(buf, other), name
+            else:
+                torch.testing.assert_close(buf, other, rtol=rtol, atol=atol, msg=name)
+
+
+def test_per_slice_batch_norm_is_one_native_kernel_call() -> None:
+    """One ``batch_norm`` over all slices per layer (not a chain of element-wise kernels or a loop)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            self.names.append(str(func.overloadpacket.__name__))
+            return func(*args, **(kwargs or {}))
+
+    head = build_projection_head("imagenet", in_dim=6, hidden_dim=12, z_dim=5).train()
+    with Ops() as ops:
+        head(torch.randn(4, 8, 6))
+    norms = [n for n in ops.names if "batch_norm" in n]
+    assert len(norms) == 2, norms  # two BatchNorm layers, one kernel each
+    assert ops.names.count("rsqrt") == 0 and ops.names.count("var") == 0

@@ -13,6 +13,7 @@ from src.model.prior import PRIORS
 from src.task.bayesian_ssl import HBayesianSelfSupervisedLearning, ZBayesianSelfSupervisedLearning
 from src.train.callbacks.online_finetuner import OnlineFineTuner
 from tests.conftest import COMBINATIONS, build_model, model_kwargs, three_view_batch
+from tests.model.devices import DEVICES, fp32_on
 from tests.reference.ssl_step import reference_step
 
 
@@ -24,21 +25,25 @@ def step_cases() -> list[tuple[str, str, str]]:
     return [(m, loss, priors[i % len(priors)]) for i, (m, loss) in enumerate(COMBINATIONS)]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(("model_name", "loss", "prior"), step_cases())
-def test_step_matches_per_sample_reference(model_name: str, loss: str, prior: str) -> None:
+def test_step_matches_per_sample_reference(model_name: str, loss: str, prior: str, device: str) -> None:
     """Every loss term, every parameter gradient and every BatchNorm running statistic of the batched
-    step equal the reference's per-sample computation (same weights, same MC noise)."""
-    torch.manual_seed(0)
-    fast = build_model(model_name, loss, hidden_dim=16, z_dim=16, prior=prior)
-    ref = copy.deepcopy(fast)
-    batch = three_view_batch()
+    step equal the reference's per-sample computation (same weights, same MC noise), on the CPU and on CUDA
+    (fp32)."""
+    with fp32_on(device) as dev:
+        torch.manual_seed(0)
+        fast = build_model(model_name, loss, hidden_dim=16, z_dim=16, prior=prior).to(dev)
+        ref = copy.deepcopy(fast)
+        (x1, x2, x3), y = three_view_batch()
+        batch = (x1.to(dev), x2.to(dev), x3.to(dev)), y.to(dev)
 
-    torch.manual_seed(123)
-    out = fast.shared_step(batch)
-    out["loss"].backward()
-    torch.manual_seed(123)
-    expected = reference_step(ref, batch)
-    expected["loss"].backward()
+        torch.manual_seed(123)
+        out = fast.shared_step(batch)
+        out["loss"].backward()
+        torch.manual_seed(123)
+        expected = reference_step(ref, batch)
+        expected["loss"].backward()
 
     # the step's output: the loss terms, and the two posteriors q_<rv>1, q_<rv>2 of the Bayes models
     others = {f"q_{fast.rv_name}1", f"q_{fast.rv_name}2"} if fast.stochastic else set()
@@ -208,6 +213,95 @@ def test_online_probe_step(model_name: str, loss: str, forwards: int) -> None:
     model.eval()
     loss_value, acc = callback.shared_step(model, batch)
     assert 0.0 <= float(acc) <= 1.0 and float(loss_value.detach()) > 0
+
+
+def _set_momentum(model: torch.nn.Module, momentum: float | None) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = momentum
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("momentum", [0.1, 0.3, None])
+def test_bayes_h_single_pass_probe_leaves_the_state_of_two_passes(
+    momentum: float | None, mode: str, device: str
+) -> None:
+    """Float64: one encoder pass gives the two passes' probe features and logits, every BatchNorm buffer
+    (running statistics to float64 rounding, counters exactly) and the same random stream afterwards."""
+    torch.manual_seed(0)
+    model = build_model("ssl_bayes_h", "mc_barlow_twins").to(device, torch.float64)
+    _set_momentum(model, momentum)
+    model.train(mode == "train")
+    for _ in range(2):  # move the running statistics off their initial values (a cumulative counter > 0)
+        with torch.no_grad():
+            model(three_view_batch(seed=5)[0][0].to(device, torch.float64))
+    one, two = model, copy.deepcopy(model)
+    x = three_view_batch()[0][2].to(device, torch.float64)
+    rng_state = torch.cuda.get_rng_state if device == "cuda" else torch.get_rng_state
+    results = []
+    for net, single_pass in ((one, True), (two, False)):
+        torch.manual_seed(11)
+        callback = OnlineFineTuner(512, 4, single_pass=single_pass)
+        feats = callback.features(net, x)
+        logits = net.online_finetuner(feats)
+        results.append((feats, logits, rng_state()))
+    (f1, l1, rng1), (f2, l2, rng2) = results
+    assert f1.dtype == torch.float64 and f1.shape == (8, 512)
+    torch.testing.assert_close(f1, f2, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(l1, l2, rtol=1e-12, atol=1e-12)
+    assert torch.equal(rng1, rng2)  # the same random stream afterwards: the noise was drawn twice
+    buffers = dict(two.named_buffers())
+    for name, b in one.named_buffers():
+        if name.endswith("num_batches_tracked"):
+            assert torch.equal(b, buffers[name]), name
+        else:
+            torch.testing.assert_close(b, buffers[name], rtol=1e-12, atol=1e-14, msg=name)
+    # train mode: the two passes moved the encoder's counters by 2 (after the 2 warm-up forwards)
+    assert int(buffers["encoder.bn1.num_batches_tracked"]) == (4 if mode == "train" else 0)
+
+
+def test_bayes_h_single_pass_probe_runs_the_encoder_once() -> None:
+    torch.manual_seed(0)
+    model = build_model("ssl_bayes_h", "mc_barlow_twins")
+    calls = []
+    model.encoder.register_forward_hook(lambda *args: calls.append(1))
+    x = three_view_batch()[0][2]
+    OnlineFineTuner(512, 4).features(model, x)
+    assert len(calls) == 1
+    OnlineFineTuner(512, 4, single_pass=False).features(model, x)
+    assert len(calls) == 3
+
+
+@pytest.mark.parametrize("autocast", [True, False])
+def test_probe_features_follow_the_steps_autocast_and_the_probe_stays_fp32(autocast: bool) -> None:
+    """Under a bf16-mixed trainer (CPU autocast) the encoder runs in bf16 when ``autocast`` is on and in fp32
+    (autocast off, the reference) when it is off; the probe's logits and loss are fp32 either way."""
+    from types import SimpleNamespace
+
+    from pytorch_lightning.plugins.precision import MixedPrecision
+
+    torch.manual_seed(0)
+    model = build_model("ssl_bayes_h", "mc_barlow_twins")
+    model.log = lambda *a, **k: None
+    dtypes: list[torch.dtype] = []
+    model.encoder.register_forward_hook(lambda module, inputs, out: dtypes.append(out.dtype))
+    logits_dtypes: list[torch.dtype] = []
+    callback = OnlineFineTuner(512, 4, autocast=autocast)
+    trainer = SimpleNamespace(precision_plugin=MixedPrecision("bf16-mixed", "cpu"))
+    callback.on_fit_start(trainer, model)
+    model.online_finetuner.register_forward_hook(lambda module, inputs, out: logits_dtypes.append(out.dtype))
+    loss, _ = callback.shared_step(model, three_view_batch(), trainer)
+    assert dtypes == [torch.bfloat16 if autocast else torch.float32]
+    assert logits_dtypes == [torch.float32] and loss.dtype == torch.float32
+    plain = SimpleNamespace(precision_plugin=None)  # a 32-true trainer's plugin has no autocast
+    callback.shared_step(model, three_view_batch(), plain)
+    assert dtypes[-1] == torch.float32
+
+
+def test_probe_switches_must_be_booleans() -> None:
+    with pytest.raises(TypeError, match=r"callbacks\.online_finetuner\.single_pass must be true or false"):
+        OnlineFineTuner(512, 4, single_pass="yes")  # type: ignore[arg-type]
 
 
 def test_channels_last_gives_the_same_encoder_outputs_and_gradients() -> None:

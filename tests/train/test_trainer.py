@@ -97,7 +97,37 @@ def test_trainer_kwargs_fall_back_to_what_a_cpu_can_do() -> None:
     cfg = {"precision": "16-mixed", "sync_batchnorm": True, "accelerator": "cpu", "max_epochs": 3}
     kwargs = trainer_kwargs(cfg, debug={"max_epochs": 1})
     assert kwargs["sync_batchnorm"] is False and kwargs["max_epochs"] == 1
-    assert kwargs["precision"] == ("16-mixed" if torch.cuda.is_available() else "32-true")
+    assert kwargs["precision"] == "32-true"  # accelerator=cpu: no fp16 autocast, even on a CUDA machine
+    gpu = trainer_kwargs({"precision": "16-mixed", "accelerator": "auto"})
+    assert gpu["precision"] == ("16-mixed" if torch.cuda.is_available() else "32-true")
+
+
+def test_precision_resolution() -> None:
+    """16-mixed: as asked on a GPU, 32-true on a CPU; bf16-mixed: as asked on a CPU and on a GPU with native
+    bf16, a clear error on one without; an unknown value names the key."""
+    from src.utils.precision import resolve_precision
+
+    assert resolve_precision("16-mixed", on_gpu=False) == "32-true"
+    assert resolve_precision("16-mixed", on_gpu=True) == "16-mixed"
+    assert resolve_precision("bf16-mixed", on_gpu=False) == "bf16-mixed"
+    assert resolve_precision("bf16-mixed", on_gpu=True, bf16_supported=lambda: True) == "bf16-mixed"
+    assert resolve_precision(32, on_gpu=False) == "32"
+    with pytest.raises(ValueError, match=r"trainer.precision=bf16-mixed: .* no native bfloat16 .* use 16-mixed"):
+        resolve_precision("bf16-mixed", on_gpu=True, bf16_supported=lambda: False)
+    with pytest.raises(ValueError, match=r"train.trainer.precision='fp8' is not a precision; use 16-mixed"):
+        resolve_precision("fp8", on_gpu=False, key="train.trainer.precision")
+
+
+def test_bf16_mixed_reaches_the_trainer_without_a_scaler(tmp_path: Path) -> None:
+    """On a CPU (this machine) or a bf16 GPU the pipeline's Trainer runs bf16 autocast and has no GradScaler."""
+    import torch
+    from pytorch_lightning.plugins.precision import MixedPrecision
+
+    if torch.cuda.is_available() and not torch.cuda.is_bf16_supported(including_emulation=False):
+        pytest.skip("this GPU has no native bf16")
+    phase = build_trainer({"max_epochs": 1, "precision": "bf16-mixed"}, tmp_path, logging_cfg={})
+    plugin = phase.trainer.precision_plugin
+    assert isinstance(plugin, MixedPrecision) and plugin.precision == "bf16-mixed" and plugin.scaler is None
 
 
 def test_merge_metrics_and_relative(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

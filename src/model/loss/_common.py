@@ -18,18 +18,33 @@ LOSSES: Registry[type[nn.Module]] = Registry(
 )
 
 
-def off_diagonal(c: Tensor) -> Tensor:
-    """All off-diagonal entries of the trailing [D, D] matrices, as [..., D*(D-1)].
+def _off_diagonal_rows(c: Tensor) -> Tensor:
+    """A strided view [..., D-1, D] of the off-diagonal entries of the trailing [D, D] matrices (no copy).
 
-    Flatten, drop the last entry, view as (D-1) x (D+1) and drop the first column:
-    every off-diagonal element exactly once (the classic Barlow Twins trick), batched
-    over any leading dimensions.
+    Flatten, drop the last entry, view as (D-1) x (D+1) and drop the first column: every
+    off-diagonal element exactly once (the classic Barlow Twins trick), in row-major order.
     """
     d = c.shape[-1]
     if c.shape[-2] != d:
         raise ValueError(f"off_diagonal expects square matrices, got shape {tuple(c.shape)}")
     lead = c.shape[:-2]
-    return c.flatten(-2)[..., :-1].reshape(*lead, d - 1, d + 1)[..., 1:].flatten(-2)
+    return c.contiguous().flatten(-2)[..., :-1].view(*lead, d - 1, d + 1)[..., 1:]
+
+
+def off_diagonal(c: Tensor) -> Tensor:
+    """All off-diagonal entries of the trailing [D, D] matrices, as [..., D*(D-1)] (a copy), batched
+    over any leading dimensions."""
+    return _off_diagonal_rows(c).flatten(-2)
+
+
+def off_diagonal_square_sum(c: Tensor) -> Tensor:
+    """``off_diagonal(c).pow(2).sum(-1)`` without the copy of the off-diagonal entries.
+
+    The squares of the strided view come out contiguous in the same order as those of the copy, and a sum
+    over the last two dimensions of a contiguous tensor is the same reduction as over its flattened last
+    dimension: the values are bit-identical, with one [..., D-1, D] temporary instead of two.
+    """
+    return _off_diagonal_rows(c).pow(2).sum((-2, -1))
 
 
 def check_batch_size(batch_size: int, loss_name: str) -> int:

@@ -29,7 +29,7 @@ from src.model.loss._common import (
     check_pair,
     gather_views,
     mean_over_samples,
-    off_diagonal,
+    off_diagonal_square_sum,
 )
 from src.utils.precision import at_least_fp32, autocast_off
 
@@ -44,7 +44,7 @@ def barlow_twins_terms(z1: Tensor, z2: Tensor, batch_size: int, lambda_coeff: fl
     z2n = (z2 - z2.mean(-2, keepdim=True)) / z2.std(-2, keepdim=True)
     c = torch.matmul(z1n.transpose(-1, -2), z2n) / batch_size  # [..., D, D]
     on_diag = (torch.diagonal(c, dim1=-2, dim2=-1) - 1).pow(2).sum(-1)
-    off_diag = off_diagonal(c).pow(2).sum(-1)
+    off_diag = off_diagonal_square_sum(c)
     weighted_off_diag = lambda_coeff * off_diag
     return {
         "cl_loss": on_diag + weighted_off_diag,

@@ -30,7 +30,7 @@ from src.model.loss._common import (
     check_pair,
     gather_views,
     mean_over_samples,
-    off_diagonal,
+    off_diagonal_square_sum,
 )
 from src.utils.precision import at_least_fp32, autocast_off
 
@@ -40,7 +40,7 @@ VARIANCE_EPS: float = 1e-6
 def _covariance_term(z: Tensor, batch_size: int, z_dim: int) -> Tensor:
     z = z - z.mean(-2, keepdim=True)  # the reference re-centres here (a no-op)
     cov = torch.matmul(z.transpose(-1, -2), z) / (batch_size - 1)
-    return off_diagonal(cov).pow(2).sum(-1) / z_dim
+    return off_diagonal_square_sum(cov) / z_dim
 
 
 def vicreg_terms(

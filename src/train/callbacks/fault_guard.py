@@ -2,10 +2,11 @@
 
 A NaN/inf loss (too high a learning rate, an fp16 overflow that the scaler cannot absorb,
 a corrupted batch) poisons the weights at the optimizer step that follows, and every later
-checkpoint would carry them. The guard keeps, on the device, the (epoch, batch, global
-step) of the first bad step and which loss terms were non-finite there; the host reads
-them only every ``check_every_n_steps`` steps and before every checkpoint is saved, so the
-hot path has no host-device synchronisation. A fault raises :class:`NonFiniteLossError`
+checkpoint would carry them. The guard keeps, on the device, a step counter, the counter's value
+at the first bad step and which loss terms were non-finite there; the host keeps the (epoch,
+batch, global step) of the steps since its last look. The host reads the device flags only every
+``check_every_n_steps`` steps and before every checkpoint is saved, so the hot path has neither a
+host-device synchronisation nor a host-to-device copy. A fault raises :class:`NonFiniteLossError`
 naming the first bad step and the non-finite terms; the last checkpoint on disk is the last
 good one, and the pipeline writes no results.
 
@@ -55,7 +56,9 @@ class NonFiniteLossGuard(pl.Callback):
         self.warned = False
         self._names: list[str] | None = None
         self._bad: Tensor | None = None  # [T] bool: term t was non-finite at the first bad step
-        self._first: Tensor | None = None  # [3] int64: epoch, batch index, global step; -1 = none yet
+        self._count: Tensor | None = None  # [] int64 on the device: steps recorded since the last look
+        self._first: Tensor | None = None  # [] int64 on the device: _count at the first bad step; -1 = none yet
+        self._where: list[tuple[int, int, int]] = []  # host: (epoch, batch, global step) of those steps
         self._steps = 0
 
     @staticmethod
@@ -77,25 +80,35 @@ class NonFiniteLossGuard(pl.Callback):
         names = list(terms)
         values = torch.stack([terms[k].detach().float().reshape(()) for k in names])
         bad_now = ~torch.isfinite(values)
-        if self._bad is None or self._names != names:
+        if self._bad is None or self._first is None or self._count is None or self._names != names:
             self._check(trainer)  # a different set of terms: settle the old flags first
             self._names = names
             self._bad = torch.zeros_like(bad_now)
-            self._first = torch.full((3,), -1, dtype=torch.long, device=values.device)
+            # filled on the device (no copy from host memory)
+            self._first = torch.full((), -1, dtype=torch.long, device=values.device)
+            self._count = torch.zeros((), dtype=torch.long, device=values.device)
+            self._where = []
         # global_step has already been advanced by this batch's optimizer step
-        where = torch.tensor([trainer.current_epoch, batch_idx, max(trainer.global_step - 1, 0)], device=values.device)
-        first_time = bad_now.any() & (self._first[0] < 0)
-        self._first = torch.where(first_time, where, self._first)
+        self._where.append((trainer.current_epoch, batch_idx, max(trainer.global_step - 1, 0)))
+        first_time = bad_now.any() & (self._first < 0)
+        self._first = torch.where(first_time, self._count, self._first)
         # the terms of the first bad step: later steps are all NaN once the weights are
         self._bad = torch.where(first_time, bad_now, self._bad)
+        self._count.add_(1)
         self._steps += 1
         if self._steps % self.check_every_n_steps == 0:
             self._check(trainer)
 
     def _check(self, trainer: pl.Trainer) -> None:
-        if self.warned or self._bad is None or self._first is None or not bool(self._bad.any()):
+        if self.warned or self._bad is None or self._first is None or self._count is None:
             return
-        epoch, batch_idx, step = (int(v) for v in self._first.tolist())
+        first = int(self._first)  # the one host read of the device flags
+        if first < 0:
+            # nothing bad since the last look: forget those steps (the device counter restarts with the list)
+            self._where.clear()
+            self._count.zero_()
+            return
+        epoch, batch_idx, step = self._where[first]
         terms = [n for n, b in zip(self._names or [], self._bad.tolist(), strict=True) if b]
         if not self.stop:
             self.warned = True  # once per fit: the flags keep the first bad step only

@@ -3,11 +3,19 @@
 At fit start the module's probe is replaced by a fresh Linear(E -> C) with its own Adam
 (lr 1e-4, no weight decay); the main optimizer never sees it (T-Q14). After every
 training batch (so after the main step) the probe takes one step on the finetune view x3;
-at every validation batch it is evaluated. The features are computed outside autocast
-with the module in its current mode, so in training the encoder's BatchNorm running
-statistics are updated by these extra forwards, as in the reference (T-Q15a); Bayes-H
-runs its forward twice (the first pass only tells the output type), each with a fresh
-MC draw, and the probe sees the MC-mean ``repr`` of the second.
+at every validation batch it is evaluated. The features are computed with the module in its
+current mode, so in training the encoder's BatchNorm running statistics are updated by these
+extra forwards, as in the reference (T-Q15a).
+
+- ``autocast=True`` (the default): the features are computed under the training step's own autocast
+  (the trainer's precision plugin: fp16 under ``16-mixed``, bf16 under ``bf16-mixed``, none under
+  ``32-true``); the probe's Linear and its cross-entropy stay in fp32. ``autocast=False`` is the
+  reference's fp32 forward outside autocast. The probe never feeds the SSL loss: only the rounding of
+  its input features differs (docs/deviations.md).
+- ``single_pass=True`` (the default): Bayes-H's probe features come from one encoder pass that leaves
+  the BatchNorm running statistics and the random stream of the reference's two passes (the first
+  pass only told the reference the output type; the probe sees the MC-mean ``repr`` of the second):
+  see ``HBayesianSelfSupervisedLearning.probe_features``. ``single_pass=False`` runs the two passes.
 
 Under DDP the probe is left out of DDP's gradient synchronisation (it never gets a gradient
 from ``training_step``, which DDP would report as an unused parameter); instead it starts from
@@ -17,6 +25,7 @@ the same probe, trained on the global-batch mean loss.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytorch_lightning as pl
@@ -25,6 +34,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
+
+from src.task.base import logs_this_step
 
 
 def _distributed(trainer: pl.Trainer) -> bool:
@@ -35,15 +46,34 @@ def _distributed(trainer: pl.Trainer) -> bool:
 class OnlineFineTuner(pl.Callback):
     """Linear probe on the encoder's (or Bayes-H's MC-mean) representation.
 
-    Logs ``train_online_acc``/``train_online_loss`` per step and ``val_online_acc``/
-    ``val_online_loss`` as epoch means (micro top-1 accuracy).
+    Logs ``train_online_acc``/``train_online_loss`` at the steps the loggers write (every
+    ``log_every_n_steps``) and ``val_online_acc``/``val_online_loss`` as epoch means (micro top-1 accuracy).
+
+    Args:
+        encoder_output_dim: E (stored only, as in the reference).
+        num_classes: C.
+        learning_rate: the probe's Adam learning rate.
+        autocast: compute the features under the training step's autocast (see the module docstring).
+        single_pass: Bayes-H's features from one encoder pass instead of the reference's two.
     """
 
-    def __init__(self, encoder_output_dim: int, num_classes: int, learning_rate: float = 1e-4) -> None:
+    def __init__(
+        self,
+        encoder_output_dim: int,
+        num_classes: int,
+        learning_rate: float = 1e-4,
+        autocast: bool = True,
+        single_pass: bool = True,
+    ) -> None:
         super().__init__()
+        for name, value in (("autocast", autocast), ("single_pass", single_pass)):
+            if not isinstance(value, bool):
+                raise TypeError(f"callbacks.online_finetuner.{name} must be true or false, got {value!r}")
         self.encoder_output_dim = encoder_output_dim  # stored only, as in the reference
         self.num_classes = num_classes
         self.learning_rate = learning_rate
+        self.autocast = autocast
+        self.single_pass = single_pass
         self.optimizer: torch.optim.Optimizer | None = None
         self._pending_state: dict[str, Any] | None = None
 
@@ -65,20 +95,28 @@ class OnlineFineTuner(pl.Callback):
             self.optimizer.load_state_dict(self._pending_state)
             self._pending_state = None
 
-    @staticmethod
-    def features(pl_module: pl.LightningModule, x: Tensor) -> Tensor:
-        # The reference runs Bayes-H's second forward with gradients enabled, then detaches:
-        # no_grad gives the same values without building a graph.
-        with torch.no_grad():
-            out = pl_module(x)
-            if pl_module.stochastic_space == "H":
-                out = pl_module(x).repr  # Bayes-H: second forward, fresh draw, MC-mean repr
-        return out
+    def feature_context(self, trainer: pl.Trainer, x: Tensor) -> contextlib.AbstractContextManager[Any]:
+        """The precision context of the features: the step's autocast (the trainer's precision plugin; a
+        trainer without one has none), or with ``autocast=False`` autocast off, as the reference."""
+        if not self.autocast:
+            return torch.autocast(device_type=x.device.type, enabled=False)
+        plugin = getattr(trainer, "precision_plugin", None)
+        return plugin.forward_context() if plugin is not None else contextlib.nullcontext()
 
-    def shared_step(self, pl_module: pl.LightningModule, batch: Any) -> tuple[Tensor, Tensor]:
+    def features(self, pl_module: pl.LightningModule, x: Tensor) -> Tensor:
+        """The probe's input [B, E] (no graph: the reference's Bayes-H second forward ran with gradients
+        and was detached; no_grad gives the same values)."""
+        with torch.no_grad():
+            return pl_module.probe_features(x, single_pass=self.single_pass)
+
+    def shared_step(
+        self, pl_module: pl.LightningModule, batch: Any, trainer: pl.Trainer | None = None
+    ) -> tuple[Tensor, Tensor]:
         (_, _, x3), y = batch
-        with torch.autocast(device_type=x3.device.type, enabled=False):
-            logits = pl_module.online_finetuner(self.features(pl_module, x3).float())
+        with self.feature_context(trainer, x3):
+            feats = self.features(pl_module, x3)
+        with torch.autocast(device_type=x3.device.type, enabled=False):  # the probe itself in fp32
+            logits = pl_module.online_finetuner(feats.float())
             loss = F.cross_entropy(logits, y)
         acc = (logits.argmax(-1) == y).float().mean()
         return loss, acc
@@ -86,7 +124,7 @@ class OnlineFineTuner(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        loss, acc = self.shared_step(pl_module, batch)
+        loss, acc = self.shared_step(pl_module, batch, trainer)
         if self.optimizer is None:
             raise RuntimeError("OnlineFineTuner: on_fit_start did not run, so the probe has no optimizer")
         loss.backward()
@@ -97,8 +135,9 @@ class OnlineFineTuner(pl.Callback):
                     p.grad.div_(trainer.world_size)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        pl_module.log("train_online_acc", acc, on_step=True, on_epoch=False)
-        pl_module.log("train_online_loss", loss.detach(), on_step=True, on_epoch=False)
+        if logs_this_step(getattr(pl_module, "_trainer", None)):  # the steps the loggers write
+            pl_module.log("train_online_acc", acc, on_step=True, on_epoch=False)
+            pl_module.log("train_online_loss", loss.detach(), on_step=True, on_epoch=False)
 
     def on_validation_batch_end(
         self,
@@ -110,7 +149,7 @@ class OnlineFineTuner(pl.Callback):
         dataloader_idx: int = 0,
     ) -> None:
         with torch.no_grad():
-            loss, acc = self.shared_step(pl_module, batch)
+            loss, acc = self.shared_step(pl_module, batch, trainer)
         n = batch[1].shape[0]
         pl_module.log("val_online_acc", acc, on_step=False, on_epoch=True, sync_dist=True, batch_size=n)
         pl_module.log("val_online_loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=n)

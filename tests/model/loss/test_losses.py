@@ -18,6 +18,7 @@ from torch import Tensor
 
 from src.model.loss.barlow_twins import BarlowTwinsLoss, MCBarlowTwinsLoss, barlow_twins_terms
 from src.model.loss.vicreg import MCVICRegLoss, VICRegLoss
+from tests.model.devices import DEVICES, fp32_on
 from tests.reference.losses import BARLOW_TWINS_TERMS, VICREG_TERMS, mc
 from tests.reference.losses import barlow_twins as ref_barlow_twins
 from tests.reference.losses import vicreg as ref_vicreg
@@ -270,13 +271,17 @@ def _vicreg_pair(batch_size: int, z_dim: int):
     )
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("family", ["barlow_twins", "vicreg"])
 @pytest.mark.parametrize(("m", "n", "d", "batch_size"), [(3, 10, 6, 10), (5, 7, 4, 16), (1, 9, 5, 9)])
-def test_mc_loss_matches_per_sample_loop(family, m, n, d, batch_size, dtype) -> None:
-    z1, z2 = make_views(m, n, d, seed=m * 1000 + n * d, dtype=dtype)
-    mc_loss, _, ref, keys = _bt_pair(batch_size, 0.05) if family == "barlow_twins" else _vicreg_pair(batch_size, d + 3)
-    assert_matches_reference(mc_loss, ref, z1, z2, keys)
+def test_mc_loss_matches_per_sample_loop(family, m, n, d, batch_size, dtype, device) -> None:
+    with fp32_on(device) as dev:
+        z1, z2 = (z.to(dev) for z in make_views(m, n, d, seed=m * 1000 + n * d, dtype=dtype))
+        mc_loss, _, ref, keys = (
+            _bt_pair(batch_size, 0.05) if family == "barlow_twins" else _vicreg_pair(batch_size, d + 3)
+        )
+        assert_matches_reference(mc_loss, ref, z1, z2, keys)
 
 
 @pytest.mark.parametrize("family", ["barlow_twins", "vicreg"])
@@ -371,3 +376,27 @@ def test_mismatched_shapes_raise(cls, shape1, shape2) -> None:
     loss = cls(batch_size=8, z_dim=4) if issubclass(cls, VICRegLoss) else cls(batch_size=8)
     with pytest.raises(ValueError):
         loss(torch.randn(*shape1), torch.randn(*shape2))
+
+
+# ----------------------------------------------------------------------------- off-diagonal sum without copies
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(5, 5), (3, 7, 7), (2, 3, 64, 64)])
+def test_off_diagonal_square_sum_is_bit_identical_to_the_copy(shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    """The strided view gives exactly the values (and gradients) of squaring and summing the flattened copy."""
+    from src.model.loss._common import off_diagonal, off_diagonal_square_sum
+
+    torch.manual_seed(0)
+    c = torch.randn(*shape, dtype=dtype, requires_grad=True)
+    fast = off_diagonal_square_sum(c)
+    copy = off_diagonal(c).pow(2).sum(-1)
+    assert fast.shape == shape[:-2]
+    assert torch.equal(fast, copy)
+    d = shape[-1]
+    mask = ~torch.eye(d, dtype=torch.bool)
+    assert torch.allclose(fast, (c.detach() * mask).pow(2).sum((-2, -1)))
+    (g_fast,) = torch.autograd.grad(fast.sum(), c)
+    (g_copy,) = torch.autograd.grad(copy.sum(), c)
+    assert torch.equal(g_fast, g_copy)
+    assert torch.equal(g_fast, 2 * c.detach() * mask)

@@ -77,6 +77,48 @@ def test_checks_only_every_n_steps_on_the_host(tmp_path: Path) -> None:
     assert guard._steps == 4
 
 
+@pytest.mark.parametrize(("n", "steps_run"), [(2, 4), (3, 3), (5, 5), (7, 6)])  # n = 7: the epoch-end check
+def test_the_first_bad_step_is_named_whatever_the_check_interval(n: int, steps_run: int, tmp_path: Path) -> None:
+    """The host-side list of steps and the device counter restart together after a clean check, so the bad
+    step is named right whether it falls in the first window (n > 2) or after a clean check (n = 2)."""
+    guard = NonFiniteLossGuard(check_every_n_steps=n)
+    with pytest.raises(NonFiniteLossError, match=rf"global step {BAD_STEP} \(epoch 0, batch {BAD_STEP}\)"):
+        fit(guard, tmp_path)
+    assert guard._steps == steps_run
+
+
+def test_a_step_between_checks_copies_nothing_from_the_host_and_reads_nothing_back() -> None:
+    """Between checks a step's device work is only kernels on device tensors: no tensor made from Python
+    values (``aten.lift_fresh``, a host-to-device copy on a GPU) and no value read back (``_local_scalar_dense``,
+    ``.item()``/``bool()``); the check reads one value."""
+    from types import SimpleNamespace
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            self.names.append(str(func.overloadpacket.__name__))
+            return func(*args, **(kwargs or {}))
+
+    guard = NonFiniteLossGuard(check_every_n_steps=3)
+    trainer = SimpleNamespace(current_epoch=0, global_step=0, checkpoint_callbacks=[])
+    module = SimpleNamespace(last_step_terms={"loss": torch.ones(()), "kl_loss": torch.zeros(())})
+    guard.on_train_batch_end(trainer, module, None, None, 0)  # first step: allocates the flags
+    steps = []
+    for step in (1, 2):
+        trainer.global_step = step + 1
+        with Ops() as ops:
+            guard.on_train_batch_end(trainer, module, None, None, step)
+        steps.append(ops.names)
+    assert steps[0] and not any(n in ("lift_fresh", "_local_scalar_dense", "item") for n in steps[0])
+    assert steps[1].count("_local_scalar_dense") == 1  # the third step checks: one read
+    assert guard._where == [] and int(guard._count) == 0  # a clean check forgets the steps it looked at
+
+
 def test_switched_off_it_warns_once_and_training_goes_on(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level("WARNING", logger="src.train.callbacks.fault_guard"):
         model = fit(NonFiniteLossGuard(check_every_n_steps=1, stop=False), tmp_path)
