@@ -32,7 +32,7 @@ if [[ "${1:-}" == "--dry-run" ]]; then
     DEVICE=cpu
     SIZE=tiny
     OUT=$(mktemp -d /tmp/device_check.XXXXXX)
-    BUDGET_SCALE=${BUDGET_SCALE:-3}
+    BUDGET_SCALE=${BUDGET_SCALE:-4}
 elif [[ -n "${1:-}" ]]; then
     echo "usage: bash benchmarks/device_check.sh [--dry-run]" >&2
     exit 2
