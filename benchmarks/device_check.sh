@@ -154,14 +154,14 @@ fmnist() {
     # shellcheck disable=SC2086  # FMNIST_ARGS: words without spaces
     "$PYTHON" src/experiments/scripts/fashion_mnist_gpu.py --output-root "$WORK/fashion_mnist" \
         --source-dir "$FMNIST_SOURCE" --protocols fashion_mnist_split $FMNIST_ARGS
-    local rc=$?
-    cp "$WORK/fashion_mnist/study.json" "$OUT/fashion_mnist_study.json" 2>/dev/null
-    cp "$WORK/fashion_mnist/reports/fashion_mnist_split/ood/ood_report.md" "$OUT/fashion_mnist_report.md" 2>/dev/null
-    return $rc
 }
 export -f fmnist
 export FMNIST_SOURCE FMNIST_ARGS
 step fmnist fmnist
+# outside the step, so that a study stopped by its budget still leaves its phase times (study.json is rewritten
+# after every step of the study)
+cp "$WORK/fashion_mnist/study.json" "$OUT/fashion_mnist_study.json" 2>/dev/null
+cp "$WORK/fashion_mnist/reports/fashion_mnist_split/ood/ood_report.md" "$OUT/fashion_mnist_report.md" 2>/dev/null
 
 # ------------------------------------------------------------------------------------------------- summary
 "$PYTHON" - "$STEPS" "$OUT/device_check.json" "$WORK" "$CARD" "$DEVICE" "$SIZE" <<'EOF' 2>&1 | tee -a "$LOG"
