@@ -754,14 +754,62 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if (args.models is None or m in args.models) and (args.losses is None or lo.removeprefix("mc_") in args.losses)
     ]
     paths = args.data_paths or list(DATA_PATHS)
-    runs = [(m, lo, p, "project") for m, lo in combos for p in paths]
-    if not args.no_reference:
-        runs += [(m, lo, "pil", "reference") for m, lo in combos]
+    # the device path first, then per model and loss the PIL path beside its reference-style run: a
+    # benchmark cut short by a time budget (benchmarks/device_check.sh) keeps the cases the targets are
+    # stated on, and every reference-style run it kept has its first-step check
+    runs = [(m, lo, "device", "project") for m, lo in combos] if "device" in paths else []
+    for m, lo in combos:
+        runs += [(m, lo, p, "project") for p in paths if p != "device"]
+        if not args.no_reference:
+            runs.append((m, lo, "pil", "reference"))
     precision = (
         "32-true"
         if device.type == "cpu"
         else str(plain_config.compose("ssl", "barlow_twins")["train"]["trainer"]["precision"])
     )
+    if not runs:
+        raise SystemExit("nothing to run: --models/--losses/--data-paths select no run")
+
+    def assemble(cases: list[dict[str, Any]], complete: bool) -> dict[str, Any]:
+        add_ratios(cases)
+        checks = first_step_check(cases, precision)
+        result: dict[str, Any] = {
+            "benchmark": NAME,
+            "environment": environment(device),
+            "size": args.size,
+            "sizes": asdict(size),
+            "precision": precision,
+            "dataset": {"format": "torchvision CIFAR-10 pickles, random uint8 images", "write_s": write_s},
+            "data_paths": DATA_PATHS,
+            "reference_style": {
+                "overrides": REFERENCE_STYLE,
+                "step": "tests.reference.ssl_step.reference_step (projector and MC loss per sample)",
+            },
+            "timing": {
+                "e2e_samples_per_s": "e2e_steps x batch / seconds from the end of the warm-up to the end of the "
+                "window (CUDA synchronised at both ends only): loading, transfer, device augmentation, step, "
+                "callbacks, logging",
+                "step_samples_per_s": "batch / median seconds from on_train_batch_start (first callback) to "
+                "on_train_batch_end (last callback), synchronised at both: step, probe, guard, progress",
+                "val_samples_per_s": "validation images per second from the second validation batch to its end",
+                "syncs": "CUDA runtime synchronising calls per step under torch.profiler (n/a on CPU)",
+                "memory": "CUDA max_memory_allocated over the fit (peak_bytes); on CPU the sampled RSS of the main "
+                "process (workers excluded), peak_bytes and delta_bytes = peak - RSS at the fit's start",
+            },
+            "ratios": {
+                "vs_deterministic": "samples/s over ssl's with the same base loss, data path and style",
+                "vs_reference": "samples/s over the reference-style run of the same model and loss (pil data path)",
+            },
+            "loader": loader,
+            "cases": cases,
+            "first_step_check": checks,
+            # None: no reference-style run was paired with its project run (nothing was checked)
+            "all_equivalent": all(k["ok"] for k in checks) if checks else None,
+            "complete": complete,
+        }
+        result["projections"] = projections.project(cases, size.mc_samples)
+        return result
+
     with contextlib.ExitStack() as stack:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-cifar-")))
         print(f"[{NAME}] writing {size.n_train} synthetic CIFAR-10 images to {root}", file=sys.stderr, flush=True)
@@ -772,46 +820,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for workers in sorted({0, size.workers}):
             batches = size.loader_batches if workers else max(1, size.loader_batches // 4)
             loader.append(measure_loader(root, size, workers, batches, args.seed))
-        cases = []
+        cases: list[dict[str, Any]] = []
+        output = args.output or default_output(NAME, device)
         for model_name, loss, data_path, style in runs:
             print(f"[{NAME}] {model_name}+{loss} / {data_path} / {style} ...", file=sys.stderr, flush=True)
             cases.append(measure_run(root, model_name, loss, data_path, style, size, device, args.seed, args.progress))
-    add_ratios(cases)
-    checks = first_step_check(cases, precision)
-    result: dict[str, Any] = {
-        "benchmark": NAME,
-        "environment": environment(device),
-        "size": args.size,
-        "sizes": asdict(size),
-        "precision": precision,
-        "dataset": {"format": "torchvision CIFAR-10 pickles, random uint8 images", "write_s": write_s},
-        "data_paths": DATA_PATHS,
-        "reference_style": {
-            "overrides": REFERENCE_STYLE,
-            "step": "tests.reference.ssl_step.reference_step (projector and MC loss per sample)",
-        },
-        "timing": {
-            "e2e_samples_per_s": "e2e_steps x batch / seconds from the end of the warm-up to the end of the window "
-            "(CUDA synchronised at both ends only): loading, transfer, device augmentation, step, callbacks, logging",
-            "step_samples_per_s": "batch / median seconds from on_train_batch_start (first callback) to "
-            "on_train_batch_end (last callback), synchronised at both: step, probe, guard, progress",
-            "val_samples_per_s": "validation images per second from the second validation batch to its end",
-            "syncs": "CUDA runtime synchronising calls per step under torch.profiler (n/a on CPU)",
-            "memory": "CUDA max_memory_allocated over the fit (peak_bytes); on CPU the sampled RSS of the main "
-            "process (workers excluded), peak_bytes and delta_bytes = peak - RSS at the fit's start",
-        },
-        "ratios": {
-            "vs_deterministic": "samples/s over ssl's with the same base loss, data path and style",
-            "vs_reference": "samples/s over the reference-style run of the same model and loss (pil data path)",
-        },
-        "loader": loader,
-        "cases": cases,
-        "first_step_check": checks,
-        "all_equivalent": all(k["ok"] for k in checks),
-    }
-    result["projections"] = projections.project(cases, size.mc_samples)
-    output = args.output or default_output(NAME, device)
-    write_result(output, result)
+            # written after every run (``complete`` false until the last): a run stopped by a time limit
+            # still leaves what it measured
+            result = assemble(cases, len(cases) == len(runs))
+            write_result(output, result)
     print(f"\n## {NAME} ({args.size}, {device.type}: {result['environment']['device_name']}, {precision})\n")
     print(table(result))
     print(f"\nwritten to {output}")
