@@ -5,7 +5,9 @@ r"""OOD-detection study over a folder of finetuned runs: one detector per call, 
         --output-dir data/results/ood/cifar10/msp
 
 Writes ``<output-dir>/<run>.json`` per run (reused when present), ``<output-dir>/runs.json`` and
-``<output-dir>/scores/<run>.npz`` (confidences, predictions and labels per split).
+``<output-dir>/scores/<run>.npz`` (confidences, predictions and labels per split). Decoded inputs and
+every run's encoder outputs are kept in ``--cache-dir`` (default ``data/cache/ood``) and reused by the
+next study process (another detector's stage); ``--no-cache`` computes them in the process.
 
 Fixed hyper-parameters instead of the search on the validation sets (repeatable; DETECTOR.NAME for
 one detector of an `all` study; values are YAML: 50, 0.0014, [1, 2, 3]):
@@ -86,6 +88,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="fix a hyper-parameter instead of searching it (repeatable): a searched one (K, temperature, noise, "
         "powers) or a constructor argument of the detector; DETECTOR.NAME=VALUE for one detector of `all`",
     )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path("data/cache/ood"),
+        help="on-disk store of decoded inputs and encoder outputs shared by every study process (the nine "
+        "per-detector stages); content-addressed, safe to delete (default: data/cache/ood)",
+    )
+    parser.add_argument(
+        "--no-cache", action="store_true", help="compute every input and encoder output in this process (no store)"
+    )
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
 
@@ -108,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         progress=not args.no_progress,
         hyperparam=dict(args.hyperparam),
+        cache_dir=None if args.no_cache else args.cache_dir,
     )
 
 
