@@ -277,6 +277,12 @@ class CachedInputs:
         return spec_key(self.spec(split))
 
     def _decode(self, split: str) -> dict[str, np.ndarray]:
+        # a DataLoader draws its base seed from the global RNG when iterated: isolated, so that the
+        # random stream after it (MC draws, augmented views) does not depend on whether the list was stored
+        with torch.random.fork_rng(devices=[]):
+            return self._decode_list(split)
+
+    def _decode_list(self, split: str) -> dict[str, np.ndarray]:
         p = self.protocol
         dataset = ImageListDataset(p.images_root, p.list_dir / p.all_lists()[split], PILToUint8(p.pil_steps()))
         loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
