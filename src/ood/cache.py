@@ -19,7 +19,8 @@ inputs the list file's content, the (relative path, size, mtime_ns) of every ima
 size, the PIL steps and the PIL/torchvision versions; for encodings the content hashes of the run's
 ``model.ckpt`` and finetuner ``last.ckpt`` (a file's hash is itself cached by (path, size, mtime_ns)),
 the input entry's key, the normalisation, the batch size, the dtype, the device (type and card name),
-the torch version and :data:`CODE_VERSION`. Changing any of them gives a new key; nothing is ever
+the torch version, and the code version (:data:`CODE_VERSION` and the content of the source files that
+compute the entry, :data:`SOURCES`). Changing any of them gives a new key; nothing is ever
 overwritten with other content.
 
 An entry is one file: a magic line, a JSON header (the description, the arrays' dtypes and shapes, the
@@ -56,6 +57,21 @@ log = logging.getLogger(__name__)
 
 #: bump when what an entry holds changes for the same key (the decoding steps, the encoder call)
 CODE_VERSION = {"inputs": 1, "encodings": 1}
+_SRC = Path(__file__).resolve().parents[1]
+#: the source files that compute an entry: their content is part of its key, so an edit to any of them
+#: (the decoding, the loading of a model, the encoder) gives new entries instead of stale ones
+SOURCES = {
+    "inputs": ("ood/cache.py", "ood/protocol.py", "data/augment/transforms.py", "data/dataset/imglist.py"),
+    "encodings": ("ood/cache.py", "ood/wrapper.py", "task/ssl.py", "task/checkpoint.py", "model/encoder.py"),
+}
+
+
+def source_digest(kind: str) -> str:
+    """SHA-256 over the source files of :data:`SOURCES` ``[kind]`` (the code version of an entry)."""
+    digest = hashlib.sha256()
+    for rel in SOURCES[kind]:
+        digest.update(rel.encode() + b"\0" + (_SRC / rel).read_bytes() + b"\0")
+    return digest.hexdigest()
 MAGIC = b"OOD-CACHE 1\n"
 #: where ``run_ood_study.py`` keeps the store unless told otherwise (git-ignored, no DVC out)
 DEFAULT_CACHE_DIR = Path("data/cache/ood")
@@ -264,6 +280,7 @@ class CachedInputs:
             self._specs[split] = {
                 "kind": "inputs",
                 "code": CODE_VERSION["inputs"],
+                "source": source_digest("inputs"),
                 "list": self.cache.file_digest(list_file),
                 "images": hashlib.sha256("\n".join(stats).encode()).hexdigest(),
                 "image_size": p.image_size,
@@ -361,6 +378,7 @@ class RunEncodings:
         self.base = {
             "kind": "encodings",
             "code": CODE_VERSION["encodings"],
+            "source": source_digest("encodings"),
             "model": cache.file_digest(run["model_path"]),
             "finetuner": cache.file_digest(run["finetuner_path"]),
             "model_name": run["model_name"],
