@@ -72,6 +72,8 @@ def source_digest(kind: str) -> str:
     for rel in SOURCES[kind]:
         digest.update(rel.encode() + b"\0" + (_SRC / rel).read_bytes() + b"\0")
     return digest.hexdigest()
+
+
 MAGIC = b"OOD-CACHE 1\n"
 #: where ``run_ood_study.py`` keeps the store unless told otherwise (git-ignored, no DVC out)
 DEFAULT_CACHE_DIR = Path("data/cache/ood")
@@ -328,28 +330,28 @@ class CachedInputs:
         if kind == "barlowtwins" and augmented_views:
             return self.protocol.loader(split, kind, self.batch_size, self.num_workers, True)
         normalize = self.protocol.normalization(kind)  # an unknown preprocessor: its error
-        images, labels = self.images(split)
-        return _Batches(images, labels, normalize, self.batch_size, three_views=kind == "barlowtwins")
+        return _Batches(lambda: self.images(split), normalize, self.batch_size, three_views=kind == "barlowtwins")
 
 
 class _Batches:
-    """The float batches of a cached list, converted when iterated (re-iterable, draws no random numbers)."""
+    """The float batches of a cached list, converted when iterated (re-iterable, draws no random numbers).
+    The list is read (or decoded) on the first iteration only: a stage whose encodings are stored never
+    iterates the inputs of its feature detectors."""
 
     def __init__(
-        self, images: Tensor, labels: Tensor, normalize: dict[str, tuple[float, ...]], size: int, three_views: bool
+        self,
+        images: Callable[[], tuple[Tensor, Tensor]],
+        normalize: dict[str, tuple[float, ...]],
+        size: int,
+        three_views: bool,
     ) -> None:
-        self.images, self.labels, self.normalize, self.size, self.three_views = (
-            images,
-            labels,
-            normalize,
-            size,
-            three_views,
-        )
+        self.images, self.normalize, self.size, self.three_views = images, normalize, size, three_views
 
     def __iter__(self) -> Iterator[Batch]:
-        for start in range(0, self.images.shape[0], self.size):
-            x = to_float(self.images[start : start + self.size], self.normalize)
-            y = self.labels[start : start + self.size]
+        images, labels = self.images()
+        for start in range(0, images.shape[0], self.size):
+            x = to_float(images[start : start + self.size], self.normalize)
+            y = labels[start : start + self.size]
             yield ([x, x, x] if self.three_views else x), y
 
 

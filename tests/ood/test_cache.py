@@ -384,3 +384,31 @@ def test_score_candidates_equals_score_per_candidate() -> None:
         det.set_hyperparam([k])
         ref_pred, ref_conf = det.score(batch)
         assert torch.equal(pred, ref_pred) and torch.equal(conf, ref_conf)
+
+
+def test_code_version_is_part_of_the_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from src.ood import cache
+
+    src = Path(cache.__file__).resolve().parents[1]
+    for rel in {*cache.SOURCES["inputs"], *cache.SOURCES["encodings"]}:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src / rel, tmp_path / rel)
+    monkeypatch.setattr(cache, "_SRC", tmp_path)
+    before = {kind: cache.source_digest(kind) for kind in cache.SOURCES}
+    assert before == {kind: cache.source_digest(kind) for kind in cache.SOURCES}
+    with open(tmp_path / "ood/wrapper.py", "a") as f:
+        f.write("# an edit\n")
+    assert cache.source_digest("encodings") != before["encodings"]  # the encoder's code: new encodings
+    assert cache.source_digest("inputs") == before["inputs"]  # the decoding did not change
+
+
+def test_script_default_store_is_the_library_default() -> None:
+    from src.experiments.scripts.run_ood_study import parse_args
+    from src.ood.cache import DEFAULT_CACHE_DIR
+
+    base = ["--runs-dir", "r", "--in-dataset", "demo", "--data-root-dir", "d", "--postprocessor-name", "msp"]
+    args = parse_args([*base, "--output-dir", "o"])
+    assert args.cache_dir == DEFAULT_CACHE_DIR and args.no_cache is False
+    assert parse_args([*base, "--output-dir", "o", "--no-cache"]).no_cache is True
