@@ -73,9 +73,10 @@ def inference(detector: Detector, net: OODNetwork, split: Split) -> tuple[np.nda
     preds, confs, labels = [], [], []
     if isinstance(detector, NetworkDetector):
         inputs = split.inputs(detector.uses_augmented_views)
-        batches: Iterable[Features | None] = split.batches if detector.reads else itertools.repeat(None)
+        reads = detector.reads_for(net)
+        batches: Iterable[Features | None] = split.batches if reads else itertools.repeat(None)
         # strict: the re-read inputs must line up with the stored features, batch for batch
-        pairs = zip(inputs, batches, strict=bool(detector.reads))
+        pairs = zip(inputs, batches, strict=bool(reads))
         for (data, y), features in pairs:
             pred, conf = score_batch(detector, net, data, features)
             preds.append(pred.detach().cpu())
@@ -109,7 +110,7 @@ def hyperparameter_search(detector: Detector, net: OODNetwork, id_val: Split, oo
     A candidate the detector refuses for this data (``set_hyperparam`` raises ValueError, e.g. a
     K at least the number of training points) is skipped with a warning.
     """
-    best, best_auroc = None, 0.0
+    valid = []
     for values in detector.candidates():
         try:
             detector.set_hyperparam(values)
@@ -118,8 +119,21 @@ def hyperparameter_search(detector: Detector, net: OODNetwork, id_val: Split, oo
             # would crash; the candidate is skipped instead
             log.warning("%s: candidate %s skipped: %s", detector.name, values, err)
             continue
-        _, conf_id, y_id = inference(detector, net, id_val)
-        _, conf_ood, _ = inference(detector, net, ood_val)
+        valid.append(values)
+    shared = None
+    if valid and not isinstance(detector, NetworkDetector):
+        shared = candidate_confs(detector, id_val, valid), candidate_confs(detector, ood_val, valid)
+        if shared[0] is None or shared[1] is None:
+            shared = None
+    best, best_auroc = None, 0.0
+    for i, values in enumerate(valid):
+        if shared is not None:  # every candidate's scores from one pass over the splits
+            conf_id, conf_ood = shared[0][i], shared[1][i]
+            y_id = id_val.labels.numpy().astype(np.int64)
+        else:
+            detector.set_hyperparam(values)
+            _, conf_id, y_id = inference(detector, net, id_val)
+            _, conf_ood, _ = inference(detector, net, ood_val)
         auroc = auroc_only(np.concatenate([conf_id, conf_ood]), np.concatenate([y_id, -np.ones(len(conf_ood), int)]))
         log.debug("%s %s: validation AUROC %.4f", detector.name, values, auroc)
         if auroc > best_auroc:
@@ -132,6 +146,20 @@ def hyperparameter_search(detector: Detector, net: OODNetwork, id_val: Split, oo
     log.info("%s: hyper-parameters %s (validation AUROC %.4f)", detector.name, best, best_auroc)
     detector.set_hyperparam(best)
     return best
+
+
+def candidate_confs(detector: Detector, split: Split, candidates: list[list[Any]]) -> list[np.ndarray] | None:
+    """Every candidate's confidences over a split from one :meth:`Detector.score_candidates` call per
+    batch (sign convention applied), or None when the detector does not offer it."""
+    detector.check_fitted()
+    per_candidate: list[list[Tensor]] = [[] for _ in candidates]
+    for features in split.batches:
+        scored = detector.score_candidates(features, candidates)
+        if scored is None:
+            return None
+        for i, (pred, conf) in enumerate(scored):
+            per_candidate[i].append(detector.signed(pred, conf)[1].detach().cpu())
+    return [torch.cat(c).numpy() for c in per_candidate]
 
 
 class InputCache:

@@ -43,6 +43,8 @@ Data = Tensor | Sequence[Tensor]
 Batch = tuple[Data, Tensor]
 #: ``(split, preprocessor, augmented_views) -> input batches`` in a fixed order (no shuffling)
 Loader = Callable[[str, str, bool], Iterable[Batch]]
+#: ``(preprocessor, split, input batches, encode) -> (per-batch encoder outputs, labels)``
+Encodings = Callable[[str, str, Iterator[Batch], Callable[[Tensor], Tensor]], tuple[list[Tensor], Tensor]]
 
 #: the fields a detector may read; ``logits`` are computed with every batch, the others on request
 FIELDS = ("logits", "feats", "embeddings", "mu", "log_var", "sample_mean", "samples")
@@ -176,6 +178,10 @@ class FeatureStore:
         reads: per preprocessor, the :class:`Features` fields to compute and keep (``logits`` always).
         seed: with a seed, each split's stochastic draws are seeded from (seed, preprocessor,
             split) in an isolated RNG state; None draws from the global RNG.
+        encodings: where the encoder outputs come from (the OOD cache's
+            :class:`~src.ood.cache.RunEncodings`: stored by an earlier stage, or computed and
+            stored); None runs the encoder here. The heads run from the encodings either way, so
+            the stochastic draws are the same.
     """
 
     def __init__(
@@ -185,9 +191,11 @@ class FeatureStore:
         reads: Mapping[str, Iterable[str]],
         *,
         seed: int | None = None,
+        encodings: Encodings | None = None,
     ) -> None:
         self.net = net
         self.loader = loader
+        self.encodings = encodings
         self.reads = {kind: frozenset(names) for kind, names in reads.items()}
         unknown = sorted(set().union(*self.reads.values()) - set(FIELDS)) if self.reads else []
         if unknown:
@@ -200,7 +208,8 @@ class FeatureStore:
         """A store computing what ``detectors`` read (the union of ``reads`` and ``fit_reads`` per preprocessor)."""
         reads: dict[str, set[str]] = {}
         for det in detectors:
-            reads.setdefault(det.preprocessor, set()).update(det.reads, det.fit_reads)
+            own = det.reads_for(net) if hasattr(det, "reads_for") else det.reads
+            reads.setdefault(det.preprocessor, set()).update(own, det.fit_reads)
         return cls(net, loader, reads, **kwargs)
 
     def split(self, preprocessor: str, name: str) -> Split:
@@ -222,6 +231,11 @@ class FeatureStore:
     def _compute(self, inputs: Iterator[Batch], preprocessor: str, name: str) -> tuple[list[Features], Tensor]:
         self.net.eval()
         reads = self.reads[preprocessor]
+        if self.encodings is not None:
+            # every encoder pass first (they draw nothing), then the heads batch by batch: the same
+            # random draws in the same order as encoder-then-heads per batch
+            encs, y = self.encodings(preprocessor, name, inputs, self.net.encode)
+            return [self.net.features_from_encoding(e, reads) for e in encs], y.long()
         batches, labels = [], []
         for data, y in inputs:
             x = data if isinstance(data, Tensor) else data[2]  # the plain view v3 of a three-view batch

@@ -92,17 +92,23 @@ class Protocol:
             )
 
     # -- preprocessing ------------------------------------------------------------------------------
-    def plain_transform(self, normalize: dict[str, tuple[float, ...]]) -> T.Compose:
+    def pil_steps(self) -> list[Any]:
+        """The PIL part of the plain view: RGB, resize of the shorter side, centre crop. What follows
+        (ToTensor, Normalize) is elementwise, so the OOD input cache stores the uint8 result of these
+        steps and redoes the rest per batch (``src/ood/cache.py``)."""
         size = self.image_size
-        return T.Compose(
-            [
-                ToRGB(),
-                T.Resize(size),
-                T.CenterCrop(size),
-                T.ToTensor(),
-                T.Normalize(normalize["mean"], normalize["std"]),
-            ]
-        )
+        return [ToRGB(), T.Resize(size), T.CenterCrop(size)]
+
+    def normalization(self, kind: str) -> dict[str, tuple[float, ...]]:
+        """The mean and std of preprocessor ``kind``'s Normalize step."""
+        if kind == "default":
+            return self.normalize
+        if kind == "barlowtwins":
+            return HALF_NORMALIZE
+        raise ValueError(f"unknown preprocessor {kind!r}; use 'default' or 'barlowtwins'")
+
+    def plain_transform(self, normalize: dict[str, tuple[float, ...]]) -> T.Compose:
+        return T.Compose([*self.pil_steps(), T.ToTensor(), T.Normalize(normalize["mean"], normalize["std"])])
 
     def preprocessor(self, kind: str, augmented_views: bool = True) -> Any:
         """The transform of preprocessor ``kind`` (``default`` or ``barlowtwins``).

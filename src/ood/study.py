@@ -12,6 +12,9 @@ Per run, the network runs once per (preprocessor, split, batch) for all the run'
 :class:`~src.ood.features.FeatureStore` computing the union of what they read); several
 detectors in one call (``run_studies``, the script's ``--postprocessor-name all``) also load each
 model once and share the decoded input batches across runs (:class:`~src.ood.evaluator.InputCache`).
+With ``cache_dir`` (the script's default ``data/cache/ood``) the decoded inputs and every run's encoder
+outputs are kept on disk and shared by every study process, e.g. the paper's nine per-detector stages
+(:mod:`src.ood.cache`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from src.ood.cache import CachedInputs, OODCache, RunEncodings
 from src.ood.detectors import DETECTORS, build_detector, fixed_hyperparams, study_order
 from src.ood.detectors.base import Detector
 from src.ood.evaluator import InputCache, evaluate, protocol_loader
@@ -93,6 +97,7 @@ def run_study(
     progress: bool = True,
     config_dir: str | Path | None = None,
     hyperparam: dict[str, Any] | None = None,
+    cache_dir: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate every run with one detector; returns the records written to ``runs.json``."""
     return run_studies(
@@ -109,6 +114,7 @@ def run_study(
         share_inputs=False,
         config_dir=config_dir,
         hyperparam=hyperparam,
+        cache_dir=cache_dir,
     )[detector_name]
 
 
@@ -127,6 +133,7 @@ def run_studies(
     share_inputs: bool = True,
     config_dir: str | Path | None = None,
     hyperparam: dict[str, Any] | None = None,
+    cache_dir: str | Path | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Evaluate every run with every detector of ``outputs`` ({detector name: output folder}).
 
@@ -146,6 +153,10 @@ def run_studies(
     record holds ``hyperparam`` (the values used, searched or fixed), ``hyperparam_fixed`` (what
     was fixed) and ``corrected_sign`` (whether its scores are negated); a cached record computed
     with other fixed values or another sign is an error, not reused.
+
+    ``cache_dir``: the on-disk store of decoded inputs and encoder outputs (:mod:`src.ood.cache`),
+    shared by every study process that names it; None computes everything here (``share_inputs``
+    then keeps the decoded batches in memory for this call). The records and scores are the same.
     """
     runs_dir = Path(runs_dir)
     dirs = {name: Path(out) for name, out in outputs.items()}
@@ -163,11 +174,17 @@ def run_studies(
         except OSError as err:
             raise OSError(f"--output-dir {out} cannot be created ({err.strerror}); choose a writable path") from err
     dev = resolve_device(device)
-    loader = (
-        InputCache(protocol, batch_size, num_workers, device=dev).loader
-        if share_inputs
-        else protocol_loader(protocol, batch_size, num_workers)
-    )
+    ood_cache = OODCache(cache_dir) if cache_dir is not None else None
+    if ood_cache is not None:
+        inputs: CachedInputs | None = CachedInputs(protocol, ood_cache, batch_size, num_workers, device=dev)
+        loader: Any = inputs
+    else:
+        inputs = None
+        loader = (
+            InputCache(protocol, batch_size, num_workers, device=dev).loader
+            if share_inputs
+            else protocol_loader(protocol, batch_size, num_workers)
+        )
     records: dict[str, list[dict[str, Any]]] = {name: [] for name in dirs}
     shown = StudyProgress.auto(len(runs), list(dirs), enabled=progress)
     for run in shown.over(runs):
@@ -221,7 +238,10 @@ def run_studies(
         shown.start_run(run["run_name"], list(todo))
         net = load_ood_network(run["model_path"], run["finetuner_path"], run["model_name"], dev)
         # the run's features: computed once per (preprocessor, split, batch) for all its detectors
-        store = FeatureStore.for_detectors(net, loader, todo.values(), seed=seed)
+        encodings = (
+            None if ood_cache is None or inputs is None else RunEncodings(ood_cache, inputs, run, dev, batch_size)
+        )
+        store = FeatureStore.for_detectors(net, loader, todo.values(), seed=seed, encodings=encodings)
         for name, detector in todo.items():
             if seed is not None:
                 torch.manual_seed(seed)
@@ -239,6 +259,8 @@ def run_studies(
             shown.detector_done(name)
         del store, net  # the run's features and weights can go before the next run's
         shown.run_finished(run["run_name"], list(todo))
+    if ood_cache is not None:
+        log.info("%s (%s)", ood_cache.stats.summary(), ood_cache.root)
     for name, output_dir in dirs.items():
         runs_json = output_dir / "runs.json"
         runs_json.unlink(missing_ok=True)

@@ -12,7 +12,7 @@ for the Bayes models, with the checkpoint's ``mc_samples``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -69,10 +69,23 @@ class OODNetwork:
     def features(self, x: Tensor, reads: Iterable[str] = ()) -> Features:
         """The logits of ``x`` [B, 3, H, W] and the optional fields named in ``reads`` (see ``Features``).
 
-        Fields a model does not have (``mu`` etc. of the deterministic model) stay None. Bayes-H:
-        one forward draws S samples h_s; ``logits`` is the MC mean of P(h_s) (P is linear, so it
-        equals P(h̄) up to rounding, O-Q13). Bayes-Z: the projection (which draws the z samples) runs
-        only when an embedding-side field is read.
+        ``features_from_encoding(encode(x), reads)``: the encoder output first (deterministic for
+        every model), then the heads. Fields a model does not have (``mu`` etc. of the deterministic
+        model) stay None.
+        """
+        return self.features_from_encoding(self.encode(x), reads)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The encoder output e [B, E] of ``x``: deterministic for all three models (eval mode), so the
+        OOD cache may store it (``src/ood/cache.py``); everything random comes after it."""
+        return self.model.encode(x)
+
+    def features_from_encoding(self, e: Tensor, reads: Iterable[str] = ()) -> Features:
+        """The :class:`Features` of a batch from its encoder output ``e`` [B, E] (see ``features``).
+
+        Bayes-H: the Gaussian head on e draws S samples h_s; ``logits`` is the MC mean of P(h_s) (P is
+        linear, so it equals P(h̄) up to rounding, O-Q13). Bayes-Z: the projection (which draws the z
+        samples) runs only when an embedding-side field is read.
         """
         want = frozenset(reads)
         unknown = sorted(want - set(FIELDS))
@@ -82,19 +95,19 @@ class OODNetwork:
         posterior: StochasticOutput | None = None
         embeddings: Tensor | None = None
         if space == "H":
-            posterior = self.model(x)
+            posterior = self.model.gaussian(e)
             feats = posterior.repr
             logits = self.predictor(posterior.samples).mean(0)
             if "embeddings" in want:
                 embeddings = self.model.projection_head(posterior.samples).mean(0)
         elif space == "Z":
-            feats = self.model(x)
+            feats = e
             logits = self.predictor(feats)
             if want & {"embeddings", *STOCHASTIC_FIELDS}:
                 posterior = self.model.project(feats)
                 embeddings = posterior.repr
         else:
-            feats = self.model(x)
+            feats = e
             logits = self.predictor(feats)
             if "embeddings" in want:
                 embeddings = self.model.projection_head(feats)
@@ -125,13 +138,8 @@ class OODNetwork:
         Raises:
             ValueError: the encoder is not a torchvision ResNet (e.g. a timm model).
         """
+        self.feature_list_layers()
         enc = self.model.encoder
-        if not all(hasattr(enc, name) for name in ("conv1", "bn1", "relu", "layer4", "avgpool")):
-            encoder = getattr(self.model, "hparams", {}).get("encoder", type(enc).__name__)
-            raise ValueError(
-                f"gram reads the layers of a torchvision ResNet encoder (conv1 … layer4, avgpool); this model's "
-                f"encoder is {encoder!r}: leave gram out of the study for it"
-            )
         h = enc.relu(enc.bn1(enc.conv1(x)))
         maps = [h]
         h = enc.layer1(h)
@@ -142,6 +150,55 @@ class OODNetwork:
         maps.append(h)
         maps.append(enc.avgpool(enc.layer4(h)))
         return maps
+
+    def feature_maps(self, x: Tensor) -> tuple[list[Tensor], Tensor | None]:
+        """GRAM's five maps (as :meth:`feature_list`) and the encoder output e [B, E], from ONE encoder pass.
+
+        Forward hooks on the stem's ReLU, layer1–3 and the average pool record the maps while
+        :meth:`encode` runs, so e is bit for bit ``encode(x)`` and the maps those of ``feature_list``
+        wherever the stem's max-pool is an identity (the small-image stems: ``MaxPool2d(1, 1)``). For any
+        other encoder the maps come from :meth:`feature_list` and e is None (the caller needs its
+        logits from elsewhere).
+
+        Raises:
+            ValueError: the encoder is not a torchvision ResNet (as :meth:`feature_list`).
+        """
+        enc = self.model.encoder
+        pool = getattr(enc, "maxpool", None)
+        identity_pool = isinstance(pool, nn.Identity) or (
+            isinstance(pool, nn.MaxPool2d) and pool.kernel_size in (1, (1, 1)) and pool.stride in (1, (1, 1))
+        )
+        if not identity_pool or getattr(self.model, "_compiled_encoder", None) is not None:
+            return self.feature_list(x), None
+        self.feature_list_layers()  # the ResNet check, with its error
+        maps: dict[int, Tensor] = {}
+
+        def recorder(i: int) -> Callable[[nn.Module, object, Tensor], None]:
+            def hook(module: nn.Module, args: object, out: Tensor) -> None:
+                maps.setdefault(i, out)  # the stem's ReLU is called once; keep the first call
+
+            return hook
+
+        modules = [enc.relu, enc.layer1, enc.layer2, enc.layer3, enc.avgpool]
+        handles = [m.register_forward_hook(recorder(i)) for i, m in enumerate(modules)]
+        try:
+            e = self.encode(x)
+        finally:
+            for h in handles:
+                h.remove()
+        if len(maps) != len(modules):  # e.g. a traced encoder that bypasses the hooks
+            return self.feature_list(x), None
+        return [maps[i] for i in range(len(modules))], e
+
+    def feature_list_layers(self) -> None:
+        """Raises ValueError when the encoder lacks the torchvision ResNet layers GRAM reads."""
+        enc = self.model.encoder
+        if not all(hasattr(enc, name) for name in ("conv1", "bn1", "relu", "layer4", "avgpool")):
+            encoder = getattr(self.model, "hparams", {}).get("encoder", type(enc).__name__)
+            raise ValueError(
+                f"gram reads the layers of a torchvision ResNet encoder (conv1 … layer4, avgpool); this model's "
+                f"encoder is {encoder!r}: leave gram out of the study for it"
+            )
 
 
 def model_name_from_run(run_name: str) -> str:

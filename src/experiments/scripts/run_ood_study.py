@@ -5,7 +5,10 @@ r"""OOD-detection study over a folder of finetuned runs: one detector per call, 
         --output-dir data/results/ood/cifar10/msp
 
 Writes ``<output-dir>/<run>.json`` per run (reused when present), ``<output-dir>/runs.json`` and
-``<output-dir>/scores/<run>.npz`` (confidences, predictions and labels per split).
+``<output-dir>/scores/<run>.npz`` (confidences, predictions and labels per split). A one-detector study
+keeps decoded inputs and every run's encoder outputs in ``--cache-dir`` (default ``data/cache/ood``), where
+the next study process (another detector's stage) reuses them; ``--no-cache`` computes them in the process.
+``all`` shares them in memory and uses a store only when ``--cache-dir`` is given.
 
 Fixed hyper-parameters instead of the search on the validation sets (repeatable; DETECTOR.NAME for
 one detector of an `all` study; values are YAML: 50, 0.0014, [1, 2, 3]):
@@ -19,6 +22,9 @@ import argparse
 import logging
 from pathlib import Path
 from typing import Any
+
+#: the store of a one-detector study (``src.ood.cache.DEFAULT_CACHE_DIR``; not imported: --help stays torch-free)
+DEFAULT_CACHE_DIR = Path("data/cache/ood")
 
 #: one config per detector (``src/ood/detectors/__init__.py``): the names without importing torch
 DETECTOR_CONFIGS = Path(__file__).resolve().parents[1] / "conf" / "ood"
@@ -86,8 +92,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="fix a hyper-parameter instead of searching it (repeatable): a searched one (K, temperature, noise, "
         "powers) or a constructor argument of the detector; DETECTOR.NAME=VALUE for one detector of `all`",
     )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="on-disk store of decoded inputs and encoder outputs shared by every study process (the nine "
+        "per-detector stages); content-addressed, safe to delete (default: data/cache/ood for one detector; "
+        "none for `all`, which shares them in memory)",
+    )
+    parser.add_argument(
+        "--no-cache", action="store_true", help="compute every input and encoder output in this process (no store)"
+    )
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
+
+
+def store_dir(args: argparse.Namespace) -> Path | None:
+    """The store of this call: none with --no-cache; --cache-dir when given; else the default folder for one
+    detector (the per-detector stages share through it) and none for `all` (one process shares in memory)."""
+    if args.no_cache:
+        return None
+    if args.cache_dir is not None:
+        return Path(args.cache_dir)
+    return None if args.postprocessor_name == "all" else DEFAULT_CACHE_DIR
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -108,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         progress=not args.no_progress,
         hyperparam=dict(args.hyperparam),
+        cache_dir=store_dir(args),
     )
 
 

@@ -78,6 +78,11 @@ class Detector(abc.ABC):
         self.sweep: dict[str, list[Any]] = dict(sweep or {})
         self.corrected_sign = bool(corrected_sign)
 
+    def reads_for(self, net: OODNetwork) -> frozenset[str]:
+        """What ``score`` reads from the features of ``net``'s batches: ``reads`` (a network detector
+        may need less for some models, e.g. Gram's logits from its own pass)."""
+        return self.reads
+
     # -- fitting ------------------------------------------------------------------------------------
     def fit(self, train: Features, labels: Tensor) -> None:
         """Fit on the ID training split: ``train`` holds every training sample's features (``fit_reads``),
@@ -120,6 +125,12 @@ class Detector(abc.ABC):
     @abc.abstractmethod
     def score(self, features: Features) -> tuple[Tensor, Tensor]:
         """(pred [B] int64, conf [B]) of one batch, with the reference's sign."""
+
+    def score_candidates(self, features: Features, candidates: list[list[Any]]) -> list[tuple[Tensor, Tensor]] | None:
+        """Optional: (pred, conf) of one batch for every hyper-parameter candidate at once (each equal to
+        ``set_hyperparam(c)`` then ``score``), for a search that shares work between candidates (the
+        kNN/KL detectors: the max(K)+1 nearest once, sliced per K). None: not offered (the default)."""
+        return None
 
     def signed(self, pred: Tensor, conf: Tensor) -> tuple[Tensor, Tensor]:
         """``conf`` negated for ``corrected_sign`` when the reference's sign looks inverted."""

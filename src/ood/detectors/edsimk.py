@@ -86,6 +86,58 @@ def kth_nearest_distance(
     return out
 
 
+def kth_nearest_distances(
+    queries: Tensor,
+    keys: Tensor,
+    k_indices: list[int],
+    query_chunk: int = 1024,
+    key_chunk: int = 8192,
+    key_sq_norms: Tensor | None = None,
+) -> list[Tensor]:
+    """:func:`kth_nearest_distance` for several ranks at once: the max(K)+1 nearest keys are found in
+    one scan (the same blocks, squared distances and running ``topk`` merges), then sliced per K: the
+    K+1 smallest are the first K+1 of the sorted max(K)+1 smallest, and the selected neighbour is their
+    ``argmax`` as in the one-K scan; its distance is recomputed directly. One float64 [M] per K.
+
+    Raises:
+        ValueError: as :func:`kth_nearest_distance`, for the largest K.
+    """
+    n = keys.shape[0]
+    if not k_indices:
+        return []
+    top = max(k_indices)
+    if min(k_indices) < 0 or top >= n:
+        raise ValueError(f"K = {top} needs at least K + 1 = {top + 1} training features, got {n}")
+    if query_chunk < 1 or key_chunk < 1:
+        raise ValueError(f"chunk sizes must be positive, got query_chunk={query_chunk}, key_chunk={key_chunk}")
+    keep = top + 1
+    keys = keys.to(torch.float64)
+    if key_sq_norms is None:
+        key_sq_norms = (keys * keys).sum(1)
+    outs = [torch.empty(queries.shape[0], dtype=torch.float64, device=queries.device) for _ in k_indices]
+    for q_start in range(0, queries.shape[0], query_chunk):
+        q = queries[q_start : q_start + query_chunk].to(torch.float64)
+        q_sq = (q * q).sum(1, keepdim=True)
+        best_d: Tensor | None = None
+        best_i: Tensor | None = None
+        for k_start in range(0, n, key_chunk):
+            block = keys[k_start : k_start + key_chunk]
+            d2 = q_sq + key_sq_norms[k_start : k_start + key_chunk].unsqueeze(0) - 2 * q @ block.T
+            d, i = d2.topk(min(keep, d2.shape[1]), dim=1, largest=False)
+            i += k_start
+            if best_d is not None and best_i is not None:
+                d, i = torch.cat([best_d, d], 1), torch.cat([best_i, i], 1)
+                d, pos = d.topk(min(keep, d.shape[1]), dim=1, largest=False)
+                i = i.gather(1, pos)
+            best_d, best_i = d, i
+        assert best_d is not None and best_i is not None
+        for out, k in zip(outs, k_indices):
+            col = best_d[:, : k + 1].argmax(dim=1, keepdim=True)
+            kth = best_i.gather(1, col).squeeze(1)
+            out[q_start : q_start + q.shape[0]] = (q - keys[kth]).norm(dim=1)
+    return outs
+
+
 @register
 class EDSimK(Detector):
     """−‖x − x_(K)‖ with ``x_(K)`` the (K+1)-th nearest training feature; APS over ``K``.
@@ -166,3 +218,18 @@ class EDSimK(Detector):
             key_sq_norms=self.train_sq_norms,
         )
         return features.logits.argmax(dim=1), -dist
+
+    def score_candidates(self, features: Features, candidates: list[list[Any]]) -> list[tuple[Tensor, Tensor]]:
+        """Every candidate ``[K]`` of a search from one scan of the training set (:func:`kth_nearest_distances`)."""
+        self.check_fitted()
+        assert self.train_feats is not None
+        dists = kth_nearest_distances(
+            features.get("feats", self.name).to(self.train_feats.device),
+            self.train_feats,
+            [int(c[0]) for c in candidates],
+            query_chunk=self.query_chunk,
+            key_chunk=self.train_chunk,
+            key_sq_norms=self.train_sq_norms,
+        )
+        pred = features.logits.argmax(dim=1)
+        return [(pred, -d) for d in dists]

@@ -1,7 +1,8 @@
 """``gram``: Gram-matrix deviations, as OpenOOD implements them (O-Q10, O-Q11).
 
-A network detector: it reads the layer activations ``net.feature_list(x)`` of the input batch
-(the network-level hook) and the batch's ``logits`` from its features.
+A network detector: it reads the layer activations of the input batch (``net.feature_maps(x)``:
+forward hooks on one encoder pass, which also gives the encoder output, hence the logits of ssl and
+Bayes-Z; for Bayes-H the logits are the study's MC draws, read from the batch's features).
 
 For each feature map ``l`` of ``net.feature_list`` (five ResNet maps, [B, C_l, H_l, W_l]) and each
 power ``p``, one image gives the per-channel statistic
@@ -107,6 +108,24 @@ class Gram(NetworkDetector):
         #: [num_classes, num_layers, num_fitted_powers] float64; None before the fit
         self.mins: Tensor | None = None
         self.maxs: Tensor | None = None
+        #: score from ONE encoder pass per batch (hooks record the maps while the encoder runs, and the
+        #: logits of ssl and Bayes-Z come from its output); False: the maps from ``feature_list`` and the
+        #: logits from the study's features (two passes, the previous path; same scores, tested)
+        self.one_pass = True
+
+    def reads_for(self, net: OODNetwork) -> frozenset[str]:
+        """No features for a deterministic-logits model with one pass (its own pass gives the logits);
+        Bayes-H's logits are the study's MC draws, read from the features."""
+        if self.one_pass and getattr(net, "stochastic_space", None) != "H":
+            return frozenset()
+        return self.reads
+
+    def _maps(self, net: OODNetwork, x: Tensor) -> tuple[list[Tensor], Tensor | None]:
+        """(maps, encoder output or None): one hooked pass (``net.feature_maps``) with ``one_pass``, else
+        ``net.feature_list`` (also for a network that offers only that hook)."""
+        if self.one_pass and hasattr(net, "feature_maps"):
+            return net.feature_maps(x)
+        return net.feature_list(x), None
 
     # -- fit ------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -126,7 +145,7 @@ class Gram(NetworkDetector):
         maxs: Tensor | None = None
         seen = torch.zeros(num_classes, dtype=torch.bool, device=net.device)
         for data, labels in train.inputs():
-            maps = net.feature_list(plain_view(data).to(net.device))
+            maps = self._maps(net, plain_view(data).to(net.device))[0]
             labels = labels.to(net.device).long()
             if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
                 found = labels.unique().tolist()
@@ -199,11 +218,18 @@ class Gram(NetworkDetector):
         self.check_fitted()
         assert self.mins is not None and self.maxs is not None
         columns = self._power_columns(self.powers)
-        maps = net.feature_list(plain_view(data).to(net.device))
+        x = plain_view(data).to(net.device)
+        maps, encoding = self._maps(net, x)
         if len(maps) != self.mins.shape[1]:
             raise ValueError(f"gram: the network gives {len(maps)} feature maps, the fit saw {self.mins.shape[1]}")
+        if features is None and encoding is not None:  # ssl, Bayes-Z: the logits of this same pass
+            logits = net.features_from_encoding(encoding).logits
+        elif features is None:  # an encoder without identity max-pool: a second pass for the logits
+            logits = net.logits(x)
+        else:
+            logits = features.logits
         # argmax softmax = argmax logits; the class tables are gathered by the PREDICTED class (O-Q10 (d))
-        pred = self.features_of(features).logits.argmax(dim=1)
+        pred = logits.argmax(dim=1)
         mins = self.mins.to(pred.device)[pred]  # [B, L, P_fitted]
         maxs = self.maxs.to(pred.device)[pred]
         dev = torch.zeros(pred.shape[0], dtype=torch.float64, device=pred.device)

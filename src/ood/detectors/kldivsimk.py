@@ -96,6 +96,63 @@ def kth_smallest_kl(
     return out
 
 
+def kth_smallest_kls(
+    train_mu: Tensor,
+    train_log_var: Tensor,
+    mu: Tensor,
+    log_var: Tensor,
+    ks: list[int],
+    train_chunk_size: int = 8192,
+    test_chunk_size: int = 1024,
+    train_terms: tuple[Tensor, Tensor, Tensor] | None = None,
+) -> list[Tensor]:
+    """:func:`kth_smallest_kl` for several indices at once: one scan keeping the max(K)+1 smallest values
+    (the same chunks and arithmetic), then the (K+1)-th smallest sliced per K (a selection: the same
+    values as the one-K scan). One float32 [B] per K.
+
+    Raises:
+        ValueError: as :func:`kth_smallest_kl`, for the largest K.
+    """
+    if not ks:
+        return []
+    top = max(ks)
+    if any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in ks):
+        raise ValueError(f"kldivsimk: every K must be a non-negative integer, got {ks!r}")
+    n, d = train_mu.shape
+    if train_log_var.shape != (n, d) or mu.dim() != 2 or mu.shape[1] != d or log_var.shape != mu.shape:
+        raise ValueError(
+            f"kldivsimk: posterior shapes do not match: train {tuple(train_mu.shape)}/{tuple(train_log_var.shape)}, "
+            f"test {tuple(mu.shape)}/{tuple(log_var.shape)}"
+        )
+    if not top < n:
+        raise ValueError(f"kldivsimk: K={top!r} must be an integer in [0, {n}) (the number of training posteriors)")
+    if train_chunk_size < 1 or test_chunk_size < 1:
+        raise ValueError("kldivsimk: chunk sizes must be >= 1")
+    device = mu.device
+    outs = [torch.empty(mu.shape[0], dtype=torch.float32, device=device) for _ in ks]
+    if train_terms is None:
+        train_terms = training_terms(train_mu, train_log_var, device)
+    train_m, train_s2m2, train_a = train_terms
+    for t0 in range(0, mu.shape[0], test_chunk_size):
+        m = mu[t0 : t0 + test_chunk_size].double()
+        lv = log_var[t0 : t0 + test_chunk_size].double()
+        w = torch.exp(-lv)
+        mw = m * w
+        const = (m * mw).sum(dim=1) + lv.sum(dim=1) - d
+        best: Tensor | None = None  # [b, <= max K + 1] running smallest values, ascending
+        for i0 in range(0, n, train_chunk_size):
+            tm = train_m[i0 : i0 + train_chunk_size]
+            two_kl = w @ train_s2m2[i0 : i0 + train_chunk_size].T - 2.0 * (mw @ tm.T)
+            kl = 0.5 * (two_kl + const[:, None] - train_a[None, i0 : i0 + train_chunk_size])
+            kl = _reference_replacements(kl)
+            pool = kl if best is None else torch.cat([best, kl], dim=1)
+            best = torch.topk(pool, min(top + 1, pool.shape[1]), dim=1, largest=False, sorted=True).values
+        assert best is not None
+        for out, k in zip(outs, ks):
+            out[t0 : t0 + test_chunk_size] = best[:, k].float()
+    return outs
+
+
 def training_terms(train_mu: Tensor, train_log_var: Tensor, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
     """The training side of the KL expansion in float64 on ``device``: ``μ_i`` [N, D],
     ``σ_i² + μ_i²`` [N, D] and ``a_i = Σ_d ln σ_{i,d}²`` [N]; shared by every test batch."""
@@ -213,3 +270,21 @@ class KLDivSimK(Detector):
             train_terms=self._train_terms if self._train_terms and self._train_terms[0].device == mu.device else None,
         )
         return features.logits.argmax(dim=1).long(), conf
+
+    def score_candidates(self, features: Features, candidates: list[list[Any]]) -> list[tuple[Tensor, Tensor]]:
+        """Every candidate ``[K]`` of a search from one scan of the training posteriors (:func:`kth_smallest_kls`)."""
+        self.check_fitted()
+        assert self.train_mu is not None and self.train_log_var is not None
+        mu, log_var = features.get("mu", self.name), features.get("log_var", self.name)
+        confs = kth_smallest_kls(
+            self.train_mu,
+            self.train_log_var,
+            mu,
+            log_var,
+            [int(c[0]) for c in candidates],
+            train_chunk_size=self.train_chunk_size,
+            test_chunk_size=self.test_chunk_size,
+            train_terms=self._train_terms if self._train_terms and self._train_terms[0].device == mu.device else None,
+        )
+        pred = features.logits.argmax(dim=1).long()
+        return [(pred, c) for c in confs]
