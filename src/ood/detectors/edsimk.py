@@ -54,36 +54,8 @@ def kth_nearest_distance(
     Raises:
         ValueError: ``k_index`` is negative or not smaller than N, or a chunk size is not positive.
     """
-    n = keys.shape[0]
-    if not 0 <= k_index < n:
-        raise ValueError(f"K = {k_index} needs at least K + 1 = {k_index + 1} training features, got {n}")
-    if query_chunk < 1 or key_chunk < 1:
-        raise ValueError(f"chunk sizes must be positive, got query_chunk={query_chunk}, key_chunk={key_chunk}")
-    keep = k_index + 1
-    keys = keys.to(torch.float64)
-    if key_sq_norms is None:
-        key_sq_norms = (keys * keys).sum(1)
-    out = torch.empty(queries.shape[0], dtype=torch.float64, device=queries.device)
-    for q_start in range(0, queries.shape[0], query_chunk):
-        q = queries[q_start : q_start + query_chunk].to(torch.float64)
-        q_sq = (q * q).sum(1, keepdim=True)
-        best_d: Tensor | None = None  # [m, ≤ K+1] smallest squared distances so far
-        best_i: Tensor | None = None  # [m, ≤ K+1] their key indices
-        for k_start in range(0, n, key_chunk):
-            block = keys[k_start : k_start + key_chunk]
-            d2 = q_sq + key_sq_norms[k_start : k_start + key_chunk].unsqueeze(0) - 2 * q @ block.T
-            d, i = d2.topk(min(keep, d2.shape[1]), dim=1, largest=False)
-            i += k_start
-            if best_d is not None and best_i is not None:
-                d, i = torch.cat([best_d, d], 1), torch.cat([best_i, i], 1)
-                d, pos = d.topk(min(keep, d.shape[1]), dim=1, largest=False)
-                i = i.gather(1, pos)
-            best_d, best_i = d, i
-        assert best_d is not None and best_i is not None
-        # the K+1 kept values are the K+1 smallest: their maximum is the (K+1)-th smallest
-        kth = best_i.gather(1, best_d.argmax(dim=1, keepdim=True)).squeeze(1)
-        out[q_start : q_start + q.shape[0]] = (q - keys[kth]).norm(dim=1)
-    return out
+    # one rank is the several-rank scan with K + 1 neighbours kept: the same blocks and merges
+    return kth_nearest_distances(queries, keys, [k_index], query_chunk, key_chunk, key_sq_norms)[0]
 
 
 def kth_nearest_distances(
@@ -106,7 +78,9 @@ def kth_nearest_distances(
     if not k_indices:
         return []
     top = max(k_indices)
-    if min(k_indices) < 0 or top >= n:
+    if min(k_indices) < 0:
+        raise ValueError(f"K = {min(k_indices)} is negative: K is a 0-based rank")
+    if top >= n:
         raise ValueError(f"K = {top} needs at least K + 1 = {top + 1} training features, got {n}")
     if query_chunk < 1 or key_chunk < 1:
         raise ValueError(f"chunk sizes must be positive, got query_chunk={query_chunk}, key_chunk={key_chunk}")
