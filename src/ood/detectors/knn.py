@@ -30,9 +30,14 @@ neighbour's distance recomputed directly as ‖z − z_i‖. :meth:`KNN.score_ca
 the grid from one scan that keeps the max(K) nearest, sliced per K (identical to one scan per K).
 
 Features: ``feats`` (the backbone representation: e = E(x) for ssl and Bayes-Z; for Bayes-H the MC
-mean h̄ of the S samples, O-Q12), at fit and score time; ``logits`` for ``pred``. An MC form (the mean
-over s of the score of each sample h_s) is not offered: it exists for Bayes-H only (Bayes-Z's samples
-live in the projector's space, not the backbone's).
+mean h̄ of the S samples, O-Q12), at fit and score time; ``logits`` for ``pred``.
+
+**MC form** (``mc_average: true``, off by default): for Bayes-H the score is averaged over the S
+samples of the backbone representation, ``conf(x) = (1/S) Σ_s −r_(K)(h_s)`` with each ``h_s`` [D]
+L2-normalised and searched against the same fit (the normalised training h̄); it reads ``samples``
+[S, B, D] for Bayes-H runs only (:meth:`KNN.reads_for`) and costs S scans of the training set per
+batch. For ssl and Bayes-Z the backbone representation e is deterministic, so the MC average is the
+score itself and the option changes nothing there.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from src.ood.detectors import register
 from src.ood.detectors.base import Detector
 from src.ood.detectors.edsimk import kth_nearest_distance, kth_nearest_distances
 from src.ood.features import Features
+from src.ood.wrapper import OODNetwork
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +63,21 @@ def l2_normalised(x: Tensor) -> Tensor:
     return F.normalize(x.to(torch.float64), p=2.0, dim=1, eps=1e-12)
 
 
+def mean_of(dists: list[Tensor]) -> Tensor:
+    """The mean of per-sample distances [B] (the one tensor itself when there is one: no rounding)."""
+    if len(dists) == 1:
+        return dists[0]
+    return torch.stack(dists).mean(0)
+
+
 @register
 class KNN(Detector):
     """−‖z − z_(K)‖ on L2-normalised ``feats``, ``z_(K)`` the K-th nearest normalised training feature; APS over ``K``.
 
     Args:
         K: 1-based neighbour rank (OpenOOD's default 50).
+        mc_average: Bayes-H only: average the score over the S samples h_s instead of scoring h̄
+            (see the module docstring).
         query_chunk: test rows per distance block.
         train_chunk: training rows per distance block (memory O(query_chunk · max(train_chunk, K))).
         sweep: APS grid ``{"K_list": [...]}``.
@@ -80,6 +95,7 @@ class KNN(Detector):
     def __init__(
         self,
         K: int = 50,
+        mc_average: bool = False,
         query_chunk: int = 1024,
         train_chunk: int = 8192,
         sweep: dict[str, list[Any]] | None = None,
@@ -93,6 +109,13 @@ class KNN(Detector):
         self.train_feats: Tensor | None = None
         self.train_sq_norms: Tensor | None = None
         self.K = self._checked(K)
+        self.mc_average = bool(mc_average)
+
+    def reads_for(self, net: OODNetwork) -> frozenset[str]:
+        """``reads``, plus ``samples`` for Bayes-H with ``mc_average``."""
+        if self.mc_average and net.stochastic_space == "H":
+            return self.reads | {"samples"}
+        return self.reads
 
     @staticmethod
     def _checked(k: Any) -> int:
@@ -135,9 +158,14 @@ class KNN(Detector):
     def get_hyperparam(self) -> list[Any]:
         return [self.K]
 
-    def _queries(self, features: Features) -> Tensor:
+    def _queries(self, features: Features) -> list[Tensor]:
+        """The normalised query features [B, D]: one (``feats``), or one per MC sample for Bayes-H with
+        ``mc_average``."""
         assert self.train_feats is not None
-        return l2_normalised(features.get("feats", self.name).to(self.train_feats.device))
+        device = self.train_feats.device
+        if self.mc_average and features.space == "H":
+            return [l2_normalised(h.to(device)) for h in features.get("samples", self.name)]
+        return [l2_normalised(features.get("feats", self.name).to(device))]
 
     def score(self, features: Features) -> tuple[Tensor, Tensor]:
         """Score one batch.
@@ -153,28 +181,35 @@ class KNN(Detector):
         """
         self.check_fitted()
         assert self.train_feats is not None
-        dist = kth_nearest_distance(
-            self._queries(features),
-            self.train_feats,
-            self.effective_k(self.K) - 1,
-            query_chunk=self.query_chunk,
-            key_chunk=self.train_chunk,
-            key_sq_norms=self.train_sq_norms,
-        )
-        return features.logits.argmax(dim=1), -dist
+        dists = [
+            kth_nearest_distance(
+                z,
+                self.train_feats,
+                self.effective_k(self.K) - 1,
+                query_chunk=self.query_chunk,
+                key_chunk=self.train_chunk,
+                key_sq_norms=self.train_sq_norms,
+            )
+            for z in self._queries(features)
+        ]
+        return features.logits.argmax(dim=1), -mean_of(dists)
 
     def score_candidates(self, features: Features, candidates: list[list[Any]]) -> list[tuple[Tensor, Tensor]]:
         """Every candidate ``[K]`` of a search from one scan of the training set that keeps the max(K) nearest
         (:func:`~src.ood.detectors.edsimk.kth_nearest_distances`); each equals ``set_hyperparam`` then ``score``."""
         self.check_fitted()
         assert self.train_feats is not None
-        dists = kth_nearest_distances(
-            self._queries(features),
-            self.train_feats,
-            [self.effective_k(self._checked(c[0])) - 1 for c in candidates],
-            query_chunk=self.query_chunk,
-            key_chunk=self.train_chunk,
-            key_sq_norms=self.train_sq_norms,
-        )
+        ranks = [self.effective_k(self._checked(c[0])) - 1 for c in candidates]
+        per_query = [
+            kth_nearest_distances(
+                z,
+                self.train_feats,
+                ranks,
+                query_chunk=self.query_chunk,
+                key_chunk=self.train_chunk,
+                key_sq_norms=self.train_sq_norms,
+            )
+            for z in self._queries(features)
+        ]
         pred = features.logits.argmax(dim=1)
-        return [(pred, -d) for d in dists]
+        return [(pred, -mean_of([d[i] for d in per_query])) for i in range(len(candidates))]
