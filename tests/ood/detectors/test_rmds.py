@@ -60,7 +60,7 @@ def test_rmds_config_and_errors() -> None:
     assert detector_config("rmds") == {"aps_mode": False, "args": {}, "sweep": {}}
     det = build_detector("rmds")
     assert isinstance(det, RMDS) and det.candidates() == [] and det.needs_fit
-    logits, feats, labels = random_features(30, 4, 3, seed=2)
+    logits, feats, _ = random_features(30, 4, 3, seed=2)
     with pytest.raises(NotFittedError):
         det.postprocess(features(logits, feats=feats))
     with pytest.raises(ValueError, match="no training feature"):
