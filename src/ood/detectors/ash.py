@@ -16,6 +16,10 @@ feature is ``feats``, the head's input for every model (for Bayes-H the MC mean 
 since the study's MC-mean logits equal ``P(h̄)`` by linearity). The method assumes non-negative
 activations (a ReLU network's pooled features, as ssl and Bayes-Z have); Bayes-H's ``h̄`` may have
 negative entries, where ``s1 / s2`` has no such reading (it is computed all the same).
+
+``mc=True`` (off by default): for Bayes-H the MC form, ``conf = mean_s conf(h_s)`` over the samples
+``h_s`` [S, B, E] and ``pred = argmax_k mean_s f̃_k(h_s)``; it reads ``samples`` and changes nothing for
+ssl and Bayes-Z (their head input is deterministic).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import torch
 from torch import Tensor
 
 from src.ood.detectors import register
-from src.ood.detectors.base import Detector
+from src.ood.detectors.base import Detector, head_inputs
 from src.ood.features import Features
 
 
@@ -61,6 +65,7 @@ class ASH(Detector):
 
     Args:
         percentile: ``p``, the share of activations pruned (OpenOOD's default 90).
+        mc: Bayes-H's MC form (the module docstring); False: the closed form on ``feats``.
         sweep: APS grid ``{"percentile_list": [...]}``.
         corrected_sign: unused (ASH's sign is not inverted).
     """
@@ -70,10 +75,17 @@ class ASH(Detector):
     reads = frozenset({"feats"})
 
     def __init__(
-        self, percentile: float = 90, sweep: dict[str, list[Any]] | None = None, corrected_sign: bool = False
+        self,
+        percentile: float = 90,
+        mc: bool = False,
+        sweep: dict[str, list[Any]] | None = None,
+        corrected_sign: bool = False,
     ) -> None:
         super().__init__(sweep=sweep, corrected_sign=corrected_sign)
         self.percentile = _check_percentile(percentile)
+        self.mc = bool(mc)
+        if self.mc:
+            self.reads = self.reads | {"samples"}
 
     def set_hyperparam(self, values: list[Any]) -> None:
         """``values = [p]``."""
@@ -86,7 +98,7 @@ class ASH(Detector):
         """Score one batch.
 
         Args:
-            features: reads ``feats`` [B, E].
+            features: reads ``feats`` [B, E] (with ``mc``, Bayes-H's ``samples`` [S, B, E]).
 
         Returns:
             ``pred`` int64 [B] (argmax of the shaped logits) and ``conf`` [B] (their logsumexp, the
@@ -96,5 +108,6 @@ class ASH(Detector):
             NotFittedError: without the head.
         """
         self.check_fitted()
-        logits = self.head_logits(ash_s(features.get("feats", self.name), self.percentile))
-        return logits.argmax(dim=1), torch.logsumexp(logits, dim=1)
+        x = head_inputs(features, self.mc, self.name)  # [S, B, E]
+        logits = self.head_logits(ash_s(x.flatten(0, 1), self.percentile)).unflatten(0, x.shape[:2])  # [S, B, C]
+        return logits.mean(0).argmax(dim=1), torch.logsumexp(logits, dim=2).mean(0)

@@ -22,7 +22,9 @@ is the finetuner's ``simple_mlp``, a single ``Linear(E, C)``, so ``logits = feat
 ``W`` [C, E], ``b`` [C] and its input is the ``feats`` field for every model: ``e`` for ssl and
 Bayes-Z; for Bayes-H the study's logits are the MC mean of ``P(h_s)``, which by linearity is
 ``P(h̄)`` with ``h̄`` = ``feats`` (up to rounding), so the closed form ``feats @ Wᵀ + b`` is the
-deterministic counterpart the head-reading detectors use (:meth:`Detector.head_logits`).
+deterministic counterpart the head-reading detectors use (:meth:`Detector.head_logits`). Their MC
+form (an option, off by default) averages the score over Bayes-H's samples ``h_s`` instead
+(:func:`head_inputs`).
 
 Sign convention: the reference's signs are the default. Three detectors score in a direction
 that looks inverted (O-Q8, O-Q10: sigmamean, kldivsimk, gram; ``reference_sign_inverted``);
@@ -217,6 +219,16 @@ class NetworkDetector(Detector):
         """The study's call: ``score_network`` after the fit check, with the sign convention applied."""
         self.check_fitted()
         return self.signed(*self.score_network(net, data, features))
+
+
+def head_inputs(features: Features, mc: bool, reader: str) -> Tensor:
+    """The finetuned head's inputs of a batch as draws [S, B, E]: ``feats`` [1, B, E] (the closed form, the
+    default), or with ``mc`` for Bayes-H its samples ``h_s`` [S, B, E] (the MC form: a detector averages its
+    score over them; it must then read ``samples``). For ssl and Bayes-Z the head's input e is deterministic
+    (Bayes-Z's samples are z, after the projector), so ``mc`` changes nothing there."""
+    if mc and features.space == "H":
+        return features.get("samples", reader)
+    return features.get("feats", reader).unsqueeze(0)
 
 
 def plain_view(data: Data) -> Tensor:

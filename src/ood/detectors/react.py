@@ -13,6 +13,10 @@ finetuned head's linear layer ``W`` [C, E], ``b`` [C] (``reads_head``):
 ``feats``, the head's input for every model (for Bayes-H the MC mean ``h̄``: the closed form, since the
 study's MC-mean logits equal ``P(h̄)`` by linearity). OpenOOD takes the percentile over the ID
 *validation* features; here it is the ID training split, as in the paper (the fit sees only that split).
+
+``mc=True`` (off by default): for Bayes-H the MC form, ``conf = mean_s conf(h_s)`` over the samples
+``h_s`` [S, B, E] and ``pred = argmax_k mean_s f̃_k(h_s)``, the threshold still fitted on ``feats``; it
+reads ``samples`` and changes nothing for ssl and Bayes-Z (their head input is deterministic).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 from torch import Tensor
 
 from src.ood.detectors import register
-from src.ood.detectors.base import Detector
+from src.ood.detectors.base import Detector, head_inputs
 from src.ood.features import Features
 
 
@@ -41,6 +45,7 @@ class ReAct(Detector):
 
     Args:
         percentile: ``p`` of the clipping threshold (OpenOOD's default 90).
+        mc: Bayes-H's MC form (the module docstring); False: the closed form on ``feats``.
         sweep: APS grid ``{"percentile_list": [...]}``.
         corrected_sign: unused (ReAct's sign is not inverted).
     """
@@ -52,10 +57,17 @@ class ReAct(Detector):
     fit_reads = frozenset({"feats"})
 
     def __init__(
-        self, percentile: float = 90, sweep: dict[str, list[Any]] | None = None, corrected_sign: bool = False
+        self,
+        percentile: float = 90,
+        mc: bool = False,
+        sweep: dict[str, list[Any]] | None = None,
+        corrected_sign: bool = False,
     ) -> None:
         super().__init__(sweep=sweep, corrected_sign=corrected_sign)
         self.percentile = _check_percentile(percentile)
+        self.mc = bool(mc)
+        if self.mc:
+            self.reads = self.reads | {"samples"}
         #: the flattened training features (float32, CPU), kept so a new percentile needs no new fit
         self.activations: np.ndarray | None = None
         self.threshold: float | None = None
@@ -83,7 +95,7 @@ class ReAct(Detector):
         """Score one batch.
 
         Args:
-            features: reads ``feats`` [B, E].
+            features: reads ``feats`` [B, E] (with ``mc``, Bayes-H's ``samples`` [S, B, E]).
 
         Returns:
             ``pred`` int64 [B] (argmax of the clipped logits) and ``conf`` [B] (their logsumexp, the
@@ -94,5 +106,5 @@ class ReAct(Detector):
         """
         self.check_fitted()
         assert self.threshold is not None
-        logits = self.head_logits(features.get("feats", self.name).clamp(max=self.threshold))
-        return logits.argmax(dim=1), torch.logsumexp(logits, dim=1)
+        logits = self.head_logits(head_inputs(features, self.mc, self.name).clamp(max=self.threshold))  # [S, B, C]
+        return logits.mean(0).argmax(dim=1), torch.logsumexp(logits, dim=2).mean(0)

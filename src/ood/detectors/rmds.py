@@ -11,6 +11,10 @@ group). With ``MD_c(x) = (x − μ_c)ᵀ Π (x − μ_c)`` and ``MD_0(x) = (x �
 
 The feature is ``feats`` (encoder output e; for Bayes-H the MC mean ``h̄`` of the samples, as ``mds``);
 ``f`` the study's logits. No hyper-parameters (OpenOOD's ``rmds.yml``: no sweep).
+
+``mc=True`` (off by default): for Bayes-H the MC form, ``conf = mean_s conf(h_s)`` over the samples
+``h_s`` [S, B, D], the Gaussians still fitted on ``feats``; it reads ``samples`` and changes nothing for
+ssl and Bayes-Z (their ``feats`` is deterministic).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch
 from torch import Tensor
 
 from src.ood.detectors import register
-from src.ood.detectors.base import Detector
+from src.ood.detectors.base import Detector, head_inputs
 from src.ood.detectors.mds import fit_mahalanobis, log_training_accuracy, mahalanobis_score
 from src.ood.features import Features
 
@@ -35,8 +39,14 @@ class RMDS(Detector):
     reads = frozenset({"logits", "feats"})
     fit_reads = frozenset({"logits", "feats"})  # the logits feed the logged training accuracy
 
-    def __init__(self, sweep: dict[str, list[Any]] | None = None, corrected_sign: bool = False) -> None:
+    def __init__(
+        self, mc: bool = False, sweep: dict[str, list[Any]] | None = None, corrected_sign: bool = False
+    ) -> None:
+        """``mc``: Bayes-H's MC form (the module docstring); False: the closed form on ``feats``."""
         super().__init__(sweep=sweep, corrected_sign=corrected_sign)
+        self.mc = bool(mc)
+        if self.mc:
+            self.reads = self.reads | {"samples"}
         self.means: Tensor | None = None
         self.precision: Tensor | None = None
         self.background_mean: Tensor | None = None
@@ -57,7 +67,7 @@ class RMDS(Detector):
         """Score one batch.
 
         Args:
-            features: reads ``logits`` [B, C] and ``feats`` [B, D].
+            features: reads ``logits`` [B, C] and ``feats`` [B, D] (with ``mc``, Bayes-H's ``samples`` [S, B, D]).
 
         Returns:
             ``pred`` int64 [B] (argmax of the logits) and ``conf`` float32 [B].
@@ -68,8 +78,10 @@ class RMDS(Detector):
         self.check_fitted()
         assert self.means is not None and self.precision is not None
         assert self.background_mean is not None and self.background_precision is not None
-        feats = features.get("feats", self.name)
+        draws = head_inputs(features, self.mc, self.name)  # [S, B, D]
+        feats = draws.flatten(0, 1)
         # max_c −MD_c − (−MD_0): the background term does not depend on c
         class_conf = mahalanobis_score(feats, self.means, self.precision)
         background_conf = mahalanobis_score(feats, self.background_mean, self.background_precision)
-        return features.logits.argmax(dim=1), class_conf - background_conf
+        conf = (class_conf - background_conf).unflatten(0, draws.shape[:2]).mean(0)
+        return features.logits.argmax(dim=1), conf

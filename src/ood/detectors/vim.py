@@ -20,6 +20,10 @@ below 768 (and OpenOOD's 256 for E = 512); the value used is logged and recorded
 (``detector_info.principal_dim``). The feature is ``feats``, the head's input for every model (for
 Bayes-H the MC mean ``h̄``: the closed form, since the study's MC-mean logits equal ``P(h̄)`` by
 linearity); the logits are recomputed from it through the head, as OpenOOD does.
+
+``mc=True`` (off by default): for Bayes-H the MC form, ``conf = mean_s conf(h_s)`` over the samples
+``h_s`` [S, B, E] and ``pred = argmax_k mean_s (h_s Wᵀ + b)_k``, the fit still on ``feats``; it reads
+``samples`` and changes nothing for ssl and Bayes-Z (their head input is deterministic).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import torch
 from torch import Tensor
 
 from src.ood.detectors import register
-from src.ood.detectors.base import Detector
+from src.ood.detectors.base import Detector, head_inputs
 from src.ood.features import Features
 
 log = logging.getLogger(__name__)
@@ -54,6 +58,7 @@ class ViM(Detector):
 
     Args:
         dim: size of the principal subspace (OpenOOD's default 256; capped as in the module docstring).
+        mc: Bayes-H's MC form (the module docstring); False: the closed form on ``feats``.
         sweep: APS grid ``{"dim_list": [...]}``.
         corrected_sign: unused (ViM's sign is not inverted).
     """
@@ -64,9 +69,18 @@ class ViM(Detector):
     reads = frozenset({"feats"})
     fit_reads = frozenset({"feats"})
 
-    def __init__(self, dim: int = 256, sweep: dict[str, list[Any]] | None = None, corrected_sign: bool = False) -> None:
+    def __init__(
+        self,
+        dim: int = 256,
+        mc: bool = False,
+        sweep: dict[str, list[Any]] | None = None,
+        corrected_sign: bool = False,
+    ) -> None:
         super().__init__(sweep=sweep, corrected_sign=corrected_sign)
         self.dim = _check_dim(dim)
+        self.mc = bool(mc)
+        if self.mc:
+            self.reads = self.reads | {"samples"}
         #: the fit: u [E], the eigenvectors of Σ by decreasing eigenvalue [E, E] (float64), the training
         #: features (kept to recompute α for another dim) and their mean max-logit
         self.u: Tensor | None = None
@@ -136,7 +150,7 @@ class ViM(Detector):
         """Score one batch.
 
         Args:
-            features: reads ``feats`` [B, E].
+            features: reads ``feats`` [B, E] (with ``mc``, Bayes-H's ``samples`` [S, B, E]).
 
         Returns:
             ``pred`` int64 [B] (argmax of the head's logits) and ``conf`` [B] (the features' dtype).
@@ -146,7 +160,7 @@ class ViM(Detector):
         """
         self.check_fitted()
         assert self.residual is not None and self.u is not None and self.alpha is not None
-        x = features.get("feats", self.name)
-        logits = self.head_logits(x)
-        virtual = torch.linalg.vector_norm((x - self.u.to(x)) @ self.residual.to(x), dim=1) * self.alpha
-        return logits.argmax(dim=1), torch.logsumexp(logits, dim=1) - virtual
+        x = head_inputs(features, self.mc, self.name)  # [S, B, E]
+        logits = self.head_logits(x)  # [S, B, C]
+        virtual = torch.linalg.vector_norm((x - self.u.to(x)) @ self.residual.to(x), dim=2) * self.alpha
+        return logits.mean(0).argmax(dim=1), (torch.logsumexp(logits, dim=2) - virtual).mean(0)

@@ -13,6 +13,7 @@ from torch import Tensor
 from src.ood.detectors import build_detector, detector_config
 from src.ood.detectors.ash import ASH, ash_s
 from src.ood.detectors.base import NotFittedError
+from src.ood.features import Features
 from tests.ood.fakes import features
 
 
@@ -77,3 +78,22 @@ def test_ash_grid_and_errors() -> None:
         ASH(percentile=-5)
     with pytest.raises(ValueError, match="keeps none"):
         ash_s(batch.feats, 100)
+
+
+def test_ash_mc_form_averages_the_score_over_the_samples() -> None:
+    weight, bias = head(40, 5, seed=8)
+    samples = torch.randn(4, 6, 40, generator=torch.Generator().manual_seed(9)).abs()
+    bayes_h = Features(logits=torch.zeros(6, 5), feats=samples.mean(0), samples=samples, space="H")
+    dets = {mc: ASH(percentile=80, mc=mc) for mc in (False, True)}
+    for det in dets.values():
+        det.set_head(weight, bias)
+    assert "samples" in dets[True].reads and "samples" not in dets[False].reads
+    pred, conf = dets[True].postprocess(bayes_h)
+    per_draw = [per_sample_ash(h, weight, bias, 80)[1] for h in samples]
+    np.testing.assert_allclose(conf.numpy(), np.mean(per_draw, axis=0), rtol=1e-5, atol=1e-5)
+    shaped = torch.stack([ash_s(h, 80) for h in samples])
+    assert pred.tolist() == (shaped @ weight.T + bias).mean(0).argmax(1).tolist()
+    closed = dets[False].postprocess(bayes_h)[1]
+    np.testing.assert_allclose(closed.numpy(), per_sample_ash(samples.mean(0), weight, bias, 80)[1], rtol=1e-5)
+    ssl = Features(logits=torch.zeros(6, 5), feats=samples[0])
+    torch.testing.assert_close(dets[True].postprocess(ssl), dets[False].postprocess(ssl))

@@ -13,6 +13,7 @@ from torch import Tensor
 from src.ood.detectors import build_detector, detector_config
 from src.ood.detectors.base import NotFittedError
 from src.ood.detectors.react import ReAct
+from src.ood.features import Features
 from tests.ood.fakes import features
 
 
@@ -95,3 +96,24 @@ def test_react_errors() -> None:
         det.set_hyperparam([-1])
     with pytest.raises(ValueError, match="W \\[C, E\\]"):
         det.set_head(torch.zeros(3, 8), torch.zeros(8))
+
+
+def test_react_mc_form_averages_the_score_over_the_samples() -> None:
+    train, weight, bias = relu_feats(50, 16, seed=8), *head(16, 5, seed=9)
+    samples = torch.randn(4, 6, 16, generator=torch.Generator().manual_seed(10)) + 1.0
+    bayes_h = Features(logits=torch.zeros(6, 5), feats=samples.mean(0), samples=samples, space="H")
+    dets = {}
+    for mc in (False, True):
+        dets[mc] = ReAct(percentile=90, mc=mc)
+        dets[mc].set_head(weight, bias)
+        dets[mc].fit(features(torch.zeros(50, 5), feats=train), torch.zeros(50, dtype=torch.long))
+    assert "samples" in dets[True].reads and "samples" not in dets[False].reads
+    pred, conf = dets[True].postprocess(bayes_h)
+    per_draw = [per_sample_react(train, h, weight, bias, 90)[1] for h in samples]
+    np.testing.assert_allclose(conf.numpy(), np.mean(per_draw, axis=0), rtol=1e-5, atol=1e-5)
+    clipped = samples.clamp(max=dets[True].threshold)
+    assert pred.tolist() == (clipped @ weight.T + bias).mean(0).argmax(1).tolist()
+    closed = dets[False].postprocess(bayes_h)[1]
+    np.testing.assert_allclose(closed.numpy(), per_sample_react(train, samples.mean(0), weight, bias, 90)[1], rtol=1e-5)
+    ssl = Features(logits=torch.zeros(6, 5), feats=samples[0])
+    torch.testing.assert_close(dets[True].postprocess(ssl), dets[False].postprocess(ssl))

@@ -11,6 +11,7 @@ from torch import Tensor
 from src.ood.detectors import build_detector, detector_config
 from src.ood.detectors.base import NotFittedError
 from src.ood.detectors.rmds import RMDS
+from src.ood.features import Features
 from tests.ood.fakes import features
 
 
@@ -57,7 +58,7 @@ def test_rmds_matches_the_per_sample_formula() -> None:
 
 
 def test_rmds_config_and_errors() -> None:
-    assert detector_config("rmds") == {"aps_mode": False, "args": {}, "sweep": {}}
+    assert detector_config("rmds") == {"aps_mode": False, "args": {"mc": False}, "sweep": {}}
     det = build_detector("rmds")
     assert isinstance(det, RMDS) and det.candidates() == [] and det.needs_fit
     logits, feats, _ = random_features(30, 4, 3, seed=2)
@@ -65,3 +66,28 @@ def test_rmds_config_and_errors() -> None:
         det.postprocess(features(logits, feats=feats))
     with pytest.raises(ValueError, match="no training feature"):
         det.fit(features(logits, feats=feats), torch.zeros(30, dtype=torch.long))
+
+
+def test_rmds_mc_form_averages_the_score_over_the_samples() -> None:
+    logits, feats, labels = random_features(400, 6, 3, seed=3)
+    test_logits, _, _ = random_features(10, 6, 3, seed=4)
+    samples = torch.randn(5, 10, 6, generator=torch.Generator().manual_seed(5)) * 2
+    bayes_h = Features(logits=test_logits, feats=samples.mean(0), samples=samples, space="H")
+    det = RMDS(mc=True)
+    assert "samples" in det.reads and "samples" not in det.fit_reads
+    det.fit(features(logits, feats=feats), labels)
+    pred, conf = det.postprocess(bayes_h)
+    per_draw = [per_sample_rmds(feats.numpy(), labels.numpy(), h.numpy(), 3) for h in samples]
+    np.testing.assert_allclose(conf.numpy(), np.mean(per_draw, axis=0), rtol=1e-4, atol=1e-3)
+    np.testing.assert_array_equal(pred.numpy(), test_logits.argmax(1).numpy())
+    # the default reads no samples; for a deterministic model the MC form is the default
+    closed = RMDS()
+    closed.fit(features(logits, feats=feats), labels)
+    np.testing.assert_allclose(
+        closed.postprocess(bayes_h)[1].numpy(),
+        per_sample_rmds(feats.numpy(), labels.numpy(), samples.mean(0).numpy(), 3),
+        rtol=1e-4,
+        atol=1e-3,
+    )
+    ssl = Features(logits=test_logits, feats=samples[0])
+    torch.testing.assert_close(det.postprocess(ssl), closed.postprocess(ssl))

@@ -12,6 +12,7 @@ from torch import Tensor
 from src.ood.detectors import build_detector, detector_config
 from src.ood.detectors.base import NotFittedError
 from src.ood.detectors.vim import ViM, principal_dim
+from src.ood.features import Features
 from tests.ood.fakes import features
 
 
@@ -97,3 +98,23 @@ def test_vim_errors() -> None:
     for bad in (0, 2.5, True):
         with pytest.raises(ValueError, match="dim"):
             ViM(dim=bad)
+
+
+def test_vim_mc_form_averages_the_score_over_the_samples() -> None:
+    train, weight, bias = data(300, 12, 4, seed=8)
+    samples = torch.stack([data(7, 12, 4, seed=9 + s)[0] for s in range(3)])
+    bayes_h = Features(logits=torch.zeros(7, 4), feats=samples.mean(0), samples=samples, space="H")
+    det = ViM(dim=5, mc=True)
+    det.set_head(weight, bias)
+    det.fit(features(torch.zeros(300, 4), feats=train), torch.zeros(300, dtype=torch.long))
+    assert "samples" in det.reads and "samples" not in det.fit_reads
+    pred, conf = det.postprocess(bayes_h)
+    per_draw = [per_sample_vim(train, h, weight, bias, 5)[1] for h in samples]
+    np.testing.assert_allclose(conf.numpy(), np.mean(per_draw, axis=0), rtol=1e-4, atol=1e-4)
+    assert pred.tolist() == (samples @ weight.T + bias).mean(0).argmax(1).tolist()
+    closed = fitted(5, train, weight, bias)
+    np.testing.assert_allclose(
+        closed.postprocess(bayes_h)[1].numpy(), per_sample_vim(train, samples.mean(0), weight, bias, 5)[1], rtol=1e-4
+    )
+    ssl = Features(logits=torch.zeros(7, 4), feats=samples[0])
+    torch.testing.assert_close(det.postprocess(ssl), closed.postprocess(ssl))
