@@ -13,6 +13,7 @@ from torch import Tensor
 from src.ood.detectors import build_detector, detector_config
 from src.ood.detectors.ash import ASH, ash_s
 from src.ood.detectors.base import NotFittedError
+from src.ood.evaluator import fit_detector
 from src.ood.features import Features
 from tests.ood.fakes import features
 
@@ -97,3 +98,17 @@ def test_ash_mc_form_averages_the_score_over_the_samples() -> None:
     np.testing.assert_allclose(closed.numpy(), per_sample_ash(samples.mean(0), weight, bias, 80)[1], rtol=1e-5)
     ssl = Features(logits=torch.zeros(6, 5), feats=samples[0])
     torch.testing.assert_close(dets[True].postprocess(ssl), dets[False].postprocess(ssl))
+
+
+def test_fit_detector_hands_over_the_head_of_the_network() -> None:
+    weight, bias = head(8, 3, seed=10)
+
+    class Net:  # the one hook fit_detector needs for a head-reading detector without a fit
+        def head(self) -> tuple[Tensor, Tensor]:
+            return weight, bias
+
+    det = build_detector("ash")
+    fit_detector(det, Net(), None)  # type: ignore[arg-type]
+    assert det.head is not None and torch.equal(det.head[0], weight) and torch.equal(det.head[1], bias)
+    batch = features(torch.zeros(4, 3), feats=relu_feats(4, 8, seed=11))
+    assert det.postprocess(batch)[1].shape == (4,)
