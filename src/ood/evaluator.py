@@ -40,7 +40,10 @@ def to_device(data: Data, device: torch.device) -> Data:
 
 
 def fit_detector(detector: Detector, net: OODNetwork, train: Split) -> None:
-    """The detector's fit on the training split (nothing for a detector without one)."""
+    """The detector's fit on the training split (nothing for a detector without one), after handing a
+    detector with ``reads_head`` the finetuned head's linear layer (``net.head()``)."""
+    if detector.reads_head:
+        detector.set_head(*net.head())
     if not detector.needs_fit:
         return
     if isinstance(detector, NetworkDetector):

@@ -5,7 +5,8 @@ head and prior) and the finetuner's ``predictor``. ``features(x, reads)`` gives 
 :class:`~src.ood.features.Features` of a batch, the only way the study runs the network for the
 detectors (the table of what each field is per model is in ``src/ood/features.py``); the
 network-level hooks some detectors need are ``logits(x)`` (ODIN differentiates through it),
-``feature_list(x)`` (Gram) and ``prior`` (logpprior). Model variants differ only through the
+``feature_list(x)`` (Gram) and ``prior`` (logpprior); ``head()`` gives the predictor's weights (ViM,
+ReAct, ASH). Model variants differ only through the
 model's ``stochastic_space`` class attribute (None, "H" or "Z"). Every call draws fresh MC noise
 for the Bayes models, with the checkpoint's ``mc_samples``.
 """
@@ -53,6 +54,15 @@ class OODNetwork:
     @property
     def num_classes(self) -> int:
         return self.predictor.out_features
+
+    def head(self) -> tuple[Tensor, Tensor]:
+        """The finetuned head's linear layer, detached: ``W`` [C, E] and ``b`` [C], ``logits = feats @ Wᵀ + b``.
+
+        The head is a single ``Linear(E, C)`` (the finetuner's ``simple_mlp``); its input is the
+        ``feats`` field of every model (for Bayes-H the MC mean ``h̄``: the study's logits, the MC mean
+        of ``P(h_s)``, equal ``P(h̄)`` up to rounding). Read by ViM, ReAct and ASH (``Detector.reads_head``).
+        """
+        return self.predictor.weight.detach(), self.predictor.bias.detach()
 
     def to(self, device: torch.device | str) -> OODNetwork:
         self.model.to(device)

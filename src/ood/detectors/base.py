@@ -15,6 +15,17 @@ detector that needs more than the features derives from :class:`NetworkDetector`
 network and the input batch too (ODIN's input gradient, Gram's layer activations, logpprior's
 augmented views).
 
+The finetuned head: a detector that recomputes logits from modified features (ViM, ReAct, ASH) sets
+``reads_head = True`` and gets the head's weights through :meth:`Detector.set_head` before its fit
+(``fit_detector`` calls it with ``OODNetwork.head()``, for a detector with or without a fit). The head
+is the finetuner's ``simple_mlp``, a single ``Linear(E, C)``, so ``logits = feats @ Wᵀ + b`` with
+``W`` [C, E], ``b`` [C] and its input is the ``feats`` field for every model: ``e`` for ssl and
+Bayes-Z; for Bayes-H the study's logits are the MC mean of ``P(h_s)``, which by linearity is
+``P(h̄)`` with ``h̄`` = ``feats`` (up to rounding), so the closed form ``feats @ Wᵀ + b`` is the
+deterministic counterpart the head-reading detectors use (:meth:`Detector.head_logits`). Their MC
+form (an option, off by default) averages the score over Bayes-H's samples ``h_s`` instead
+(:func:`head_inputs`).
+
 Sign convention: the reference's signs are the default. Three detectors score in a direction
 that looks inverted (O-Q8, O-Q10: sigmamean, kldivsimk, gram; ``reference_sign_inverted``);
 ``corrected_sign=True`` negates their scores (a documented, labelled variant).
@@ -56,6 +67,9 @@ class Detector(abc.ABC):
         fit_reads: fields read by ``fit`` on the training split.
         uses_augmented_views: a network detector that reads the random views v1/v2 of the Barlow
             Twins preprocessor.
+        reads_head: needs the finetuned head's linear layer ``(W [C, E], b [C])``, whose input is
+            ``feats``; the evaluator hands it over with :meth:`set_head` before the fit, and
+            scoring without it raises :class:`NotFittedError`.
 
     ``reads``, ``fit_reads`` and ``uses_augmented_views`` may be narrowed per instance in
     ``__init__`` when a config argument changes what is read.
@@ -69,6 +83,9 @@ class Detector(abc.ABC):
     reads: frozenset[str] = frozenset({"logits"})
     fit_reads: frozenset[str] = frozenset()
     uses_augmented_views: bool = False
+    reads_head: ClassVar[bool] = False
+    #: the finetuned head's ``(W [C, E], b [C])`` (detached) once :meth:`set_head` ran; None before
+    head: tuple[Tensor, Tensor] | None = None
     #: hyper-parameter values (in ``sweep`` key order) fixed by the user: the study sets them instead
     #: of searching (``build_detector(..., hyperparam=...)``, the script's ``--hyperparam``)
     fixed_hyperparam: list[Any] | None = None
@@ -83,6 +100,31 @@ class Detector(abc.ABC):
         may need less for some models, e.g. Gram's logits from its own pass)."""
         return self.reads
 
+    # -- the finetuned head --------------------------------------------------------------------------
+    def set_head(self, weight: Tensor, bias: Tensor) -> None:
+        """The finetuned head's linear layer, ``logits = feats @ Wᵀ + b``: ``weight`` [C, E], ``bias`` [C]
+        (``OODNetwork.head()``). Called by the evaluator before the fit of a detector with ``reads_head``.
+
+        Raises:
+            ValueError: the shapes do not form one linear layer.
+        """
+        if weight.dim() != 2 or bias.shape != weight.shape[:1]:
+            raise ValueError(
+                f"{self.name}: the head must be W [C, E] and b [C], got {tuple(weight.shape)}, {tuple(bias.shape)}"
+            )
+        self.head = (weight.detach(), bias.detach())
+
+    def head_logits(self, feats: Tensor) -> Tensor:
+        """``feats @ Wᵀ + b`` [B, C] for (modified) head inputs ``feats`` [B, E], in the features' dtype.
+
+        Raises:
+            NotFittedError: :meth:`set_head` has not run.
+        """
+        if self.head is None:
+            raise NotFittedError(f"{self.name}: set_head(W, b) with the finetuned head's linear layer first")
+        weight, bias = self.head
+        return feats @ weight.to(feats).T + bias.to(feats)
+
     # -- fitting ------------------------------------------------------------------------------------
     def fit(self, train: Features, labels: Tensor) -> None:
         """Fit on the ID training split: ``train`` holds every training sample's features (``fit_reads``),
@@ -95,7 +137,9 @@ class Detector(abc.ABC):
 
     def check_fitted(self) -> None:
         """Raises:
-        NotFittedError: ``needs_fit`` and the fit has not run."""
+        NotFittedError: ``needs_fit`` and the fit has not run, or ``reads_head`` and no head was set."""
+        if self.reads_head and self.head is None:
+            raise NotFittedError(f"{self.name}: set_head(W, b) with the finetuned head's linear layer before scoring")
         if self.needs_fit and not self.is_fitted():
             raise NotFittedError(f"{self.name}: fit it on the training split before scoring")
 
@@ -175,6 +219,16 @@ class NetworkDetector(Detector):
         """The study's call: ``score_network`` after the fit check, with the sign convention applied."""
         self.check_fitted()
         return self.signed(*self.score_network(net, data, features))
+
+
+def head_inputs(features: Features, mc: bool, reader: str) -> Tensor:
+    """The finetuned head's inputs of a batch as draws [S, B, E]: ``feats`` [1, B, E] (the closed form, the
+    default), or with ``mc`` for Bayes-H its samples ``h_s`` [S, B, E] (the MC form: a detector averages its
+    score over them; it must then read ``samples``). For ssl and Bayes-Z the head's input e is deterministic
+    (Bayes-Z's samples are z, after the projector), so ``mc`` changes nothing there."""
+    if mc and features.space == "H":
+        return features.get("samples", reader)
+    return features.get("feats", reader).unsqueeze(0)
 
 
 def plain_view(data: Data) -> Tensor:
