@@ -22,7 +22,7 @@ def _q(path: Path | str) -> str:
 # ============================================================================ 5. unknown OOD detector
 def test_unknown_detector_name() -> None:
     with pytest.raises(
-        ValueError, match=r"--postprocessor-name: .msq. is not a known detector; known: edsimk, .*, msp, "
+        ValueError, match=r"--postprocessor-name: .msq. is not a known detector; known: ash, ebo, edsimk, .*, msp, "
     ):
         build_detector("msq")
 

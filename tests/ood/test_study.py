@@ -73,6 +73,13 @@ def check_record(record: dict[str, Any], out: Path, name: str, config_dir: Path)
     if name == "umds":  # which k-means ran (faiss when installed)
         assert set(record) == keys | {"detector_info"}
         assert record["detector_info"]["kmeans"] == ("torch" if import_faiss() is None else "faiss")
+    elif name == "vim":  # the principal subspace's size (dim, capped at E // 2 on narrow features)
+        assert set(record) == keys | {"detector_info"}
+        assert 0 < record["detector_info"]["principal_dim"] < record["detector_info"]["feature_dim"]
+    elif name == "knn":  # the rank used: min(K, N)
+        assert set(record) == keys | {"detector_info"}
+        info = record["detector_info"]
+        assert info["K_used"] == min(record["hyperparam"]["K"], info["train_features"])
     else:
         assert set(record) == keys
     assert record["hyperparam_fixed"] == {} and record["corrected_sign"] is False

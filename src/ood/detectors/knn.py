@@ -15,7 +15,7 @@ The fit stores the L2-normalised penultimate features of all N ID training image
 farthest one, r_(N), is used (``min(K, N)``; OpenOOD's faiss search has no K-th neighbour there and pads
 with a placeholder distance, the same for every sample). Every K ≥ N then scores the same, and the
 search keeps the first of equal AUROCs (the smallest such K). The recorded hyper-parameter is the
-configured K; the fit logs a warning when a K of the detector (or of its grid) exceeds N. Only small
+configured K and the record's ``detector_info.K_used`` the rank used; the fit logs a warning when a K of the detector (or of its grid) exceeds N. Only small
 training splits are concerned (unit tests; the demo's ~860 training digits for K = 1000).
 
 Against OpenOOD's code: its faiss ``IndexFlatL2`` returns *squared* distances, so its score is −r_(K)²;
@@ -147,6 +147,13 @@ class KNN(Detector):
 
     def is_fitted(self) -> bool:
         return self.train_feats is not None
+
+    def record_info(self) -> dict[str, Any]:
+        """The rank used (``K_used = min(K, N)``, below K only on a training split smaller than K) and N,
+        after the fit."""
+        if self.train_feats is None:
+            return {}
+        return {"K_used": self.effective_k(self.K), "train_features": int(self.train_feats.shape[0])}
 
     def set_hyperparam(self, values: list[Any]) -> None:
         """``values = [K]``.

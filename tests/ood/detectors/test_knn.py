@@ -84,11 +84,14 @@ def test_knn_caps_k_at_the_training_size(caplog: pytest.LogCaptureFixture) -> No
     with caplog.at_level(logging.WARNING, logger="src.ood.detectors.knn"):
         det = fitted(train, K=50)
     assert "capped at 12" in caplog.text
+    assert det.record_info() == {"K_used": 12, "train_features": 12}
     farthest = det.score(as_features(test))[1]
     np.testing.assert_allclose(farthest.numpy(), knn_per_sample(train, test, 12), rtol=1e-12, atol=1e-12)
     det.set_hyperparam([12])
     assert torch.equal(det.score(as_features(test))[1], farthest)
     assert det.get_hyperparam() == [12]
+    det.set_hyperparam([5])
+    assert det.record_info() == {"K_used": 5, "train_features": 12}
 
 
 def test_knn_fit_and_argument_checks() -> None:
