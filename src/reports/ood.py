@@ -3,7 +3,8 @@
 Reads ``<results_dir>/<detector>/runs.json`` (the driver's output) and the raw scores
 ``<results_dir>/<detector>/scores/<run>.npz``, and writes to ``output_dir``:
 
-- ``ood_report.{csv,md,tex}``: per detector and run group (the run name without its ``_seed_<n>``
+- ``ood_report.{csv,md,tex}``: per detector (its ``set``: ``paper``, the paper's nine, or ``added``, the
+  detectors added beside them; the paper's first) and run group (the run name without its ``_seed_<n>``
   suffix) the near/far AUROC and FPR@95 (percent) as the mean over the group's ``n`` seeds, with
   the standard deviation when ``n >= 2``; a detector that gives no score for a group (e.g. a
   probabilistic detector on a deterministic model) or a protocol without near-OOD sets gives `–`;
@@ -12,7 +13,7 @@ Reads ``<results_dir>/<detector>/runs.json`` (the driver's output) and the raw s
   recomputed with :func:`~src.ood.metrics.compute_all_metrics` from the negated raw scores (the
   hyper-parameter stays the one the search chose for the stored sign);
 - ``auroc_heatmap.png``: near and far AUROC, detector x run group, on a colour scale centred at
-  chance (50 %);
+  chance (50 %), the paper's detectors and the added ones under their own headings;
 - per run group, ``roc_<run>.png`` and ``scores_<run>.png`` of the group's first seed (or of the
   one ``run`` asked for): per detector the ROC curves of ID test vs each OOD set and the score
   histograms, one colour per OOD set in every figure.
@@ -35,7 +36,7 @@ import pandas as pd
 from matplotlib.colors import TwoSlopeNorm
 from sklearn.metrics import auc, roc_curve
 
-from src.ood.detectors import DETECTORS, study_order
+from src.ood.detectors import DETECTORS, PAPER_DETECTORS, study_order
 from src.ood.metrics import METRIC_NAMES, compute_all_metrics
 from src.utils.io import atomic_write, read_json, write_text
 
@@ -61,6 +62,15 @@ OOD_COLOURS = {
 }
 ID_COLOUR = "#000000"  # drawn as a light filled histogram; no OOD set is grey
 _FALLBACK = [matplotlib.colors.to_hex(c) for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7]  # no grey
+
+
+#: the two detector sets of the reports, in their order
+DETECTOR_SETS = ("paper", "added")
+
+
+def detector_set(label: str) -> str:
+    """``"paper"`` for the paper's nine detectors (either orientation), ``"added"`` for every other one."""
+    return "paper" if label.removesuffix(CORRECTED) in PAPER_DETECTORS else "added"
 
 
 def ood_colours(names: list[str]) -> dict[str, Any]:
@@ -235,7 +245,8 @@ def load_results(results_dir: Path) -> pd.DataFrame:
 def summary_table(
     long: pd.DataFrame, detectors: list[str] | None = None, groups: list[str] | None = None
 ) -> pd.DataFrame:
-    """Detector x run group: near/far AUROC and FPR@95, mean and std over the ``n`` seeds.
+    """Detector x run group: near/far AUROC and FPR@95, mean and std over the ``n`` seeds, with each
+    detector's ``set`` (:func:`detector_set`).
 
     Every (detector, group) of ``detectors`` x ``groups`` has a row; a cell without values is NaN
     (`–` in the Markdown and LaTeX tables), and the std is NaN for ``n < 2``.
@@ -263,7 +274,9 @@ def summary_table(
     full = pd.MultiIndex.from_product([detectors, groups], names=["detector", "group"])
     out = out.reindex(full)
     out["seeds"] = out["seeds"].fillna(0).astype(int)
-    return out.reset_index()
+    out = out.reset_index()
+    out.insert(1, "set", [detector_set(d) for d in out["detector"]])
+    return out
 
 
 def fmt_value(mean: float, std: float = float("nan"), n: int = 1, decimals: int = 1) -> str:
@@ -277,7 +290,7 @@ def fmt_value(mean: float, std: float = float("nan"), n: int = 1, decimals: int 
 
 def formatted(table: pd.DataFrame) -> pd.DataFrame:
     """The table with text cells (one decimal, ``±`` only for ``n >= 2``, `–` for no value)."""
-    out = table[["detector", "group"]].copy()
+    out = table[["set", "detector", "group"]].copy()
     out["n"] = table["seeds"]
     for col in COLUMNS:
         out[f"{col} (%)"] = [
@@ -288,14 +301,16 @@ def formatted(table: pd.DataFrame) -> pd.DataFrame:
 
 def percent_table(ood: pd.DataFrame, column: str) -> pd.DataFrame:
     """Detector x run group of ``column`` of :func:`summary_table` (percent): one decimal, `–` for a
-    cell without a value, rows in the OOD report's order (each sign-inverted detector followed by
-    its corrected sign)."""
+    cell without a value, a first column ``set`` (``paper`` / ``added``), rows in the OOD report's order
+    (the paper's detectors first; each sign-inverted detector followed by its corrected sign)."""
     order = list(dict.fromkeys(ood["detector"]))
+    order = [d for s in DETECTOR_SETS for d in order if detector_set(d) == s]
     groups = list(dict.fromkeys(ood["group"]))
     table = ood.pivot_table(index="detector", columns="group", values=column, dropna=False).reindex(order)
     table = table.reindex(columns=groups)
-    text = table.apply(lambda col: [fmt_value(v) for v in col]).astype(str)
-    return text.reset_index()
+    text = table.apply(lambda col: [fmt_value(v) for v in col]).astype(str).reset_index()
+    text.insert(0, "set", [detector_set(d) for d in text["detector"]])
+    return text
 
 
 def notes(study: Study) -> list[str]:
@@ -304,6 +319,13 @@ def notes(study: Study) -> list[str]:
         "Cells: mean over the n seeds of a run group (percent, one decimal), `± std` when n ≥ 2; "
         "`–`: no value (a probabilistic detector on a deterministic model, no near-OOD set, n = 0).",
     ]
+    added = [d for d in study.detectors if detector_set(d) == "added"]
+    if added:
+        lines.append(
+            "set `paper`: the paper's nine detectors; set `added`: detectors added beside them from OpenOOD v1.5 ("
+            + ", ".join(added)
+            + "), with OpenOOD's definitions and grids."
+        )
     inverted = [d for d in study.detectors if sign_inverted(d)]
     if inverted:
         lines.append(
@@ -333,26 +355,51 @@ def _save(fig: plt.Figure, path: Path) -> None:
     plt.close(fig)
 
 
+def heatmap_rows(detectors: list[str]) -> list[tuple[str, bool]]:
+    """The heat map's rows, ``(label, is_heading)``: a heading per detector set present (``paper's
+    detectors``, ``added detectors``), each followed by its detectors in the report's order."""
+    titles = {"paper": "paper's detectors", "added": "added detectors"}
+    rows: list[tuple[str, bool]] = []
+    for s in DETECTOR_SETS:
+        members = [d for d in detectors if detector_set(d) == s]
+        if members:
+            rows += [(titles[s], True), *((d, False) for d in members)]
+    return rows
+
+
 def heatmap(table: pd.DataFrame, output_dir: Path, detectors: list[str], groups: list[str]) -> Path:
-    """Near and far AUROC (mean over seeds), detector x run group; blue above chance, red below, `–` none."""
+    """Near and far AUROC (mean over seeds), detector x run group; blue above chance, red below, `–` none;
+    the paper's detectors and the added ones under their own headings (:func:`heatmap_rows`)."""
     splits = [s for s in ("near", "far") if table[f"{s}_AUROC_mean"].notna().any()] or ["far"]
+    rows = heatmap_rows(detectors)
+    index = {label: i for i, (label, heading) in enumerate(rows) if not heading}
     width = max(4.5, 1.6 + 0.55 * len(groups))
     fig, axes = plt.subplots(
-        1, len(splits), figsize=(width * len(splits), 1.6 + 0.32 * len(detectors)), squeeze=False, layout="constrained"
+        1, len(splits), figsize=(width * len(splits), 1.6 + 0.32 * len(rows)), squeeze=False, layout="constrained"
     )
     norm = TwoSlopeNorm(vmin=0, vcenter=50, vmax=100)
     cmap = plt.get_cmap("RdBu").with_extremes(bad="#e6e6e6")
     im = None
     for k, (ax, split) in enumerate(zip(axes[0], splits)):
-        grid = np.full((len(detectors), len(groups)), np.nan)
+        grid = np.full((len(rows), len(groups)), np.nan)
         for row in table.itertuples(index=False):
-            value = getattr(row, f"{split}_AUROC_mean")
-            grid[detectors.index(row.detector), groups.index(row.group)] = value
+            if row.detector in index:
+                grid[index[row.detector], groups.index(row.group)] = getattr(row, f"{split}_AUROC_mean")
         im = ax.imshow(np.ma.masked_invalid(grid), norm=norm, cmap=cmap, aspect="auto")
+        for i, (_, heading) in enumerate(rows):
+            if heading:  # a white band over the row, no cell values: the set's title is its tick label
+                ax.axhspan(i - 0.5, i + 0.5, color="white", zorder=2)
+                if i:
+                    ax.axhline(i - 0.5, color="k", lw=1.2, zorder=3)
         ax.set_xticks(range(len(groups)), groups, rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(len(detectors)), detectors if k == 0 else [""] * len(detectors), fontsize=8)
+        ax.set_yticks(range(len(rows)), [label if k == 0 else "" for label, _ in rows], fontsize=8)
+        for tick, (_, heading) in zip(ax.get_yticklabels(), rows):
+            if heading:
+                tick.set_fontweight("bold")
         ax.set_title(f"{split}-OOD AUROC (%)", fontsize=10)
         for (i, j), v in np.ndenumerate(grid):
+            if rows[i][1]:
+                continue
             text = "–" if not np.isfinite(v) else f"{v:.0f}"
             dark = np.isfinite(v) and abs(v - 50) > 30
             ax.text(j, i, text, ha="center", va="center", fontsize=7, color="w" if dark else "k")
@@ -414,7 +461,7 @@ def _hist(ax: plt.Axes, scores: Scores, detector: str, corrected: bool, colours:
     ax.set_xlim(lo, hi)
     ax.set_xlabel(score_axis_label(detector, corrected), fontsize=8)
     ax.set_ylabel("density", fontsize=8)
-    ax.set_title(detector + (CORRECTED if corrected else ""), fontsize=9)
+    ax.set_title(f"{detector}{CORRECTED if corrected else ''} [{detector_set(detector)}]", fontsize=9)
     ax.legend(fontsize=6.5, loc="best")
 
 
@@ -430,9 +477,9 @@ def run_figures(
     corrected = {d: bool(study.records[(d, run)].get("corrected_sign", False)) for d, _ in panels}
     roc_panels: list[tuple[str, Scores, float]] = []
     for d, s in loaded:
-        roc_panels.append((d + (CORRECTED if corrected[d] else ""), s, 1.0))
+        roc_panels.append((f"{d}{CORRECTED if corrected[d] else ''} [{detector_set(d)}]", s, 1.0))
         if sign_inverted(d):
-            roc_panels.append((d + ("" if corrected[d] else CORRECTED), s, -1.0))
+            roc_panels.append((f"{d}{'' if corrected[d] else CORRECTED} [{detector_set(d)}]", s, -1.0))
     out = []
     for kind, items in (("roc", roc_panels), ("scores", loaded)):
         cols = min(4, len(items))

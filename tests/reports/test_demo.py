@@ -32,7 +32,8 @@ def write_inputs(root: Path, ssl_acc: float, cell_far: float | None) -> tuple[Pa
     ood = root / "ood"
     ood.mkdir()
     detector, group = FAR_AUROC_CELL
-    cells = {(detector, group): cell_far, ("mds", group): 99.0, (detector, "ssl_barlow_twins"): 70.04}
+    cells = {("knn", group): 80.0}  # an added detector listed first: the tables put the paper's first
+    cells |= {(detector, group): cell_far, ("mds", group): 99.0, (detector, "ssl_barlow_twins"): 70.04}
     cells |= {("kldivsimk", "ssl_barlow_twins"): float("nan"), ("kldivsimk", group): 30.0}
     rows = []
     for (det, grp), far in cells.items():
@@ -101,15 +102,18 @@ def test_tables_one_decimal_and_dashes(tmp_path: Path) -> None:
     make_demo_report(runs, ood, probe, tmp_path / "report")
     text = (tmp_path / "report" / "README.md").read_text()
     far = text.split("## OOD detection: far-OOD AUROC (%)")[1].split("##")[0]
-    rows = {
-        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-        for line in far.splitlines()[3:]
-        if "|" in line
-    }
-    header = [c.strip() for c in far.splitlines()[2].split("|")[2:-1]]
-    assert header == [FAR_AUROC_CELL[1], "ssl_barlow_twins"]
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in far.splitlines()[4:] if "|" in line]
+    rows = {c[1]: c[2:] for c in cells}
+    header = [c.strip() for c in far.splitlines()[2].split("|")[1:-1]]
+    assert header == ["set", "detector", FAR_AUROC_CELL[1], "ssl_barlow_twins"]
+    assert [(c[0], c[1]) for c in cells] == [
+        ("paper", FAR_AUROC_CELL[0]),
+        ("paper", "mds"),
+        ("paper", "kldivsimk"),
+        ("added", "knn"),
+    ]  # the paper's detectors first, then the added ones
     assert rows[FAR_AUROC_CELL[0]] == ["91.3", "70.0"]  # one decimal, printed with one
-    assert rows["kldivsimk"] == ["30.0", "–"] and rows["mds"] == ["99.0", "–"]
+    assert rows["kldivsimk"] == ["30.0", "–"] and rows["mds"] == ["99.0", "–"] and rows["knn"] == ["80.0", "–"]
     assert "nan" not in text.lower() and "n = 1 seed per run" in text
 
 
@@ -131,8 +135,9 @@ def test_demo_report_script_writes_the_dvc_metrics(tmp_path: Path) -> None:
     groups = ["ssl_barlow_twins.json", "ssl_bayes_z_vicreg.json"]
     runs_ = ["ssl_barlow_twins.json", "ssl_bayes_z_vicreg.json", "ssl_vicreg.json"]
     assert rows == [f"ood_far/{g}" for g in groups] + [f"ood_near/{g}" for g in groups] + [f"runs/{r}" for r in runs_]
-    # the cell of write_inputs: msp 95 (the sanity bar's), mds 99, kldivsimk 30; a NaN cell has no key
+    # the cell of write_inputs: knn 80, msp 95 (the sanity bar's), mds 99, kldivsimk 30; a NaN cell has no key
     assert json.loads((out / "metrics" / "ood_far" / "ssl_bayes_z_vicreg.json").read_text()) == {
+        "knn": 80.0,
         "msp": 95.0,
         "mds": 99.0,
         "kldivsimk": 30.0,

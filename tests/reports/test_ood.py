@@ -14,7 +14,17 @@ import pytest
 
 from src.experiments.scripts import summarize_ood
 from src.ood.metrics import METRIC_NAMES, compute_all_metrics
-from src.reports.ood import CORRECTED, make_report, read_scores, summarize
+from src.reports.ood import (
+    CORRECTED,
+    detector_set,
+    heatmap,
+    heatmap_rows,
+    make_report,
+    percent_table,
+    read_scores,
+    summarize,
+    summary_table,
+)
 
 SETS = {"a": "near", "b": "far", "c": "far"}
 
@@ -99,7 +109,8 @@ def test_table_seeds_missing_cells_and_both_orientations(tmp_path: Path) -> None
     )
 
     md = (tmp_path / "report" / "ood_report.md").read_text()
-    lines = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line for line in md.splitlines() if "|" in line}
+    lines = {tuple(c.strip() for c in line.strip("|").split("|")[1:3]): line for line in md.splitlines() if "|" in line}
+    assert all(line.startswith("| paper ") for key, line in lines.items() if key[0] in detectors)
     x = table.loc[("msp", "ssl_bayes_z_x")]
     assert f"| {x['near_AUROC_mean']:.1f} ± {x['near_AUROC_std']:.1f} " in lines[("msp", "ssl_bayes_z_x")]
     one = lines[("msp", "ssl_bayes_z_y")]
@@ -147,7 +158,7 @@ def test_summarize_prints_the_table_and_an_unknown_run_is_an_error(
     write_results(tmp_path / "results")
     text = summarize(tmp_path / "results", tmp_path / "report", run="ssl_bayes_z_x_seed_2")
     lines = text.splitlines()
-    assert lines[0].split()[:3] == ["detector", "group", "n"]
+    assert lines[0].split()[:4] == ["set", "detector", "group", "n"]
     assert lines[-1].endswith("scores_ssl_bayes_z_x_seed_2.png") and lines[-3].endswith("auroc_heatmap.png")
     summarize_ood.main(["--results-dir", str(tmp_path / "results"), "--output-dir", str(tmp_path / "all")])
     assert capsys.readouterr().out.rstrip().endswith("scores_ssl_d.png")
@@ -160,3 +171,39 @@ def test_summarize_prints_the_table_and_an_unknown_run_is_an_error(
         "--run 'ssl_x_seed_9' is not a run" in err and "known runs: ssl_bayes_z_x_seed_1, ssl_bayes_z_x_seed_2" in err
     )
     assert not (tmp_path / "bad").exists()  # nothing written
+
+
+def test_detector_sets_order_the_tables_and_the_heat_map(tmp_path: Path) -> None:
+    """The paper's nine (either orientation) are ``paper``, every other detector ``added``; the tables and
+    the heat map list the paper's first, the heat map under a heading per set."""
+    assert [detector_set(d) for d in ("msp", f"gram{CORRECTED}", "knn", "vim", "not_registered")] == [
+        "paper",
+        "paper",
+        "added",
+        "added",
+        "added",
+    ]
+    detectors = ["knn", "msp", "gram", f"gram{CORRECTED}", "ebo"]
+    assert heatmap_rows(detectors) == [
+        ("paper's detectors", True),
+        ("msp", False),
+        ("gram", False),
+        (f"gram{CORRECTED}", False),
+        ("added detectors", True),
+        ("knn", False),
+        ("ebo", False),
+    ]
+    assert heatmap_rows(["msp"]) == [("paper's detectors", True), ("msp", False)]  # no empty heading
+    long = pd.DataFrame(
+        [
+            {"detector": d, "group": "g", "run": "g", "Dataset": ds, "AUROC": auroc, "FPR@95": 10.0}
+            for d, auroc in (("knn", 70.0), ("msp", 80.0), ("ebo", 60.0))
+            for ds in ("nearood", "farood")
+        ]
+    )
+    table = summary_table(long, ["msp", "ebo", "knn"], ["g"])
+    assert list(table["set"]) == ["paper", "added", "added"]
+    text = percent_table(table.iloc[[1, 0, 2]], "far_AUROC_mean")  # an added row first: reordered
+    assert text.values.tolist() == [["paper", "msp", "80.0"], ["added", "ebo", "60.0"], ["added", "knn", "70.0"]]
+    path = heatmap(table, tmp_path, ["msp", "ebo", "knn"], ["g"])
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -15,8 +15,9 @@ The fit stores the L2-normalised penultimate features of all N ID training image
 farthest one, r_(N), is used (``min(K, N)``; OpenOOD's faiss search has no K-th neighbour there and pads
 with a placeholder distance, the same for every sample). Every K ≥ N then scores the same, and the
 search keeps the first of equal AUROCs (the smallest such K). The recorded hyper-parameter is the
-configured K and the record's ``detector_info.K_used`` the rank used; the fit logs a warning when a K of the detector (or of its grid) exceeds N. Only small
-training splits are concerned (unit tests; the demo's ~860 training digits for K = 1000).
+configured K, the record's ``detector_info.K_used`` the rank used; the fit logs a warning when a K of
+the detector (or of its grid) exceeds N. Only small training splits are concerned (unit tests; the
+demo's ~860 training digits for K = 1000).
 
 Against OpenOOD's code: its faiss ``IndexFlatL2`` returns *squared* distances, so its score is −r_(K)²;
 r ↦ r² is increasing on r ≥ 0, so the ranking, and with it every metric (AUROC, FPR@95, AUPR) and the
