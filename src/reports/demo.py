@@ -143,7 +143,9 @@ def make_demo_report(runs_dir: Path, ood_report_dir: Path, probe_report_dir: Pat
         ]
     lines += [
         f"Cells: percent, {n_text}; `–`: no value (probabilistic detectors — sigmamean, logpprior, kldivsimk — "
-        "give no score for deterministic models). sigmamean, kldivsimk and gram appear twice: with the "
+        "give no score for deterministic models). Set `paper`: the paper's nine detectors; set `added`: the "
+        'detectors added beside them with OpenOOD v1.5\'s definitions and grids (docs/ood.md, "Added detectors"). '
+        "sigmamean, kldivsimk and gram appear twice: with the "
         "reference's score orientation (as in the paper, which looks inverted: below 50 % means the score ranks "
         "OOD above ID) and as `(corrected sign)`, the metrics of the negated scores.",
         "",

@@ -22,7 +22,7 @@ import pandas as pd
 import yaml
 
 from src.data.prepare.fashion_mnist_data import PROTOCOL_NAMES
-from src.reports.ood import percent_table, run_group
+from src.reports.ood import CORRECTED, detector_set, percent_table, run_group
 from src.utils.io import read_json, write_json, write_text
 
 PROTOCOL_TITLES = {
@@ -105,6 +105,16 @@ def detector_table(ood: pd.DataFrame, column: str) -> pd.DataFrame:
     return percent_table(ood, column)
 
 
+def _detector_count_text(detectors: set[str]) -> str:
+    """``"the paper's nine OOD detectors and 8 added ones (ash, …)"`` from the detectors of the OOD reports."""
+    paper = sorted(d for d in detectors if detector_set(d) == "paper")
+    added = sorted(d for d in detectors if detector_set(d) == "added")
+    text = "the paper's nine OOD detectors" if len(paper) == 9 else f"{len(paper)} of the paper's OOD detectors"
+    if added:
+        text += f" and {len(added)} added one{'' if len(added) == 1 else 's'} ({', '.join(added)})"
+    return text
+
+
 def _epochs(n: Any) -> str:
     return f"{n} epoch" if n == 1 else f"{n} epochs"
 
@@ -143,6 +153,7 @@ def make_fashion_mnist_report(results_dir: Path, reports_dir: Path, data_dir: Pa
     summary: dict[str, Any] = {"protocols": {}}
     sections: list[str] = []
     settings_line = ""
+    detectors: set[str] = set()
     for protocol in PROTOCOL_NAMES:
         runs = run_table(results_dir / protocol / "runs")
         ood_dir = reports_dir / protocol / "ood"
@@ -150,6 +161,7 @@ def make_fashion_mnist_report(results_dir: Path, reports_dir: Path, data_dir: Pa
         if not ood_csv.is_file():
             raise FileNotFoundError(f"{ood_csv} is missing; run the fmnist_ood_report@{protocol} stage first")
         ood = pd.read_csv(ood_csv)
+        detectors |= {d.removesuffix(CORRECTED) for d in ood["detector"]}
         acc = accuracy_table(runs)
         pngs = []
         for png in sorted(ood_dir.glob("*.png")):
@@ -220,13 +232,15 @@ def make_fashion_mnist_report(results_dir: Path, reports_dir: Path, data_dir: Pa
         "# Fashion-MNIST report",
         "",
         "Stochastic SSL (Barlow Twins and VICReg; deterministic, Bayes-H, Bayes-Z; ResNet-18 with the CIFAR "
-        "stem) on the real Fashion-MNIST (Debian's `dataset-fashion-mnist`), with nine OOD detectors under two "
+        "stem) on the real Fashion-MNIST (Debian's `dataset-fashion-mnist`), with "
+        f"{_detector_count_text(detectors)} under two "
         "protocols in OpenOOD v1.5's layout. Produced by `dvc repro fmnist_report` "
         f"({settings_line}; data: {_settings_text(summary.get('settings'))}).",
         "",
         "Probabilistic detectors (sigmamean, logpprior, kldivsimk) give no score for deterministic models. "
         "sigmamean, kldivsimk and gram appear twice: with the reference's score orientation (as in the paper; it "
         "looks inverted, below 50 % AUROC) and as `(corrected sign)`, the metrics of the negated scores. "
+        "Set `paper`: the paper's detectors; set `added`: those added beside them (OpenOOD v1.5's definitions). "
         "Detector cells are percent means over the seeds of a run group, one decimal; `–`: no value.",
         "",
     ]

@@ -11,7 +11,7 @@ Every step runs in this process, through the library functions the stages' scrip
 (:func:`~src.train.pipeline.run_pipeline` on a config composed by Hydra's Compose API from
 ``src/experiments/conf`` with the overrides of the run's ``run_pipeline.py`` command line), the OOD
 study with every detector (:func:`~src.ood.study.run_ood_study` with ``all``: one model load and one
-feature pass per run for the nine detectors) and the reports. Torch, CUDA and the config tree are
+feature pass per run for every registered detector) and the reports. Torch, CUDA and the config tree are
 loaded once instead of once per step. ``--dry-run`` prints each step as the equivalent command.
 
 Each step writes its log to ``<output_root>/logs/<NN>_<phase>.log`` (its log records and what it

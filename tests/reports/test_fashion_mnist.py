@@ -58,7 +58,7 @@ def write_inputs(root: Path) -> tuple[Path, Path]:
                 "far_FPR@95_std": 0.0,
                 "seeds": 1,
             }
-            for det, far in [("msp", 70.0), ("mds", 95.0)]
+            for det, far in [("knn", 60.0), ("msp", 70.0), ("mds", 95.0)]
             for group in ("ssl_vicreg", "ssl_bayes_z_vicreg_beta_0.001_mc_2")
         ]
         ood = reports / protocol / "ood"
@@ -81,6 +81,13 @@ def test_report_tables_and_summary(tmp_path: Path) -> None:
     assert "near-OOD AUROC" not in full and "near-OOD AUROC" in split and "far-OOD FPR@95" in split
     assert "| mds " in full and "| 96.0 " in full  # mds, far AUROC of the ssl group (95 + 1), one decimal
     assert "nan" not in text.lower()
+    assert "with 2 of the paper's OOD detectors and 1 added one (knn) under two protocols" in text
+    table = full.split("### far-OOD AUROC (%)")[1].split("###")[0]
+    cells = [[c.strip() for c in line.split("|")[1:3]] for line in table.splitlines() if "|" in line]
+    assert [c for c in cells if c[1] in ("knn", "msp")] == [
+        ["paper", "msp"],
+        ["added", "knn"],
+    ]  # the paper's detectors first, each row with its set
     assert sorted(p.name for p in (reports / "figures").iterdir()) == [
         "fashion_mnist_auroc_heatmap.png",
         "fashion_mnist_split_auroc_heatmap.png",
@@ -122,7 +129,7 @@ def test_report_script_writes_the_dvc_metrics_per_protocol(tmp_path: Path, capsy
     run = json.loads((metrics / "fashion_mnist" / "runs" / "ssl_vicreg_seed_2.json").read_text())
     assert run == {"val_online_acc": pytest.approx(0.8), "test_offline_acc": 0.9}
     far = json.loads((metrics / "fashion_mnist_split" / "ood_far" / "ssl_vicreg.json").read_text())
-    assert far == {"msp": 71.0, "mds": 96.0}
+    assert far == {"knn": 61.0, "msp": 71.0, "mds": 96.0}
     assert (reports / "curves" / "fashion_mnist" / "ssl_vicreg_seed_1.csv").read_text() == (
         "epoch,step,val_online_acc\n0,5,0.5\n"
     )

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from src.experiments.scripts.fashion_mnist_gpu import parse_args
+from src.ood.detectors import study_order
 from src.reports.fashion_mnist_study import (
     PROTOCOLS,
     StudySettings,
@@ -231,7 +232,7 @@ def test_study_runs_in_one_process_and_reuses_finished_runs(
     ]
     assert "Seed set to 1997" in (out / "logs" / "01_pretrain_fashion_mnist_split.log").read_text()
     ood = out / "results" / "ood" / "fashion_mnist_split"
-    assert len([p for p in ood.iterdir() if p.is_dir()]) == 9
+    assert sorted(p.name for p in ood.iterdir() if p.is_dir()) == sorted(study_order())  # the paper's and the added
     for detector in ood.iterdir():
         if detector.is_dir():
             assert {p.name for p in detector.glob("*.json")} == {"runs.json", *(f"{n}.json" for n in names)}
