@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from src.ood.detectors import PAPER_DETECTORS
+from src.ood.detectors import PAPER_DETECTORS, study_order
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "src" / "experiments" / "conf"
@@ -84,8 +84,28 @@ def test_every_paper_stage_with_its_output() -> None:
     assert not missing, missing[:10]
     for name, out in expected.items():
         assert out in got[name][1], (name, got[name][1])
-    paper = {n for n in got if not n.startswith(("demo_", "fmnist_"))}
+    paper = {n for n in got if not n.startswith(("demo_", "fmnist_", "ood_detection_study_extended@"))}
     assert paper == set(expected)  # nothing extra either
+
+
+def test_extended_ood_stages_are_the_added_detectors_beside_the_papers() -> None:
+    """One ``ood_detection_study_extended@cifar10-<detector>`` per registered detector beyond the paper's nine,
+    with the paper's stage command and output layout; the paper's stages keep exactly the nine."""
+    got = stages()
+    added = [d for d in study_order() if d not in PAPER_DETECTORS]
+    assert len(added) == 8
+    extended = {n for n in got if n.startswith("ood_detection_study_extended@")}
+    assert extended == {f"ood_detection_study_extended@cifar10-{d}" for d in added}
+    paper_cmd = got["ood_detection_study@cifar10-msp"][0]
+    for d in added:
+        cmd, outs = got[f"ood_detection_study_extended@cifar10-{d}"]
+        assert outs == [f"data/results/ood/cifar10/{d}"]
+        assert cmd == paper_cmd.replace("--postprocessor-name msp", f"--postprocessor-name {d}").replace(
+            "data/results/ood/cifar10/msp", f"data/results/ood/cifar10/{d}"
+        )
+    assert {n for n in got if n.startswith("ood_detection_study@")} == {
+        f"ood_detection_study@cifar10-{d}" for d in PAPER_DETECTORS
+    }
 
 
 @pytest.mark.slow
