@@ -126,7 +126,7 @@ def test_mog_with_one_component_and_one_sample_is_a_gaussian() -> None:
     torch.testing.assert_close(prior.log_prob(x), expected.detach(), rtol=1e-10, atol=1e-10)
 
 
-def test_mog_mc_average_sits_inside_the_logsumexp() -> None:
+def test_mog_mc_sits_inside_the_logsumexp() -> None:
     """T-Q11: log p is not the MC mean of per-sample mixture densities (which would be a different number)."""
     torch.manual_seed(6)
     prior = MoGPrior(latent_dim=3, num_components=4).double()

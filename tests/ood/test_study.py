@@ -26,7 +26,7 @@ from src.ood.detectors.base import Detector
 from src.ood.detectors.umds import import_faiss
 from src.ood.features import Features
 from src.ood.protocol import get_protocol
-from src.ood.study import run_ood_study, run_study
+from src.ood.study import run_ood_study, run_studies, run_study
 from src.ood.wrapper import load_ood_network
 from src.reports.ood import CORRECTED, make_report
 from tests.ood.fakes import DEMO_RUNS
@@ -203,3 +203,31 @@ def test_driver_errors(demo_root: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         run_study(tmp_path / "nope", "demo", demo_root, "msp", tmp_path / "x", progress=False)
     assert not (tmp_path / "x").exists()
+
+
+#: every detector with the MC option (``mc``)
+MC_DETECTORS = ("ash", "ebo", "gen", "knn", "mls", "react", "rmds", "vim")
+
+
+@pytest.mark.slow
+def test_mc_options_change_only_bayes_h_and_are_recorded(demo_root: Path, demo_runs: Path, tmp_path: Path) -> None:
+    """``--hyperparam mc=true`` through the whole study (features, head, fit, search): every detector with
+    the option gets Bayes-H's samples and the head; ssl and Bayes-Z keep their records and scores exactly,
+    Bayes-H's scores change, and the records say the option was fixed."""
+    assert all("mc" in build_detector(d).__dict__ for d in MC_DETECTORS)
+    assert {d for d in DETECTORS if "mc" in build_detector(d).__dict__} == set(MC_DETECTORS)
+    common: dict[str, Any] = dict(batch_size=128, seed=0, progress=False)
+    default = run_studies(demo_runs, "demo", demo_root, {d: tmp_path / "default" / d for d in MC_DETECTORS}, **common)
+    outputs = {d: tmp_path / "mc" / d for d in MC_DETECTORS}
+    mc = run_studies(demo_runs, "demo", demo_root, outputs, hyperparam={"mc": True}, **common)
+    for d in MC_DETECTORS:
+        for off, on in zip(default[d], mc[d], strict=True):
+            assert on["hyperparam_fixed"] == {"mc": True} and off["hyperparam_fixed"] == {}
+            run = on["run_name"]
+            off_scores = np.load(tmp_path / "default" / d / "scores" / f"{run}.npz")
+            on_scores = np.load(tmp_path / "mc" / d / "scores" / f"{run}.npz")
+            if "bayes_h" in run:
+                assert not np.array_equal(off_scores["id"], on_scores["id"]), d
+            else:
+                assert on["ood_scores"] == off["ood_scores"], (d, run)
+                assert np.array_equal(off_scores["id"], on_scores["id"]), (d, run)

@@ -231,6 +231,17 @@ def head_inputs(features: Features, mc: bool, reader: str) -> Tensor:
     return features.get("feats", reader).unsqueeze(0)
 
 
+def sample_logits(detector: Detector, features: Features, mc: bool) -> Tensor:
+    """The logits of a batch as draws [S, B, C]: the study's ``logits`` [1, B, C] (the default), or with ``mc``
+    for Bayes-H the per-sample logits ``P(h_s) = h_s Wᵀ + b`` [S, B, C] of the finetuned head over the samples
+    ``h_s`` [S, B, E] (the MC form of a logit detector, which averages its score over them; it must read
+    ``samples`` and the head). For ssl and Bayes-Z the head's input e is deterministic, so ``mc`` changes
+    nothing there."""
+    if mc and features.space == "H":
+        return detector.head_logits(features.get("samples", detector.name))
+    return features.logits.unsqueeze(0)
+
+
 def plain_view(data: Data) -> Tensor:
     """The image tensor of a batch: itself, or the plain view v3 of a three-view batch."""
     if isinstance(data, Tensor):

@@ -8,9 +8,14 @@ With ``f`` the logits [B, C] and a temperature ``T > 0``:
 default ``T = 1``, APS over ``temperature_list: [1, 10, 100, 1000]`` (``conf/ood/ebo.yaml``).
 
 Features: ``logits`` only. For Bayes-H these are the MC mean over the S samples of the linear
-predictor's logits P(h_s) (= P(h̄) up to rounding, O-Q13); for ssl and Bayes-Z they are P(e). An MC
-form (the mean over s of the energy of P(h_s)) is not offered: it needs the per-sample logits, which
-:class:`~src.ood.features.Features` does not hold.
+predictor's logits P(h_s) (= P(h̄) up to rounding, O-Q13); for ssl and Bayes-Z they are P(e).
+
+**MC form** (``mc: true``, off by default): for Bayes-H the score averaged over
+the per-sample logits ``P(h_s) = h_s Wᵀ + b`` of the finetuned head (``reads_head``) over the S samples
+``h_s`` [S, B, E], ``conf(x) = (1/S) Σ_s T · logsumexp_c(P(h_s)_c / T)``
+(:func:`~src.ood.detectors.base.sample_logits`; it reads ``samples``); ``pred`` stays the argmax of the
+study's logits. For ssl and Bayes-Z the head's input e is deterministic, so the option changes nothing
+there.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import torch
 from torch import Tensor
 
 from src.ood.detectors import register
-from src.ood.detectors.base import Detector
+from src.ood.detectors.base import Detector, sample_logits
 from src.ood.features import Features
 
 
@@ -36,6 +41,7 @@ class EBO(Detector):
 
     Args:
         temperature: ``T`` (OpenOOD's default 1).
+        mc: Bayes-H's MC form (the module docstring); False: the score of the study's logits.
         sweep: APS grid ``{"temperature_list": [...]}``.
         corrected_sign: unused (the sign is already "larger = more ID").
 
@@ -47,10 +53,18 @@ class EBO(Detector):
     reads = frozenset({"logits"})
 
     def __init__(
-        self, temperature: float = 1.0, sweep: dict[str, list[Any]] | None = None, corrected_sign: bool = False
+        self,
+        temperature: float = 1.0,
+        mc: bool = False,
+        sweep: dict[str, list[Any]] | None = None,
+        corrected_sign: bool = False,
     ) -> None:
         super().__init__(sweep=sweep, corrected_sign=corrected_sign)
         self.temperature = self._checked(temperature)
+        self.mc = bool(mc)
+        if self.mc:  # the per-sample logits P(h_s) through the head
+            self.reads = self.reads | {"samples"}
+            self.reads_head = True
 
     @staticmethod
     def _checked(temperature: Any) -> float:
@@ -70,10 +84,12 @@ class EBO(Detector):
         """Score one batch.
 
         Args:
-            features: reads ``logits`` [B, C].
+            features: reads ``logits`` [B, C] (with ``mc``, Bayes-H's ``samples`` [S, B, E]).
 
         Returns:
             ``pred`` int64 [B] (argmax of the logits) and ``conf`` [B] (the logits' dtype).
         """
-        logits = features.logits
-        return logits.argmax(dim=1), energy_score(logits, self.temperature)
+        self.check_fitted()
+        draws = sample_logits(self, features, self.mc)  # [S, B, C]
+        conf = torch.stack([energy_score(logits, self.temperature) for logits in draws]).mean(0)
+        return features.logits.argmax(dim=1), conf

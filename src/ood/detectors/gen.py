@@ -23,8 +23,14 @@ order). The recorded hyper-parameter is the configured M; the effective one is `
 
 Features: ``logits`` only. For Bayes-H these are the MC mean over the S samples of the linear
 predictor's logits P(h_s) (= P(h̄) up to rounding, O-Q13), so ``p`` is the softmax of the mean logits;
-for ssl and Bayes-Z they are P(e). An MC form (the mean over s of −G_γ(softmax(P(h_s)))) is not offered:
-it needs the per-sample logits, which :class:`~src.ood.features.Features` does not hold.
+for ssl and Bayes-Z they are P(e).
+
+**MC form** (``mc: true``, off by default): for Bayes-H the score averaged over
+the per-sample logits ``P(h_s) = h_s Wᵀ + b`` of the finetuned head (``reads_head``) over the S samples
+``h_s`` [S, B, E], ``conf(x) = −(1/S) Σ_s G_γ(softmax(P(h_s)))``
+(:func:`~src.ood.detectors.base.sample_logits`; it reads ``samples``); ``pred`` stays the argmax of the
+study's logits. For ssl and Bayes-Z the head's input e is deterministic, so the option changes nothing
+there.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import torch
 from torch import Tensor
 
 from src.ood.detectors import register
-from src.ood.detectors.base import Detector
+from src.ood.detectors.base import Detector, sample_logits
 from src.ood.features import Features
 
 
@@ -59,6 +65,7 @@ class GEN(Detector):
         gamma: the exponent ``γ`` (OpenOOD's default 0.1).
         M: how many of the largest probabilities enter the sum (OpenOOD's default 100; capped at C
             when scoring, see the module docstring).
+        mc: Bayes-H's MC form (the module docstring); False: the score of the study's logits.
         sweep: APS grid ``{"gamma_list": [...], "M_list": [...]}``.
         corrected_sign: unused (the sign is already "larger = more ID").
 
@@ -73,11 +80,16 @@ class GEN(Detector):
         self,
         gamma: float = 0.1,
         M: int = 100,
+        mc: bool = False,
         sweep: dict[str, list[Any]] | None = None,
         corrected_sign: bool = False,
     ) -> None:
         super().__init__(sweep=sweep, corrected_sign=corrected_sign)
         self.gamma, self.M = self._checked(gamma, M)
+        self.mc = bool(mc)
+        if self.mc:  # the per-sample logits P(h_s) through the head
+            self.reads = self.reads | {"samples"}
+            self.reads_head = True
 
     @staticmethod
     def _checked(gamma: Any, m: Any) -> tuple[float, int]:
@@ -99,27 +111,30 @@ class GEN(Detector):
         """Score one batch.
 
         Args:
-            features: reads ``logits`` [B, C].
+            features: reads ``logits`` [B, C] (with ``mc``, Bayes-H's ``samples`` [S, B, E]).
 
         Returns:
             ``pred`` int64 [B] (argmax of the logits) and ``conf`` [B] (``−G_γ``, the logits' dtype).
         """
-        logits = features.logits
-        probs = sorted_softmax(logits)
-        return logits.argmax(dim=1), -generalized_entropy(probs, self.gamma, min(self.M, probs.shape[1]))
+        self.check_fitted()
+        probs = [sorted_softmax(logits) for logits in sample_logits(self, features, self.mc)]  # S × [B, C]
+        m = min(self.M, probs[0].shape[1])
+        return features.logits.argmax(dim=1), -torch.stack([generalized_entropy(p, self.gamma, m) for p in probs]).mean(
+            0
+        )
 
     def score_candidates(self, features: Features, candidates: list[list[Any]]) -> list[tuple[Tensor, Tensor]]:
         """Every candidate ``[gamma, M]`` of a search from one softmax and sort of the batch; candidates with
         the same ``(gamma, min(M, C))`` share one result (equal to ``set_hyperparam`` then ``score``)."""
-        logits = features.logits
-        pred = logits.argmax(dim=1)
-        probs = sorted_softmax(logits)
+        self.check_fitted()
+        pred = features.logits.argmax(dim=1)
+        probs = [sorted_softmax(logits) for logits in sample_logits(self, features, self.mc)]  # S × [B, C]
         done: dict[tuple[float, int], Tensor] = {}
         out = []
         for values in candidates:
             gamma, m = self._checked(values[0], values[1])
-            key = (gamma, min(m, probs.shape[1]))
+            key = (gamma, min(m, probs[0].shape[1]))
             if key not in done:
-                done[key] = -generalized_entropy(probs, *key)
+                done[key] = -torch.stack([generalized_entropy(p, *key) for p in probs]).mean(0)
             out.append((pred, done[key]))
         return out

@@ -34,7 +34,7 @@ the grid from one scan that keeps the max(K) nearest, sliced per K (identical to
 Features: ``feats`` (the backbone representation: e = E(x) for ssl and Bayes-Z; for Bayes-H the MC
 mean h̄ of the S samples, O-Q12), at fit and score time; ``logits`` for ``pred``.
 
-**MC form** (``mc_average: true``, off by default): for Bayes-H the score is averaged over the S
+**MC form** (``mc: true``, off by default): for Bayes-H the score is averaged over the S
 samples of the backbone representation, ``conf(x) = (1/S) Σ_s −r_(K)(h_s)`` with each ``h_s`` [D]
 L2-normalised and searched against the same fit (the normalised training h̄); it reads ``samples``
 [S, B, D] for Bayes-H runs only (:meth:`KNN.reads_for`) and costs S scans of the training set per
@@ -78,7 +78,7 @@ class KNN(Detector):
 
     Args:
         K: 1-based neighbour rank (OpenOOD's default 50).
-        mc_average: Bayes-H only: average the score over the S samples h_s instead of scoring h̄
+        mc: Bayes-H only: average the score over the S samples h_s instead of scoring h̄
             (see the module docstring).
         query_chunk: test rows per distance block.
         train_chunk: training rows per distance block (memory O(query_chunk · max(train_chunk, K))).
@@ -97,7 +97,7 @@ class KNN(Detector):
     def __init__(
         self,
         K: int = 50,
-        mc_average: bool = False,
+        mc: bool = False,
         query_chunk: int = 1024,
         train_chunk: int = 8192,
         sweep: dict[str, list[Any]] | None = None,
@@ -111,11 +111,11 @@ class KNN(Detector):
         self.train_feats: Tensor | None = None
         self.train_sq_norms: Tensor | None = None
         self.K = self._checked(K)
-        self.mc_average = bool(mc_average)
+        self.mc = bool(mc)
 
     def reads_for(self, net: OODNetwork) -> frozenset[str]:
-        """``reads``, plus ``samples`` for Bayes-H with ``mc_average``."""
-        if self.mc_average and net.stochastic_space == "H":
+        """``reads``, plus ``samples`` for Bayes-H with ``mc``."""
+        if self.mc and net.stochastic_space == "H":
             return self.reads | {"samples"}
         return self.reads
 
@@ -169,10 +169,10 @@ class KNN(Detector):
 
     def _queries(self, features: Features) -> list[Tensor]:
         """The normalised query features [B, D]: one (``feats``), or one per MC sample for Bayes-H with
-        ``mc_average``."""
+        ``mc``."""
         assert self.train_feats is not None
         device = self.train_feats.device
-        if self.mc_average and features.space == "H":
+        if self.mc and features.space == "H":
             return [l2_normalised(h.to(device)) for h in features.get("samples", self.name)]
         return [l2_normalised(features.get("feats", self.name).to(device))]
 

@@ -111,15 +111,15 @@ def test_knn_fit_and_argument_checks() -> None:
 
 def test_knn_config_grid() -> None:
     det = build_detector("knn")
-    assert isinstance(det, KNN) and det.K == 50 and det.needs_fit and det.mc_average is False
+    assert isinstance(det, KNN) and det.K == 50 and det.needs_fit and det.mc is False
     assert det.reads == {"logits", "feats"} and det.fit_reads == {"feats"}
     assert det.candidates() == [[50], [100], [200], [500], [1000]]
     det.set_hyperparam([200])
     assert det.get_hyperparam() == [200]
     fixed = build_detector("knn", hyperparam={"K": 100})
     assert fixed.fixed_hyperparam == [100] and fixed.K == 100
-    mc = build_detector("knn", hyperparam={"mc_average": True})
-    assert isinstance(mc, KNN) and mc.mc_average is True and mc.fixed_hyperparam is None
+    mc = build_detector("knn", hyperparam={"mc": True})
+    assert isinstance(mc, KNN) and mc.mc is True and mc.fixed_hyperparam is None
 
 
 def test_knn_sliced_candidates_equal_the_per_k_scan() -> None:
@@ -162,12 +162,12 @@ def test_knn_search_sliced_equals_per_k(monkeypatch: pytest.MonkeyPatch) -> None
         assert np.array_equal(results[True].scores[key], value), key
 
 
-def test_knn_mc_average_matches_per_sample_mean_over_samples() -> None:
+def test_knn_mc_matches_per_sample_mean_over_samples() -> None:
     g = torch.Generator().manual_seed(11)
     train, samples = torch.randn(50, 6, generator=g), torch.randn(4, 13, 6, generator=g)
     logits = torch.randn(13, 3, generator=g)
     bayes_h = Features(logits=logits, feats=samples.mean(0), samples=samples, space="H")
-    det = fitted(train, K=7, mc_average=True, query_chunk=5, train_chunk=9)
+    det = fitted(train, K=7, mc=True, query_chunk=5, train_chunk=9)
     pred, conf = det.postprocess(bayes_h)
     expected = np.mean([knn_per_sample(train, samples[s], 7) for s in range(4)], axis=0)
     np.testing.assert_allclose(conf.numpy(), expected, rtol=1e-12, atol=1e-12)
@@ -181,18 +181,18 @@ def test_knn_mc_average_matches_per_sample_mean_over_samples() -> None:
         assert torch.equal(c, det.score(bayes_h)[1]), values
 
 
-def test_knn_mc_average_reads_samples_only_for_bayes_h() -> None:
+def test_knn_mc_reads_samples_only_for_bayes_h() -> None:
     g = torch.Generator().manual_seed(12)
     train, feats = torch.randn(20, 4, generator=g), torch.randn(6, 4, generator=g)
     for space in (None, "Z"):  # a deterministic backbone representation: the MC average is the score
         batch = Features(logits=feats[:, :3], feats=feats, space=space)
-        assert torch.equal(fitted(train, K=3, mc_average=True).score(batch)[1], fitted(train, K=3).score(batch)[1])
+        assert torch.equal(fitted(train, K=3, mc=True).score(batch)[1], fitted(train, K=3).score(batch)[1])
     nets = {name: tiny_network(name) for name in ("ssl", "ssl_bayes_h", "ssl_bayes_z")}
-    assert KNN(mc_average=True).reads_for(nets["ssl_bayes_h"]) == {"logits", "feats", "samples"}
+    assert KNN(mc=True).reads_for(nets["ssl_bayes_h"]) == {"logits", "feats", "samples"}
     for name in ("ssl", "ssl_bayes_z"):
-        assert KNN(mc_average=True).reads_for(nets[name]) == {"logits", "feats"}
+        assert KNN(mc=True).reads_for(nets[name]) == {"logits", "feats"}
     assert KNN().reads_for(nets["ssl_bayes_h"]) == {"logits", "feats"}
-    det = KNN(K=2, mc_average=True)
+    det = KNN(K=2, mc=True)
     store = FeatureStore.for_detectors(nets["ssl_bayes_h"], InMemoryProtocol(), [det], seed=0)
     evaluator.fit_detector(det, nets["ssl_bayes_h"], store.split("default", "id/train"))
     batch = store.split("default", "id/test").batches[0]
