@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from src.reports.ood import percent_table
+from src.reports.ood import comparison_section, percent_table
 from src.utils.io import read_json, write_json, write_text
 
 MIN_DETERMINISTIC_ACC = 0.85
@@ -150,6 +150,7 @@ def make_demo_report(runs_dir: Path, ood_report_dir: Path, probe_report_dir: Pat
         "OOD above ID) and as `(corrected sign)`, the metrics of the negated scores.",
         "",
     ]
+    lines += comparison_section(ood_report_dir, "##")
     if probe is not None:
         lines += ["## Linear probe (macro accuracy)", "", _md(probe), ""]
     lines += [

@@ -22,7 +22,7 @@ import pandas as pd
 import yaml
 
 from src.data.prepare.fashion_mnist_data import PROTOCOL_NAMES
-from src.reports.ood import CORRECTED, detector_set, percent_table, run_group
+from src.reports.ood import CORRECTED, comparison_section, detector_set, percent_table, run_group
 from src.utils.io import read_json, write_json, write_text
 
 PROTOCOL_TITLES = {
@@ -207,6 +207,7 @@ def make_fashion_mnist_report(results_dir: Path, reports_dir: Path, data_dir: Pa
                 detector_table(ood, column).to_markdown(index=False, disable_numparse=True),
                 "",
             ]
+        lines += comparison_section(ood_dir, "###")
         lines += ["### Figures", ""] + [f"![{p.stem}](figures/{p.name})\n" for p in pngs]
         sections += lines
         best = ood.loc[ood["far_AUROC_mean"].idxmax()]

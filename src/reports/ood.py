@@ -14,6 +14,9 @@ Reads ``<results_dir>/<detector>/runs.json`` (the driver's output) and the raw s
   hyper-parameter stays the one the search chose for the stored sign);
 - ``auroc_heatmap.png``: near and far AUROC, detector x run group, on a colour scale centred at
   chance (50 %), the paper's detectors and the added ones under their own headings;
+- ``ood_comparison.{csv,md}`` (when the study has deterministic runs beside stochastic ones): per
+  detector, each stochastic run group's AUROC minus the deterministic one's, paired by loss and seed
+  (:func:`comparison_table`);
 - per run group, ``roc_<run>.png`` and ``scores_<run>.png`` of the group's first seed (or of the
   one ``run`` asked for): per detector the ROC curves of ID test vs each OOD set and the score
   histograms, one colour per OOD set in every figure.
@@ -338,6 +341,124 @@ def notes(study: Study) -> list[str]:
     return lines
 
 
+#: the stochastic model variants, each compared with the deterministic ``ssl`` of the same loss and seed
+STOCHASTIC_MODELS = ("ssl_bayes_h", "ssl_bayes_z")
+#: the comparison table's value columns: (split, what)
+COMPARISON_COLUMNS = ("near_diff_mean", "near_diff_std", "near_wins", "far_diff_mean", "far_diff_std", "far_wins")
+
+
+def run_loss(run_name: str) -> str | None:
+    """The SSL loss a run name carries (``barlow`` for Barlow Twins, ``vicreg``), or None: the demo's,
+    Fashion-MNIST's and the paper's run names all carry it."""
+    return next((loss for loss in ("barlow", "vicreg") if loss in run_name), None)
+
+
+def comparison_table(long: pd.DataFrame, detectors: list[str] | None = None) -> pd.DataFrame:
+    """Stochastic against deterministic, per detector: for every run of a stochastic model (Bayes-H, Bayes-Z),
+    its AUROC minus that of the deterministic run with the same loss and seed, in percentage points, per split.
+
+    One row per (detector, stochastic run group): ``against`` (the deterministic run group), ``n`` (the
+    seeds with both runs), per split (near, far) the mean and std (NaN for ``n < 2``) of the paired
+    differences and ``wins`` (in how many of the ``n`` pairs the stochastic run is higher). Detectors
+    without deterministic scores (the probabilistic ones) and runs without a partner have no row; no
+    deterministic run at all (e.g. the paper's CIFAR-10 ablation) gives an empty table.
+    """
+    columns = ["set", "detector", "group", "against", "n", *COMPARISON_COLUMNS]
+    if long.empty or "model_name" not in long:
+        return pd.DataFrame(columns=columns)
+    rows = long[long["Dataset"].isin(["nearood", "farood"]) & long["AUROC"].notna()]
+    base = {
+        (r.detector, run_loss(r.run), _seed(r.run), r.Dataset): (float(r.AUROC), r.group)
+        for r in rows[rows["model_name"] == "ssl"].itertuples(index=False)
+    }
+    pairs = []
+    for r in rows[rows["model_name"].isin(STOCHASTIC_MODELS)].itertuples(index=False):
+        partner = base.get((r.detector, run_loss(r.run), _seed(r.run), r.Dataset))
+        if partner is not None and run_loss(r.run) is not None:
+            split = r.Dataset.removesuffix("ood")
+            pairs.append(
+                {
+                    "detector": r.detector,
+                    "group": r.group,
+                    "against": partner[1],
+                    "split": split,
+                    "diff": float(r.AUROC) - partner[0],
+                }
+            )
+    if not pairs:
+        return pd.DataFrame(columns=columns)
+    df = pd.DataFrame(pairs)
+    keys = ["detector", "group", "against"]
+    out = df[keys].drop_duplicates().set_index(keys)
+    for split in ("near", "far"):
+        part = df[df["split"] == split].groupby(keys)["diff"]
+        out[f"{split}_diff_mean"] = part.mean()
+        out[f"{split}_diff_std"] = part.std()
+        out[f"{split}_wins"] = part.apply(lambda d: int((d > 0).sum()))
+        out[f"{split}_n"] = part.size()
+    out = out.reset_index()
+    out["n"] = out[["near_n", "far_n"]].max(axis=1).fillna(0).astype(int)
+    order = detectors or sorted(out["detector"].unique())
+    out["_order"] = [order.index(d) if d in order else len(order) for d in out["detector"]]
+    out = out.sort_values(["_order", "group"], kind="stable").reset_index(drop=True)
+    out.insert(0, "set", [detector_set(d) for d in out["detector"]])
+    return out[columns]
+
+
+def _signed_cell(mean: float, std: float, n: int) -> str:
+    """``+2.3 ± 1.1``: a signed difference, ``± std`` for ``n >= 2``, `–` for no value."""
+    if mean is None or not np.isfinite(mean):
+        return "–"
+    return f"{mean:+.1f}" + (f" ± {std:.1f}" if n >= 2 and std is not None and np.isfinite(std) else "")
+
+
+def formatted_comparison(table: pd.DataFrame) -> pd.DataFrame:
+    """The comparison with text cells: ``+2.3 ± 1.1`` (percentage points, signed, ± for n ≥ 2), wins as ``k/n``."""
+    out = table[["set", "detector", "group", "against", "n"]].copy()
+    for split in ("near", "far"):
+        means, stds, wins = table[f"{split}_diff_mean"], table[f"{split}_diff_std"], table[f"{split}_wins"]
+        out[f"{split} ΔAUROC (pp)"] = [_signed_cell(m, s, n) for m, s, n in zip(means, stds, table["n"])]
+        out[f"{split} wins"] = [
+            "–" if not np.isfinite(m) else f"{int(w)}/{n}" for m, w, n in zip(means, wins.fillna(0), table["n"])
+        ]
+    return out
+
+
+def write_comparison(table: pd.DataFrame, output_dir: Path) -> None:
+    """``ood_comparison.{csv,md}``: :func:`comparison_table` (the CSV in full precision)."""
+    write_text(output_dir / "ood_comparison.csv", table.to_csv(index=False, float_format="%.4f"))
+    md = (
+        "# Stochastic against deterministic, per detector\n\n"
+        "AUROC of the stochastic run minus that of the deterministic run with the same loss and seed "
+        "(percentage points; positive: the stochastic model detects better), mean ± std over the n seeds "
+        "that have both runs; wins: in how many of the n pairs the stochastic run is higher.\n\n"
+        + formatted_comparison(table).to_markdown(index=False, disable_numparse=True)
+        + "\n"
+    )
+    write_text(output_dir / "ood_comparison.md", md)
+
+
+def comparison_section(report_dir: Path, level: str = "##") -> list[str]:
+    """Markdown lines of a report section from ``<report_dir>/ood_comparison.csv`` (none without the file):
+    the stochastic-against-deterministic table of :func:`write_comparison`."""
+    path = report_dir / "ood_comparison.csv"
+    if not path.is_file():
+        return []
+    table = pd.read_csv(path)
+    n = sorted(set(table["n"])) if len(table) else [0]
+    seeds = f"n = {n[0]} seed" + ("s" if n[0] != 1 else "") if len(n) == 1 else f"n = {n[0]}–{n[-1]} seeds"
+    return [
+        f"{level} OOD detection: stochastic against deterministic, per detector",
+        "",
+        "AUROC of each stochastic run group minus that of the deterministic run with the same loss and seed "
+        f"(percentage points; positive: the stochastic model detects better; {seeds}); wins: in how many "
+        "seed pairs the stochastic run is higher.",
+        "",
+        formatted_comparison(table).to_markdown(index=False, disable_numparse=True),
+        "",
+    ]
+
+
 def write_tables(table: pd.DataFrame, output_dir: Path, note_lines: list[str] | None = None) -> None:
     write_text(output_dir / "ood_report.csv", table.to_csv(index=False, float_format="%.4f"))
     text = formatted(table)
@@ -543,6 +664,12 @@ def make_report(results_dir: str | Path, output_dir: str | Path, run: str | None
         + ("; ".join(f"{r} ({why})" for r, why in shown.items()) or "no run (no raw scores)")
         + "."
     )
+    comparison = comparison_table(study.long, study.detectors)
+    if not comparison.empty:
+        write_comparison(comparison, output_dir)
+        note_lines.append(
+            "Stochastic against deterministic, per detector (paired by loss and seed): ood_comparison.{csv,md}."
+        )
     write_tables(table, output_dir, note_lines)
     figures = [heatmap(table, output_dir, study.detectors, study.groups)]
     colours = ood_colours(sorted({n for p in study.score_files.values() for n in read_scores(p).groups}))
@@ -550,6 +677,7 @@ def make_report(results_dir: str | Path, output_dir: str | Path, run: str | None
         figures += run_figures(study, r, output_dir, why, colours)
     return {
         "table": table,
+        "comparison": comparison,
         "figures": figures,
         "run": next(iter(shown), None),
         "runs": list(shown),

@@ -16,7 +16,10 @@ from src.experiments.scripts import summarize_ood
 from src.ood.metrics import METRIC_NAMES, compute_all_metrics
 from src.reports.ood import (
     CORRECTED,
+    comparison_section,
+    comparison_table,
     detector_set,
+    formatted_comparison,
     heatmap,
     heatmap_rows,
     make_report,
@@ -24,6 +27,7 @@ from src.reports.ood import (
     read_scores,
     summarize,
     summary_table,
+    write_comparison,
 )
 
 SETS = {"a": "near", "b": "far", "c": "far"}
@@ -207,3 +211,65 @@ def test_detector_sets_order_the_tables_and_the_heat_map(tmp_path: Path) -> None
     assert text.values.tolist() == [["paper", "msp", "80.0"], ["added", "ebo", "60.0"], ["added", "knn", "70.0"]]
     path = heatmap(table, tmp_path, ["msp", "ebo", "knn"], ["g"])
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_stochastic_against_deterministic_is_paired_by_loss_and_seed(tmp_path: Path) -> None:
+    """comparison_table against differences computed here by hand: pairs by (loss, seed), wins, n, no std for
+    one pair, no row for a detector without deterministic scores, a seed without a partner left out."""
+    auroc = {  # (run, model_name) -> {detector: (near, far)}
+        ("ssl_barlow_twins_seed_1", "ssl"): {"msp": (60.0, 70.0), "knn": (50.0, 80.0)},
+        ("ssl_barlow_twins_seed_2", "ssl"): {"msp": (62.0, 72.0), "knn": (55.0, 81.0)},
+        ("ssl_bayes_h_barlow_seed_1", "ssl_bayes_h"): {"msp": (65.0, 69.0), "knn": (52.0, 90.0), "sigmamean": (1, 2)},
+        ("ssl_bayes_h_barlow_seed_2", "ssl_bayes_h"): {"msp": (61.0, 75.0), "knn": (58.0, 85.0), "sigmamean": (3, 4)},
+        ("ssl_bayes_h_barlow_seed_3", "ssl_bayes_h"): {"msp": (99.0, 99.0)},  # no deterministic seed 3
+        ("ssl_bayes_z_vicreg_seed_1", "ssl_bayes_z"): {"msp": (70.0, 70.0)},  # no deterministic VICReg
+        ("ssl_vicreg_seed_2", "ssl"): {"msp": (50.0, 60.0)},
+        ("ssl_bayes_z_vicreg_seed_2", "ssl_bayes_z"): {"msp": (40.0, 65.0)},
+    }
+    long = pd.DataFrame(
+        [
+            {
+                "detector": d,
+                "run": run,
+                "group": run.rsplit("_seed_", 1)[0],
+                "model_name": model,
+                "Dataset": ds,
+                "AUROC": values[k],
+                "FPR@95": 5.0,
+            }
+            for (run, model), per in auroc.items()
+            for d, values in per.items()
+            for k, ds in enumerate(("nearood", "farood"))
+        ]
+    )
+    table = comparison_table(long, ["msp", "sigmamean", "knn"]).set_index(["detector", "group"])
+    assert list(table.index) == [
+        ("msp", "ssl_bayes_h_barlow"),
+        ("msp", "ssl_bayes_z_vicreg"),
+        ("knn", "ssl_bayes_h_barlow"),
+    ]  # the given detector order; sigmamean has no deterministic scores
+    h = table.loc[("msp", "ssl_bayes_h_barlow")]
+    near, far = [65.0 - 60.0, 61.0 - 62.0], [69.0 - 70.0, 75.0 - 72.0]
+    assert h["against"] == "ssl_barlow_twins" and h["n"] == 2 and h["set"] == "paper"
+    assert h["near_diff_mean"] == pytest.approx(np.mean(near)) and h["near_diff_std"] == pytest.approx(
+        np.std(near, ddof=1)
+    )
+    assert h["far_diff_mean"] == pytest.approx(np.mean(far)) and h["near_wins"] == 1 and h["far_wins"] == 1
+    z = table.loc[("msp", "ssl_bayes_z_vicreg")]
+    assert z["against"] == "ssl_vicreg" and z["n"] == 1 and z["far_diff_mean"] == pytest.approx(5.0)
+    assert np.isnan(z["far_diff_std"]) and z["far_wins"] == 1 and z["near_wins"] == 0
+    k = table.loc[("knn", "ssl_bayes_h_barlow")]
+    assert k["set"] == "added" and k["far_wins"] == 2 and k["far_diff_mean"] == pytest.approx((10.0 + 4.0) / 2)
+
+    text = formatted_comparison(table.reset_index()[list(comparison_table(long).columns)])
+    row = text[(text["detector"] == "msp") & (text["group"] == "ssl_bayes_z_vicreg")].iloc[0]
+    assert row["far ΔAUROC (pp)"] == "+5.0" and row["far wins"] == "1/1" and row["near ΔAUROC (pp)"] == "-10.0"
+    write_comparison(comparison_table(long), tmp_path)
+    md = (tmp_path / "ood_comparison.md").read_text()
+    assert "| msp " in md and "+2.0 ± 4.2" in md and "nan" not in md.lower()
+    section = comparison_section(tmp_path, "###")  # what the demo and Fashion-MNIST reports include
+    assert section[0] == "### OOD detection: stochastic against deterministic, per detector"
+    assert "n = 1–2 seeds" in section[2] and "+2.0 ± 4.2" in section[4]
+    assert comparison_section(tmp_path / "nothing") == []
+    no_deterministic = long[long["model_name"] != "ssl"]
+    assert comparison_table(no_deterministic).empty  # e.g. the paper's CIFAR-10 ablation
