@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.dry_run and not (ROOT / "data" / "demo" / "dataset").is_dir():
         parser.error("data/demo/dataset is missing: run `dvc repro demo_data` first")
     try:
-        steps = commands(args.seeds, args.output_dir)
+        steps = commands(args.seeds, args.output_dir.resolve())  # the steps run in the repository root
     except ValueError as err:
         parser.error(str(err))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
