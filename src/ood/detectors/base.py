@@ -71,8 +71,9 @@ class Detector(abc.ABC):
             ``feats``; the evaluator hands it over with :meth:`set_head` before the fit, and
             scoring without it raises :class:`NotFittedError`.
 
-    ``reads``, ``fit_reads`` and ``uses_augmented_views`` may be narrowed per instance in
-    ``__init__`` when a config argument changes what is read.
+    ``reads``, ``fit_reads``, ``uses_augmented_views`` and ``reads_head`` may be set per instance in
+    ``__init__`` when a config argument changes what is read (e.g. the MC form ``mc: true`` of ebo,
+    mls and gen reads Bayes-H's ``samples`` and the head).
     """
 
     name: ClassVar[str]
@@ -83,7 +84,7 @@ class Detector(abc.ABC):
     reads: frozenset[str] = frozenset({"logits"})
     fit_reads: frozenset[str] = frozenset()
     uses_augmented_views: bool = False
-    reads_head: ClassVar[bool] = False
+    reads_head: bool = False
     #: the finetuned head's ``(W [C, E], b [C])`` (detached) once :meth:`set_head` ran; None before
     head: tuple[Tensor, Tensor] | None = None
     #: hyper-parameter values (in ``sweep`` key order) fixed by the user: the study sets them instead
