@@ -15,7 +15,8 @@ head's linear layer ``W`` [C, E], ``b`` [C] (``reads_head``):
 feature is ``feats``, the head's input for every model (for Bayes-H the MC mean ``h̄``: the closed form,
 since the study's MC-mean logits equal ``P(h̄)`` by linearity). The method assumes non-negative
 activations (a ReLU network's pooled features, as ssl and Bayes-Z have); Bayes-H's ``h̄`` may have
-negative entries, where ``s1 / s2`` has no such reading (it is computed all the same).
+negative entries, where ``s1 / s2`` has no such reading (it is computed all the same). A row with
+``s2 = 0`` (e.g. an all-zero ReLU feature) is shaped to zeros (OpenOOD's ``exp(s1 / s2)`` would make it NaN).
 
 ``mc=True`` (off by default): for Bayes-H the MC form, ``conf = mean_s conf(h_s)`` over the samples
 ``h_s`` [S, B, E] and ``pred = argmax_k mean_s f̃_k(h_s)``; it reads ``samples`` and changes nothing for
@@ -56,7 +57,10 @@ def ash_s(x: Tensor, percentile: float) -> Tensor:
     values, index = torch.topk(x, k, dim=1)
     pruned = torch.zeros_like(x).scatter_(1, index, values)
     s2 = pruned.sum(dim=1)
-    return pruned * torch.exp(s1 / s2)[:, None]
+    # a row whose kept activations sum to 0 (e.g. an all-zero ReLU feature) stays zero: exp(s1 / 0) would
+    # turn its zeros into NaN (0 · inf), where every other row's value is unchanged by the guard
+    scale = torch.exp(torch.where(s2 == 0, torch.zeros_like(s1), s1 / torch.where(s2 == 0, torch.ones_like(s2), s2)))
+    return pruned * scale[:, None]
 
 
 @register

@@ -112,3 +112,21 @@ def test_fit_detector_hands_over_the_head_of_the_network() -> None:
     assert det.head is not None and torch.equal(det.head[0], weight) and torch.equal(det.head[1], bias)
     batch = features(torch.zeros(4, 3), feats=relu_feats(4, 8, seed=11))
     assert det.postprocess(batch)[1].shape == (4,)
+
+
+def test_ash_an_all_zero_feature_stays_zero() -> None:
+    """A row whose kept activations sum to 0 (a dead ReLU feature) is shaped to zeros, so its logits are the
+    bias, not NaN; the other rows are those of the formula."""
+    test = relu_feats(4, 20, seed=5)
+    test[1] = 0.0
+    weight, bias = head(20, 3, seed=6)
+    det = ASH(percentile=90)
+    det.set_head(weight, bias)
+    pred, conf = det.postprocess(features(torch.zeros(4, 3), feats=test))
+    assert torch.isfinite(conf).all()
+    assert conf[1].item() == pytest.approx(torch.logsumexp(bias, 0).item(), rel=1e-6)
+    assert pred[1].item() == int(bias.argmax())
+    rows = [0, 2, 3]
+    expected_pred, expected_conf = per_sample_ash(test[rows], weight, bias, 90)
+    np.testing.assert_allclose(conf[rows].numpy(), expected_conf, rtol=1e-5, atol=1e-5)
+    assert pred[rows].tolist() == expected_pred
