@@ -91,5 +91,5 @@ class EBO(Detector):
         """
         self.check_fitted()
         draws = sample_logits(self, features, self.mc)  # [S, B, C]
-        conf = torch.stack([energy_score(logits, self.temperature) for logits in draws]).mean(0)
+        conf = energy_score(draws.flatten(0, 1), self.temperature).view(draws.shape[:2]).mean(0)
         return features.logits.argmax(dim=1), conf

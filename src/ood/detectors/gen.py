@@ -117,24 +117,24 @@ class GEN(Detector):
             ``pred`` int64 [B] (argmax of the logits) and ``conf`` [B] (``−G_γ``, the logits' dtype).
         """
         self.check_fitted()
-        probs = [sorted_softmax(logits) for logits in sample_logits(self, features, self.mc)]  # S × [B, C]
-        m = min(self.M, probs[0].shape[1])
-        return features.logits.argmax(dim=1), -torch.stack([generalized_entropy(p, self.gamma, m) for p in probs]).mean(
-            0
-        )
+        draws = sample_logits(self, features, self.mc)  # [S, B, C]
+        probs = sorted_softmax(draws.flatten(0, 1))  # [S·B, C]
+        neg = -generalized_entropy(probs, self.gamma, min(self.M, probs.shape[1]))
+        return features.logits.argmax(dim=1), neg.view(draws.shape[:2]).mean(0)
 
     def score_candidates(self, features: Features, candidates: list[list[Any]]) -> list[tuple[Tensor, Tensor]]:
         """Every candidate ``[gamma, M]`` of a search from one softmax and sort of the batch; candidates with
         the same ``(gamma, min(M, C))`` share one result (equal to ``set_hyperparam`` then ``score``)."""
         self.check_fitted()
         pred = features.logits.argmax(dim=1)
-        probs = [sorted_softmax(logits) for logits in sample_logits(self, features, self.mc)]  # S × [B, C]
+        draws = sample_logits(self, features, self.mc)  # [S, B, C]
+        probs = sorted_softmax(draws.flatten(0, 1))  # [S·B, C]
         done: dict[tuple[float, int], Tensor] = {}
         out = []
         for values in candidates:
             gamma, m = self._checked(values[0], values[1])
-            key = (gamma, min(m, probs[0].shape[1]))
+            key = (gamma, min(m, probs.shape[1]))
             if key not in done:
-                done[key] = -torch.stack([generalized_entropy(p, *key) for p in probs]).mean(0)
+                done[key] = -generalized_entropy(probs, *key).view(draws.shape[:2]).mean(0)
             out.append((pred, done[key]))
         return out
