@@ -325,9 +325,9 @@ def notes(study: Study) -> list[str]:
     added = [d for d in study.detectors if detector_set(d) == "added"]
     if added:
         lines.append(
-            "set `paper`: the paper's nine detectors; set `added`: detectors added beside them from OpenOOD v1.5 ("
+            "set `paper`: the paper's nine detectors; set `added`: the detectors beyond the paper's ("
             + ", ".join(added)
-            + "), with OpenOOD's definitions and grids."
+            + "; docs/ood.md, Added detectors)."
         )
     inverted = [d for d in study.detectors if sign_inverted(d)]
     if inverted:
