@@ -232,6 +232,18 @@ def head_inputs(features: Features, mc: bool, reader: str) -> Tensor:
     return features.get("feats", reader).unsqueeze(0)
 
 
+def mc_flag(value: Any, detector: str) -> bool:
+    """The ``mc`` option of a detector, checked: a YAML/JSON boolean (a string such as ``"false"`` would
+    otherwise read as true).
+
+    Raises:
+        ValueError: not a bool.
+    """
+    if not isinstance(value, bool):
+        raise ValueError(f"{detector}: mc must be true or false, got {value!r}")
+    return value
+
+
 def sample_logits(detector: Detector, features: Features, mc: bool) -> Tensor:
     """The logits of a batch as draws [S, B, C]: the study's ``logits`` [1, B, C] (the default), or with ``mc``
     for Bayes-H the per-sample logits ``P(h_s) = h_s Wᵀ + b`` [S, B, C] of the finetuned head over the samples

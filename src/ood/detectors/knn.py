@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from src.ood.detectors import register
-from src.ood.detectors.base import Detector
+from src.ood.detectors.base import Detector, mc_flag
 from src.ood.detectors.edsimk import kth_nearest_distance, kth_nearest_distances
 from src.ood.features import Features
 from src.ood.wrapper import OODNetwork
@@ -111,7 +111,7 @@ class KNN(Detector):
         self.train_feats: Tensor | None = None
         self.train_sq_norms: Tensor | None = None
         self.K = self._checked(K)
-        self.mc = bool(mc)
+        self.mc = mc_flag(mc, "knn")
 
     def reads_for(self, net: OODNetwork) -> frozenset[str]:
         """``reads``, plus ``samples`` for Bayes-H with ``mc``."""

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from src.ood.detectors import register
-from src.ood.detectors.base import Detector, head_inputs
+from src.ood.detectors.base import Detector, head_inputs, mc_flag
 from src.ood.features import Features
 
 
@@ -65,7 +65,7 @@ class ReAct(Detector):
     ) -> None:
         super().__init__(sweep=sweep, corrected_sign=corrected_sign)
         self.percentile = _check_percentile(percentile)
-        self.mc = bool(mc)
+        self.mc = mc_flag(mc, "react")
         if self.mc:
             self.reads = self.reads | {"samples"}
         #: the flattened training features (float32, CPU), kept so a new percentile needs no new fit

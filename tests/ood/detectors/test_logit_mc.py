@@ -4,6 +4,7 @@ plain Python (float64); unchanged for ssl and Bayes-Z; off by default; no head, 
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from src.ood.detectors import build_detector
+from src.ood.detectors import DETECTORS, build_detector
 from src.ood.detectors.base import NotFittedError
 from src.ood.features import Features
 
@@ -106,3 +107,14 @@ def test_gen_mc_search_equals_per_candidate() -> None:
         det.set_hyperparam(values)
         one = det.score(feats)
         assert torch.equal(pred, one[0]) and torch.equal(conf, one[1])
+
+
+def test_every_mc_option_takes_only_a_boolean() -> None:
+    """Every registered detector with an ``mc`` option refuses a non-boolean (``"false"`` would read as true)."""
+    with_mc = [name for name in DETECTORS if "mc" in inspect.signature(DETECTORS[name].__init__).parameters]
+    assert set(with_mc) == {"ash", "ebo", "gen", "knn", "mls", "react", "rmds", "vim"}
+    for name in with_mc:
+        assert build_detector(name, hyperparam={"mc": True}).mc is True
+        for bad in ("false", 1, None):
+            with pytest.raises(ValueError, match=rf"{name}: mc must be true or false"):
+                build_detector(name, hyperparam={"mc": bad})
