@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from src.ood.detectors import register
-from src.ood.detectors.base import Detector, head_inputs, mc_flag
+from src.ood.detectors.base import Detector, head_inputs
 from src.ood.features import Features
 
 
@@ -87,9 +87,7 @@ class ASH(Detector):
     ) -> None:
         super().__init__(sweep=sweep, corrected_sign=corrected_sign)
         self.percentile = _check_percentile(percentile)
-        self.mc = mc_flag(mc, "ash")
-        if self.mc:
-            self.reads = self.reads | {"samples"}
+        self.set_mc(mc)
 
     def set_hyperparam(self, values: list[Any]) -> None:
         """``values = [p]``."""

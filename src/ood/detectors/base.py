@@ -85,6 +85,8 @@ class Detector(abc.ABC):
     fit_reads: frozenset[str] = frozenset()
     uses_augmented_views: bool = False
     reads_head: bool = False
+    #: Bayes-H's MC form is on (the ``mc`` option of the detectors that have one; :meth:`set_mc`)
+    mc: bool = False
     #: the finetuned head's ``(W [C, E], b [C])`` (detached) once :meth:`set_head` ran; None before
     head: tuple[Tensor, Tensor] | None = None
     #: hyper-parameter values (in ``sweep`` key order) fixed by the user: the study sets them instead
@@ -125,6 +127,16 @@ class Detector(abc.ABC):
             raise NotFittedError(f"{self.name}: set_head(W, b) with the finetuned head's linear layer first")
         weight, bias = self.head
         return feats @ weight.to(feats).T + bias.to(feats)
+
+    # -- the MC form -----------------------------------------------------------------------------------
+    def set_mc(self, mc: Any, head: bool = False) -> None:
+        """Set ``self.mc``, the option of Bayes-H's MC form (off by default), checked by :func:`mc_flag`.
+        When on, the detector also reads ``samples`` and, with ``head`` (per-sample logits through the
+        finetuned head), the head."""
+        self.mc = mc_flag(mc, self.name)
+        if self.mc:
+            self.reads = self.reads | {"samples"}
+            self.reads_head = self.reads_head or head
 
     # -- fitting ------------------------------------------------------------------------------------
     def fit(self, train: Features, labels: Tensor) -> None:

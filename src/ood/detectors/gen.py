@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from src.ood.detectors import register
-from src.ood.detectors.base import Detector, mc_flag, sample_logits
+from src.ood.detectors.base import Detector, sample_logits
 from src.ood.features import Features
 
 
@@ -86,10 +86,7 @@ class GEN(Detector):
     ) -> None:
         super().__init__(sweep=sweep, corrected_sign=corrected_sign)
         self.gamma, self.M = self._checked(gamma, M)
-        self.mc = mc_flag(mc, "gen")
-        if self.mc:  # the per-sample logits P(h_s) through the head
-            self.reads = self.reads | {"samples"}
-            self.reads_head = True
+        self.set_mc(mc, head=True)  # with it, the per-sample logits P(h_s) through the head
 
     @staticmethod
     def _checked(gamma: Any, m: Any) -> tuple[float, int]:

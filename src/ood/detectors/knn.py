@@ -13,7 +13,7 @@ The fit stores the L2-normalised penultimate features of all N ID training image
 
 **K above the number of training features.** K is capped at N: with fewer than K training features the
 farthest one, r_(N), is used (``min(K, N)``; OpenOOD's faiss search has no K-th neighbour there and pads
-with a placeholder distance, the same for every sample). Every K ≥ N then scores the same, and the
+with a sentinel distance, the same for every sample). Every K ≥ N then scores the same, and the
 search keeps the first of equal AUROCs (the smallest such K). The recorded hyper-parameter is the
 configured K, the record's ``detector_info.K_used`` the rank used; the fit logs a warning when a K of
 the detector (or of its grid) exceeds N. Only small training splits are concerned (unit tests; the

@@ -26,7 +26,7 @@ from typing import Any
 from torch import Tensor
 
 from src.ood.detectors import register
-from src.ood.detectors.base import Detector, mc_flag, sample_logits
+from src.ood.detectors.base import Detector, sample_logits
 from src.ood.features import Features
 
 
@@ -45,10 +45,7 @@ class MLS(Detector):
 
     def __init__(self, mc: bool = False, sweep: dict[str, list[Any]] | None = None, corrected_sign: bool = False):
         super().__init__(sweep=sweep, corrected_sign=corrected_sign)
-        self.mc = mc_flag(mc, "mls")
-        if self.mc:  # the per-sample logits P(h_s) through the head
-            self.reads = self.reads | {"samples"}
-            self.reads_head = True
+        self.set_mc(mc, head=True)  # with it, the per-sample logits P(h_s) through the head
 
     def score(self, features: Features) -> tuple[Tensor, Tensor]:
         """Score one batch.

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from src.ood.detectors import register
-from src.ood.detectors.base import Detector, head_inputs, mc_flag
+from src.ood.detectors.base import Detector, head_inputs
 from src.ood.features import Features
 
 
@@ -65,9 +65,7 @@ class ReAct(Detector):
     ) -> None:
         super().__init__(sweep=sweep, corrected_sign=corrected_sign)
         self.percentile = _check_percentile(percentile)
-        self.mc = mc_flag(mc, "react")
-        if self.mc:
-            self.reads = self.reads | {"samples"}
+        self.set_mc(mc)
         #: the flattened training features (float32, CPU), kept so a new percentile needs no new fit
         self.activations: np.ndarray | None = None
         self.threshold: float | None = None

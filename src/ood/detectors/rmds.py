@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from src.ood.detectors import register
-from src.ood.detectors.base import Detector, head_inputs, mc_flag
+from src.ood.detectors.base import Detector, head_inputs
 from src.ood.detectors.mds import fit_mahalanobis, log_training_accuracy, mahalanobis_score
 from src.ood.features import Features
 
@@ -44,9 +44,7 @@ class RMDS(Detector):
     ) -> None:
         """``mc``: Bayes-H's MC form (the module docstring); False: the closed form on ``feats``."""
         super().__init__(sweep=sweep, corrected_sign=corrected_sign)
-        self.mc = mc_flag(mc, "rmds")
-        if self.mc:
-            self.reads = self.reads | {"samples"}
+        self.set_mc(mc)
         self.means: Tensor | None = None
         self.precision: Tensor | None = None
         self.background_mean: Tensor | None = None

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from src.ood.detectors import register
-from src.ood.detectors.base import Detector, head_inputs, mc_flag
+from src.ood.detectors.base import Detector, head_inputs
 from src.ood.features import Features
 
 log = logging.getLogger(__name__)
@@ -78,9 +78,7 @@ class ViM(Detector):
     ) -> None:
         super().__init__(sweep=sweep, corrected_sign=corrected_sign)
         self.dim = _check_dim(dim)
-        self.mc = mc_flag(mc, "vim")
-        if self.mc:
-            self.reads = self.reads | {"samples"}
+        self.set_mc(mc)
         #: the fit: u [E], the eigenvectors of Σ by decreasing eigenvalue [E, E] (float64), the training
         #: features (kept to recompute α for another dim) and their mean max-logit
         self.u: Tensor | None = None
