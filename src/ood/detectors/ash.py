@@ -31,15 +31,8 @@ import torch
 from torch import Tensor
 
 from src.ood.detectors import register
-from src.ood.detectors.base import Detector, head_inputs
+from src.ood.detectors.base import Detector, head_inputs, percentile_arg
 from src.ood.features import Features
-
-
-def _check_percentile(percentile: Any) -> float:
-    """``percentile`` itself (an int stays an int in the records), checked to lie in [0, 100]."""
-    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0 <= percentile <= 100:
-        raise ValueError(f"ash: percentile must be a number in [0, 100], got {percentile!r}")
-    return percentile
 
 
 def ash_s(x: Tensor, percentile: float) -> Tensor:
@@ -86,12 +79,12 @@ class ASH(Detector):
         corrected_sign: bool = False,
     ) -> None:
         super().__init__(sweep=sweep, corrected_sign=corrected_sign)
-        self.percentile = _check_percentile(percentile)
+        self.percentile = percentile_arg(percentile, "ash")
         self.set_mc(mc)
 
     def set_hyperparam(self, values: list[Any]) -> None:
         """``values = [p]``."""
-        self.percentile = _check_percentile(values[0])
+        self.percentile = percentile_arg(values[0], "ash")
 
     def get_hyperparam(self) -> list[Any]:
         return [self.percentile]

@@ -244,6 +244,18 @@ def head_inputs(features: Features, mc: bool, reader: str) -> Tensor:
     return features.get("feats", reader).unsqueeze(0)
 
 
+def percentile_arg(value: Any, detector: str) -> float:
+    """A percentile hyper-parameter (ReAct's clipping, ASH's pruning), checked to be a number in [0, 100];
+    returned as given (an int stays an int in the records).
+
+    Raises:
+        ValueError: not a number, or outside [0, 100].
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+        raise ValueError(f"{detector}: percentile must be a number in [0, 100], got {value!r}")
+    return value
+
+
 def mc_flag(value: Any, detector: str) -> bool:
     """The ``mc`` option of a detector, checked: a YAML/JSON boolean (a string such as ``"false"`` would
     otherwise read as true).

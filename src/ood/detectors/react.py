@@ -28,15 +28,8 @@ import torch
 from torch import Tensor
 
 from src.ood.detectors import register
-from src.ood.detectors.base import Detector, head_inputs
+from src.ood.detectors.base import Detector, head_inputs, percentile_arg
 from src.ood.features import Features
-
-
-def _check_percentile(percentile: Any) -> float:
-    """``percentile`` itself (an int stays an int in the records), checked to lie in [0, 100]."""
-    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0 <= percentile <= 100:
-        raise ValueError(f"react: percentile must be a number in [0, 100], got {percentile!r}")
-    return percentile
 
 
 @register
@@ -64,7 +57,7 @@ class ReAct(Detector):
         corrected_sign: bool = False,
     ) -> None:
         super().__init__(sweep=sweep, corrected_sign=corrected_sign)
-        self.percentile = _check_percentile(percentile)
+        self.percentile = percentile_arg(percentile, "react")
         self.set_mc(mc)
         #: the flattened training features (float32, CPU), kept so a new percentile needs no new fit
         self.activations: np.ndarray | None = None
@@ -82,7 +75,7 @@ class ReAct(Detector):
 
     def set_hyperparam(self, values: list[Any]) -> None:
         """``values = [p]``; after the fit the threshold is recomputed from the kept training features."""
-        self.percentile = _check_percentile(values[0])
+        self.percentile = percentile_arg(values[0], "react")
         if self.activations is not None:
             self.threshold = float(np.percentile(self.activations, self.percentile))
 
